@@ -1,0 +1,19 @@
+"""`snapkv-broker`: the broker that routes every request to the stores."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..common import config, logsetup
+from .app import make_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = config.load("snapkv-broker", argv, defaults={"name": "broker"})
+    logsetup.setup("broker", settings.log_level)
+    web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None,
+                shutdown_timeout=10.0, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The original system's routes, with their paths and bodies: /set /get /getall /delete /register ..."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..common import errors
+from ..common.httpjson import read_json_object, require_token
+from ..common.slots import key_slot
+from . import inputs
+from .service import SERVICE, BrokerService
+
+
+def _svc(request: web.Request) -> BrokerService:
+    return request.app[SERVICE]
+
+
+async def set_key(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await read_json_object(request)
+    key = inputs.key_from_json(body.get("key"))
+    value = inputs.value_from_json(body.get("value"), svc.settings.max_value_bytes)
+    ttl = inputs.ttl_ms(body.get("ttl"))
+    version, _ = await svc.router.write(key_slot(key), [[key, value, ttl]], [None])
+    return web.json_response({"message": "Set operation successful", "key": body["key"], "version": version})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    text = request.query.get("key")
+    key = inputs.key_from_json(text)
+    entry = await svc.router.get(key)
+    if entry is None:
+        raise errors.KeyNotFound(f"key {text!r} not found", key=text)
+    value, binary = inputs.text_of(entry[0])
+    body: dict[str, Any] = {"message": "Get operation successful", "key": text, "value": value,
+                            "version": entry[1]}
+    if binary:
+        body["encoding"] = "base64"
+    return web.json_response(body)
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    text: Any = request.query.get("key")
+    if text is None and request.can_read_body:
+        text = (await read_json_object(request)).get("key")
+    key = inputs.key_from_json(text)
+    await svc.router.write(key_slot(key), [[key, None, 0]], [None])
+    return web.json_response({"message": "Delete operation successful", "key": text, "deleted": True})
+
+
+async def get_all(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    limit = inputs.limit(request.query.get("limit"))
+    after = inputs.decode_cursor(request.query.get("cursor"))
+    prefix = request.query.get("prefix", "").encode("utf-8")
+    items, position = await svc.router.scan(after, prefix, limit, with_values=True)
+    out: dict[str, str] = {}
+    binary = []
+    for _slot, key, value in items:
+        text, is_binary = inputs.text_of(value)
+        name = key.decode("utf-8", "replace")
+        out[name] = text
+        if is_binary:
+            binary.append(name)
+    body: dict[str, Any] = {"items": out, "count": len(out), "cursor": inputs.encode_cursor(position)}
+    if binary:
+        body["base64_keys"] = binary
+    return web.json_response(body)
+
+
+async def manual_snapshot(request: web.Request) -> web.Response:
+    results = await _svc(request).snapshot_all()
+    ok = all(r["ok"] for r in results)
+    message = "Snapshot completed on every store" if ok else "Snapshot failed on some stores"
+    return web.json_response({"message": message, "results": results}, status=200 if ok else 502)
+
+
+async def list_stores(request: web.Request) -> web.Response:
+    return web.json_response(_svc(request).stores())
+
+
+async def register(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    require_token(request, svc.settings.cluster_token)
+    body = await read_json_object(request)
+    name, address = body.get("name"), body.get("ip_address")
+    if not isinstance(name, str) or not name.strip() or len(name) > 253:
+        raise errors.BadRequest("'name' must be a non-empty string")
+    if not isinstance(address, str) or not _host_port(address):
+        raise errors.BadRequest("'ip_address' must be host:port")
+    site = body.get("site") or ""
+    inventory = body.get("inventory") or []
+    if not isinstance(site, str) or not isinstance(inventory, list):
+        raise errors.BadRequest("'site' must be a string and 'inventory' a list")
+    if any(not isinstance(i, list) or len(i) != 5 for i in inventory):
+        raise errors.BadRequest("'inventory' items must be [slot, role, seq, data_epoch, epoch]")
+    svc.cluster.on_register(name, address, site, inventory, confirmed=bool(body.get("confirmed")))
+    return web.json_response({"message": "Store registered successfully", "name": name,
+                              "cluster_id": svc.cluster.cluster_id, "epoch": svc.cluster.slotmap.epoch})
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/set", set_key)
+    app.router.add_get("/get", get_key)
+    app.router.add_get("/getall", get_all)
+    for method in ("DELETE", "POST"):
+        app.router.add_route(method, "/delete", delete_key)
+    app.router.add_post("/kvstore/snapshot/manual", manual_snapshot)
+    app.router.add_get("/stores/list", list_stores)
+    app.router.add_post("/register", register)

@@ -1,0 +1,144 @@
+"""Idiomatic routes: /v1/kv/{key} with raw bytes, ETag and If-Match; mget/mset; scans; cluster view."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from ..common import errors
+from ..common.httpjson import error_response, read_json_object
+from ..common.slots import key_slot
+from . import inputs
+from .service import SERVICE, BrokerService
+
+KV_PREFIX = "/v1/kv/"
+MAX_BATCH = 10_000
+
+
+def _svc(request: web.Request) -> BrokerService:
+    return request.app[SERVICE]
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+async def kv_get(request: web.Request) -> web.Response:
+    key = inputs.key_from_path(request.raw_path, KV_PREFIX)
+    entry = await _svc(request).router.get(key)
+    if entry is None:
+        raise errors.KeyNotFound("key not found", key=key.decode())
+    headers = _etag(entry[1])
+    if entry[2]:
+        headers["X-Expires-At-Ms"] = str(entry[2])
+    return web.Response(body=entry[0], content_type="application/octet-stream", headers=headers)
+
+
+async def kv_put(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    key = inputs.key_from_path(request.raw_path, KV_PREFIX)
+    cond = inputs.condition(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
+    ttl = inputs.ttl_ms(request.query.get("ttl"))
+    value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
+    version, existed = await svc.router.write(key_slot(key), [[key, value, ttl]], [cond])
+    return web.json_response({"key": key.decode(), "version": version}, status=200 if existed[0] else 201,
+                             headers=_etag(version))
+
+
+async def kv_delete(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    key = inputs.key_from_path(request.raw_path, KV_PREFIX)
+    cond = inputs.condition(request.headers.get("If-Match"), None)
+    await svc.router.write(key_slot(key), [[key, None, 0]], [cond])
+    return web.json_response({"key": key.decode(), "deleted": True})
+
+
+async def mget(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    names = body.get("keys")
+    if not isinstance(names, list) or len(names) > MAX_BATCH:
+        raise errors.BadRequest(f"'keys' must be a list of at most {MAX_BATCH} strings")
+    keys = [inputs.key_from_json(k, "keys[]") for k in names]
+    found = await _svc(request).router.mget(keys)
+    items: dict[str, Any] = {}
+    binary = []
+    for name, key in zip(names, keys):
+        entry = found[key]
+        if entry is None:
+            items[name] = None
+            continue
+        items[name], is_binary = inputs.text_of(entry[0])
+        if is_binary:
+            binary.append(name)
+    out: dict[str, Any] = {"items": items}
+    if binary:
+        out["base64_keys"] = binary
+    return web.json_response(out)
+
+
+async def mset(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await read_json_object(request)
+    items = body.get("items")
+    if not isinstance(items, dict) or not items or len(items) > MAX_BATCH:
+        raise errors.BadRequest(f"'items' must be an object of 1 to {MAX_BATCH} key: value pairs")
+    ttl = inputs.ttl_ms(body.get("ttl"))
+    by_slot: dict[int, list[tuple[str, bytes, bytes]]] = {}
+    for name, value in items.items():  # check everything before writing anything
+        key = inputs.key_from_json(name)
+        data = inputs.value_from_json(value, svc.settings.max_value_bytes)
+        by_slot.setdefault(key_slot(key), []).append((name, key, data))
+    slots = list(by_slot)
+    outcomes = await asyncio.gather(
+        *(svc.router.write(s, [[k, v, ttl] for _, k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots),
+        return_exceptions=True)
+    versions: dict[str, int] = {}
+    failed: errors.SnapkvError | None = None
+    for slot, outcome in zip(slots, outcomes):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, errors.SnapkvError):
+                raise outcome
+            failed = failed or outcome
+            continue
+        for name, _, _ in by_slot[slot]:
+            versions[name] = outcome[0]
+    if failed is None:
+        return web.json_response({"count": len(versions), "versions": versions})
+    resp = error_response(failed)
+    body_out = failed.to_json()
+    body_out["error"]["message"] = f"{len(versions)} of {len(items)} keys written: {failed.message}"
+    body_out.update({"written": sorted(versions), "versions": versions, "count": len(versions)})
+    return web.json_response(body_out, status=resp.status,
+                             headers={k: v for k, v in resp.headers.items() if k == "Retry-After"})
+
+
+async def keys(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    limit = inputs.limit(request.query.get("limit"))
+    after = inputs.decode_cursor(request.query.get("cursor"))
+    prefix = request.query.get("prefix", "").encode("utf-8")
+    items, position = await svc.router.scan(after, prefix, limit, with_values=False)
+    return web.json_response({"keys": [key.decode("utf-8", "replace") for _slot, key in items],
+                              "cursor": inputs.encode_cursor(position)})
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return web.json_response(_svc(request).cluster_view())
+
+
+async def stores(request: web.Request) -> web.Response:
+    return web.json_response({"stores": _svc(request).stores()})
+
+
+def add_routes(app: web.Application) -> None:
+    kv = app.router.add_resource(r"/v1/kv/{key:[\s\S]+}")
+    kv.add_route("GET", kv_get)
+    kv.add_route("PUT", kv_put)
+    kv.add_route("DELETE", kv_delete)
+    app.router.add_post("/v1/mget", mget)
+    app.router.add_post("/v1/mset", mset)
+    app.router.add_get("/v1/keys", keys)
+    app.router.add_get("/v1/cluster", cluster)
+    app.router.add_get("/v1/stores", stores)

@@ -1,0 +1,66 @@
+"""The broker's aiohttp application: routes and background work; wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..common.config import Settings
+from ..common.httpjson import json_errors, require_token
+from . import api_seed, api_v1
+from .service import SERVICE, BrokerService
+
+BODY_ROOM = 64 * 1024  # JSON framing around the largest value
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    registered = len(svc.cluster.registry.nodes)
+    ready = svc.started and registered > 0
+    return web.json_response({"ready": ready, "stores": registered}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[SERVICE].metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _api_token(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def check(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if token and request.path not in OPEN_PATHS:
+            require_token(request, token)
+        return await handler(request)
+
+    return check
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    svc = app[SERVICE]
+    await svc.start()
+    yield
+    await svc.stop()
+
+
+def make_app(settings: Settings) -> web.Application:
+    service = BrokerService(settings)
+    app = web.Application(
+        middlewares=[service.metrics.middleware, json_errors, _api_token(settings.api_token)],
+        client_max_size=2 * settings.max_value_bytes + BODY_ROOM)
+    app[SERVICE] = service
+    api_seed.add_routes(app)
+    api_v1.add_routes(app)
+    app.router.add_post("/v1/snapshots", api_seed.manual_snapshot)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_lifecycle)
+    return app

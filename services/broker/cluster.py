@@ -1,0 +1,215 @@
+"""The broker's view of the cluster: registry + slot map + connections, and the pushes that keep
+stores in line with the map (rule 3: assignments are pushed, persisted by the store, acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+
+from ..common import errors, rpc, wire
+from ..common.config import Settings
+from ..common.slots import SLOTS
+from . import placement, state
+from .registry import DOWN, Registry
+from .slotmap import Change, SlotMap
+
+log = logging.getLogger("snapkv.cluster")
+
+
+class Cluster:
+    def __init__(self, settings: Settings, data_dir: str) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.registry = Registry()
+        self.slotmap = SlotMap(SLOTS)
+        self.cluster_id = uuid.uuid4().hex
+        self.loaded_state = False
+        self._session: aiohttp.ClientSession | None = None
+        self._conns: dict[str, rpc.RpcClient] = {}
+        self._changed = asyncio.Event()
+        self._bootstrap_task: asyncio.Task[None] | None = None
+        self._last_registration = 0.0
+        self._pushes: dict[str, asyncio.Task[None]] = {}
+        self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
+        self.failovers = 0
+        self.slot_moves = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        saved = state.load(self.data_dir)
+        if saved is not None:
+            self.cluster_id = saved["cluster_id"]
+            self.slotmap = SlotMap.from_json(saved["map"])
+            for name, info in saved.get("nodes", {}).items():
+                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [])
+                node.status = DOWN  # until it registers or answers a health check
+            self.loaded_state = True
+            log.info("event=state_loaded epoch=%d nodes=%d", self.slotmap.epoch, len(self.registry.nodes))
+
+    async def stop(self) -> None:
+        for task in [self._bootstrap_task, *self._pushes.values()]:
+            if task is not None:
+                task.cancel()
+        for conn in self._conns.values():
+            await conn.close()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def copies_wanted(self) -> int:
+        live = sum(1 for n in self.registry.nodes.values() if not n.draining)
+        return max(1, min(self.settings.replication_factor, live))
+
+    # -- map changes ----------------------------------------------------------------------------
+    def changed(self) -> None:
+        old, self._changed = self._changed, asyncio.Event()
+        old.set()
+
+    async def wait_changed(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def persist(self) -> None:
+        nodes = {n.name: {"address": n.address, "site": n.site} for n in self.registry.nodes.values()}
+        state.save(self.data_dir, {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes})
+
+    async def apply(self, changes: Iterable[Change], reason: str, push: bool = True) -> int:
+        """Persist a plan, then push it to every store it touches; returns the number of slots changed."""
+        changes = list(changes)
+        before = {c.slot: self.slotmap.entry(c.slot).members() for c in changes}
+        epoch_before = self.slotmap.epoch
+        self.slotmap.apply(changes)
+        if self.slotmap.epoch == epoch_before:
+            return 0
+        self.persist()  # rule 4: on disk before any store hears of it
+        changed = [c for c in changes if self.slotmap.entry(c.slot).epoch == self.slotmap.epoch]
+        log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, self.slotmap.epoch, len(changed))
+        if not push:
+            self.changed()
+            return len(changed)
+        touched: dict[str, tuple[list[int], list[int]]] = {}
+        for c in changed:
+            for name in self.slotmap.entry(c.slot).members():
+                touched.setdefault(name, ([], []))[0].append(c.slot)
+            for name in before[c.slot]:
+                if name not in self.slotmap.entry(c.slot).members():
+                    touched.setdefault(name, ([], []))[1].append(c.slot)
+        await asyncio.gather(*(self._push(name, slots, drop) for name, (slots, drop) in touched.items()
+                               if self.registry.is_up(name)), return_exceptions=True)
+        self.changed()
+        return len(changed)
+
+    def assignment_frame(self, name: str, slot: int) -> list[Any]:
+        e = self.slotmap.entry(slot)
+        role = "primary" if e.primary == name else "replica"
+        members = [[m, self.registry.address(m)] for m in e.members()]
+        return [slot, e.epoch, role, members, list(e.isr)]
+
+    async def _push(self, name: str, slots: list[int], drop: list[int], confirm: bool = False) -> None:
+        frames = [self.assignment_frame(name, s) for s in slots]
+        try:
+            await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
+                                                        "cluster": self.cluster_id},
+                                       timeout=self.settings.request_deadline)
+        except errors.SnapkvError as exc:
+            log.warning("event=push_failed node=%s slots=%d error=%s", name, len(frames), exc.code)
+            raise
+
+    def push_all(self, name: str) -> None:
+        """Tell a (re)registered node everything it owns now, and what to drop (in the background)."""
+        task = self._pushes.get(name)
+        if task is not None and not task.done():
+            return
+        self._pushes[name] = asyncio.get_running_loop().create_task(self._push_all(name))
+
+    async def _push_all(self, name: str) -> None:
+        node = self.registry.get(name)
+        if node is None:
+            return
+        held = self.slotmap.slots_of(name)
+        mine = set(held["primary"]) | set(held["replica"])
+        drop = sorted({item[0] for item in node.inventory} - mine)
+        for attempt in range(20):
+            try:
+                await self._push(name, sorted(mine), drop, confirm=True)
+                node.confirmed = True
+                self.changed()
+                return
+            except errors.SnapkvError:
+                await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+
+    # -- connections ----------------------------------------------------------------------------
+    def conn(self, name: str) -> rpc.RpcClient:
+        node = self.registry.get(name)
+        if node is None:
+            raise errors.NodeUnreachable(f"unknown store {name!r}")
+        url = f"http://{node.address}/internal/ws"
+        conn = self._conns.get(name)
+        if conn is None or conn.url != url:
+            if conn is not None:
+                asyncio.get_running_loop().create_task(conn.close())
+            assert self._session is not None
+            conn = self._conns[name] = rpc.RpcClient(
+                self._session, url, token=self.settings.cluster_token or None,
+                on_lost=lambda: self._lost(name), connect_timeout=self.settings.heartbeat_interval * 2)
+        return conn
+
+    def _lost(self, name: str) -> None:
+        if self.on_connection_lost is not None:
+            self.on_connection_lost(name)
+
+    # -- registration and bootstrap -------------------------------------------------------------
+    def on_register(self, name: str, address: str, site: str, inventory: list[list[Any]],
+                    confirmed: bool = False) -> None:
+        """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
+        node, changed = self.registry.register(name, address, site, inventory)
+        if not confirmed:
+            node.confirmed = False
+        self._last_registration = time.monotonic()
+        if changed or node.status == DOWN:
+            log.info("event=node_registered node=%s address=%s site=%s slots_on_disk=%d", name, address,
+                     site or "-", len(inventory))
+        node.refused = 0
+        if not self.slotmap.assigned:
+            if self._bootstrap_task is None or self._bootstrap_task.done():
+                self._bootstrap_task = asyncio.get_running_loop().create_task(self._bootstrap())
+            return
+        if changed or node.status == DOWN or not node.confirmed:
+            if node.status == DOWN:
+                node.status = "up"
+                node.last_ok = time.monotonic()
+            self.push_all(name)
+        if node.name not in self.slotmap.counts():
+            self.persist()  # remember the new node's address
+
+    async def _bootstrap(self) -> None:
+        """First assignment, once min_stores registered and registrations settled."""
+        while True:
+            quiet = time.monotonic() - self._last_registration
+            if len(self.registry.nodes) >= self.settings.min_stores and quiet >= self.settings.settle_time:
+                break
+            await asyncio.sleep(0.05)
+        claims: dict[int, list[tuple[str, str, int, int, int]]] = {}
+        for node in self.registry.nodes.values():
+            for slot, role, seq, data_epoch, epoch in node.inventory:
+                claims.setdefault(slot, []).append((node.name, role, seq, data_epoch, epoch))
+                self.slotmap.raise_epoch(epoch)
+        if claims:  # rule 4: stores hold data, so the map comes from what they hold
+            changes = placement.from_claims(claims, SLOTS)
+            reason = "rebuilt_from_stores"
+        else:
+            changes = placement.initial(self.registry.sites(), SLOTS, self.settings.replication_factor)
+            reason = "initial"
+        await self.apply(changes, reason, push=False)
+        for name in list(self.registry.nodes):
+            self.push_all(name)

@@ -1,0 +1,137 @@
+"""Checking what clients send: keys, values, TTLs, cursors, conditions. Pure."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import msgpack
+
+from ..common import errors
+from ..common.slots import MAX_KEY_BYTES
+from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
+
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+
+
+def key_bytes(raw: bytes) -> bytes:
+    if not raw:
+        raise errors.BadRequest("key must not be empty")
+    if len(raw) > MAX_KEY_BYTES:
+        raise errors.KeyTooLarge(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.BadRequest("key must be valid UTF-8") from None
+    return raw
+
+
+def key_from_json(value: Any, field: str = "key") -> bytes:
+    if value is None:
+        raise errors.BadRequest(f"missing {field!r}")
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"{field!r} must be a string, not {type(value).__name__}")
+    try:
+        return key_bytes(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.BadRequest(f"{field!r} must be valid Unicode text") from None
+
+
+def value_from_json(value: Any, limit: int) -> bytes:
+    if value is None:
+        raise errors.BadRequest("missing 'value'")
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"'value' must be a string, not {type(value).__name__}")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.BadRequest("'value' must be valid Unicode text") from None
+    return check_value(data, limit)
+
+
+def check_value(data: bytes, limit: int) -> bytes:
+    if len(data) > limit:
+        raise errors.ValueTooLarge(f"value is {len(data)} bytes; the limit is {limit}")
+    return data
+
+
+def key_from_path(raw_path: str, prefix: str) -> bytes:
+    """The percent-decoded rest of the raw path after prefix: keeps %2F, %0A, %25 and '/' exact."""
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith(prefix):
+        raise errors.BadRequest("malformed key path")
+    return key_bytes(unquote_to_bytes(path[len(prefix):]))
+
+
+def ttl_ms(value: Any) -> int:
+    """TTL in seconds (may be fractional) -> milliseconds; None/'' means no expiry."""
+    if value is None or value == "":
+        return 0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise errors.BadRequest(f"ttl must be a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise errors.BadRequest(f"ttl must be a positive number of seconds, not {value!r}")
+    return max(1, math.ceil(seconds * 1000))
+
+
+def limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_PAGE
+    try:
+        n = int(value)
+    except ValueError:
+        raise errors.BadRequest(f"limit must be an integer, not {value!r}") from None
+    if not 1 <= n <= MAX_PAGE:
+        raise errors.BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return n
+
+
+def encode_cursor(position: tuple[int, bytes] | None) -> str | None:
+    if position is None:
+        return None
+    return base64.urlsafe_b64encode(msgpack.packb(list(position), use_bin_type=True)).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> tuple[int, bytes] | None:
+    if not text:
+        return None
+    try:
+        slot, key = msgpack.unpackb(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), raw=False)
+        if not isinstance(slot, int) or not isinstance(key, bytes) or slot < 0:
+            raise ValueError
+        return slot, key
+    except (ValueError, TypeError, binascii.Error, msgpack.UnpackException):
+        raise errors.BadRequest("cursor is not one this API returned") from None
+
+
+def condition(if_match: str | None, if_none_match: str | None) -> int | None:
+    """If-Match / If-None-Match headers -> an engine condition (version, MUST_EXIST, MUST_NOT_EXIST)."""
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise errors.BadRequest("only 'If-None-Match: *' is supported on writes")
+        return MUST_NOT_EXIST
+    if if_match is None:
+        return None
+    text = if_match.strip()
+    if text == "*":
+        return MUST_EXIST
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise errors.BadRequest(f"If-Match must be a version from an ETag, not {if_match!r}")
+    return int(text)
+
+
+def text_of(value: bytes) -> tuple[str, bool]:
+    """A value for a JSON answer: (text, False), or (base64, True) when it is not UTF-8."""
+    try:
+        return value.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode(), True

@@ -1,0 +1,67 @@
+"""Broker metrics in Prometheus names; cluster gauges are read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .cluster import Cluster
+from .registry import DOWN, DRAINED, DRAINING, SUSPECT, UP
+from .slotmap import DEGRADED, MIGRATING, OK, UNASSIGNED, UNAVAILABLE
+
+
+class BrokerMetrics:
+    def __init__(self, cluster: Cluster) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter("snapkv_broker_requests", "HTTP requests by route and status code",
+                                ["route", "code"], registry=self.registry)
+        self.request_seconds = Histogram("snapkv_broker_request_seconds", "HTTP request latency", ["route"],
+                                         registry=self.registry,
+                                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                  0.5, 1, 2.5, 5))
+        self.registry.register(_ClusterCollector(cluster))
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        response = await handler(request)
+        self.requests.labels(route, str(response.status)).inc()
+        self.request_seconds.labels(route).observe(time.perf_counter() - started)
+        return response
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        c = self.cluster
+        nodes = GaugeMetricFamily("snapkv_broker_nodes", "Stores by status", labels=["status"])
+        counts = {s: 0 for s in (UP, SUSPECT, DOWN, DRAINING, DRAINED)}
+        for node in c.registry.nodes.values():
+            counts[node.status] = counts.get(node.status, 0) + 1
+        for status, n in counts.items():
+            nodes.add_metric([status], n)
+        yield nodes
+        slots = GaugeMetricFamily("snapkv_broker_slots", "Slots by state", labels=["state"])
+        summary = c.slotmap.summary(c.registry.is_up, c.copies_wanted)
+        for state in (OK, DEGRADED, UNAVAILABLE, MIGRATING, UNASSIGNED):
+            slots.add_metric([state], summary[state])
+        yield slots
+        load = GaugeMetricFamily("snapkv_broker_node_load", "Load score per store", labels=["node"])
+        for node in c.registry.nodes.values():
+            load.add_metric([node.name], node.load)
+        yield load
+        yield CounterMetricFamily("snapkv_broker_failovers", "Slot primaries promoted after a failure",
+                                  value=c.failovers)
+        yield CounterMetricFamily("snapkv_broker_slot_moves", "Slots moved between stores", value=c.slot_moves)
+        yield GaugeMetricFamily("snapkv_broker_epoch", "Current cluster epoch", value=c.slotmap.epoch)

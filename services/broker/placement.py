@@ -1,0 +1,83 @@
+"""Where slots live: site-aware, balanced assignment plans. Pure, no I/O.
+
+Primaries take contiguous, equal ranges (scans then touch few nodes); each replica goes to
+another site than the slot's other copies whenever such a site has a node, the least loaded
+such node, keeping runs of consecutive slots on the same replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import zip_longest
+
+from .slotmap import Change, SlotMap
+
+
+def interleave_sites(nodes: Mapping[str, str]) -> list[str]:
+    """Node names ordered so that neighbours sit on different sites: a1 b1 a2 b2 ..."""
+    by_site: dict[str, list[str]] = {}
+    for name in sorted(nodes):
+        by_site.setdefault(nodes[name], []).append(name)
+    columns = zip_longest(*(by_site[s] for s in sorted(by_site)))
+    return [n for column in columns for n in column if n is not None]
+
+
+BLOCK = 64  # replicas are chosen per block of consecutive slots: fewer, longer ranges
+
+
+def pick_replicas(primary: str, nodes: Mapping[str, str], copies: int, load: Mapping[str, int],
+                  exclude: tuple[str, ...] = ()) -> list[str]:
+    """Choose copies-1 replicas for a slot: nodes on sites without a copy first, least loaded first."""
+    chosen: list[str] = []
+    for _ in range(copies - 1):
+        used_sites = {nodes[primary]} | {nodes[r] for r in chosen}
+        candidates = [n for n in nodes if n != primary and n not in chosen and n not in exclude]
+        if not candidates:
+            break
+        pool = [n for n in candidates if nodes[n] not in used_sites] or candidates
+        chosen.append(min(pool, key=lambda n: (load.get(n, 0), n)))
+    return chosen
+
+
+def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> list[Change]:
+    """A fresh map for nodes {name: site}: equal contiguous primary ranges, site-aware replicas."""
+    order = interleave_sites(nodes)
+    if not order:
+        return []
+    copies = min(replication_factor, len(order))
+    load = {n: 0 for n in order}
+    changes: list[Change] = []
+    replicas: list[str] = []
+    previous_primary = None
+    for slot in range(slots):
+        primary = order[slot * len(order) // slots]
+        if slot % BLOCK == 0 or primary != previous_primary:
+            replicas = pick_replicas(primary, nodes, copies, load)
+            previous_primary = primary
+        for r in replicas:
+            load[r] += 1
+        changes.append(Change(slot, primary, replicas, list(replicas)))
+    return changes
+
+
+def from_claims(claims: Mapping[int, list[tuple[str, str, int, int, int]]], slots: int) -> list[Change]:
+    """Rebuild a map from stores' inventories [(name, role, seq, data_epoch, epoch)] per slot (rule 4).
+
+    The copy with the highest (epoch, data_epoch, seq) claiming primary wins, else the highest of any
+    role; the other copies that are at the same (data_epoch, seq) are in sync, the rest need a sync.
+    """
+    changes = []
+    for slot in range(slots):
+        slot_claims = claims.get(slot)
+        if not slot_claims:
+            continue
+        ranked = sorted(slot_claims, key=lambda c: (c[3], c[2], c[4], c[1] == "primary"), reverse=True)
+        best = ranked[0]
+        replicas = [c[0] for c in ranked[1:]]
+        isr = [c[0] for c in ranked[1:] if (c[3], c[2]) == (best[3], best[2])]
+        changes.append(Change(slot, best[0], replicas, isr))
+    return changes
+
+
+def balance_report(slotmap: SlotMap) -> dict[str, int]:
+    return {name: c["primary"] for name, c in slotmap.counts().items()}

@@ -1,0 +1,111 @@
+"""Request -> slot -> node: forwarding with retries that read the error flags, failover-aware.
+
+Writes to a slot whose primary is failing wait (bounded by the request deadline) for the map to
+change; reads of such a slot go to an in-sync replica at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..common import errors, wire
+from ..common.slots import key_slot
+from .cluster import Cluster
+
+ArgsFor = Callable[[int], Any]  # epoch -> args of the internal call
+
+
+class Router:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._rid_prefix = os.urandom(6).hex()
+        self._rids = itertools.count(1)
+
+    def new_rid(self) -> str:
+        return f"{self._rid_prefix}-{next(self._rids)}"
+
+    async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool,
+                   allow_replica: bool = True) -> Any:
+        cluster = self.cluster
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cluster.settings.request_deadline
+        attempt = 0
+        last: errors.SnapkvError | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if last is not None and not isinstance(last, (errors.WrongOwner, errors.StaleEpoch)):
+                    raise errors.SlotUnavailable(f"slot {slot} is unavailable: {last.message}", slot=slot)
+                raise errors.SlotUnavailable(f"slot {slot} is unavailable", slot=slot)
+            entry = cluster.slotmap.entry(slot)
+            target = entry.primary
+            if target is not None and not cluster.registry.is_up(target):
+                target = None
+                if not write and allow_replica:
+                    target = next((r for r in entry.isr if cluster.registry.is_up(r)), None)
+            if target is None:
+                if not cluster.slotmap.assigned and not cluster.registry.nodes:
+                    raise errors.SlotUnavailable("no store has registered yet", slot=slot)
+                await cluster.wait_changed(min(remaining, 0.25))
+                continue
+            try:
+                return await cluster.conn(target).call(op, args_for(entry.epoch), timeout=remaining)
+            except errors.SnapkvError as exc:
+                if not exc.retriable:
+                    raise
+                last = exc
+                if exc.invalid_metadata:
+                    cluster.push_all(target)
+                elif cluster.on_connection_lost is not None:
+                    cluster.on_connection_lost(target)
+            attempt += 1
+            await cluster.wait_changed(min(0.01 * 2 ** min(attempt, 5), max(deadline - loop.time(), 0)))
+
+    async def get(self, key: bytes) -> list[Any] | None:
+        slot = key_slot(key)
+        return await self.call(slot, wire.OP_GET, lambda epoch: [slot, epoch, key], write=False)
+
+    async def write(self, slot: int, ops: list[list[Any]], conditions: list[int | None]) -> list[Any]:
+        rid = self.new_rid()
+        return await self.call(slot, wire.OP_WRITE, lambda epoch: [slot, epoch, rid, ops, conditions], write=True)
+
+    async def mget(self, keys: list[bytes]) -> dict[bytes, list[Any] | None]:
+        results = await asyncio.gather(*(self.get(k) for k in keys))
+        return dict(zip(keys, results))
+
+    async def scan(self, after: tuple[int, bytes] | None, prefix: bytes, limit: int,
+                   with_values: bool) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
+        """One page of live entries in (slot, key) order; the position to continue from, or None."""
+        cluster = self.cluster
+        slotmap = cluster.slotmap
+        items: list[list[Any]] = []
+        slot = after[0] if after is not None else 0
+        while slot < len(slotmap) and len(items) < limit:
+            owner = slotmap.entry(slot).primary
+            run_end = slot
+            while run_end + 1 < len(slotmap) and slotmap.entry(run_end + 1).primary == owner:
+                run_end += 1
+            run = list(range(slot, run_end + 1))
+            if owner is None:
+                slot = run_end + 1
+                continue
+            start_key = after[1] if after is not None and after[0] == slot else None
+            args = [run, slot, start_key, prefix, limit - len(items), with_values]
+            page, more, missing = await self.call(slot, wire.OP_SCAN, lambda _e, a=args: a, write=False,
+                                                  allow_replica=False)
+            if missing:  # ownership moved under us: read the map again and redo this run
+                await cluster.wait_changed(0.05)
+                continue
+            items.extend(page)
+            if more:
+                last = items[-1]
+                return items, (last[0], last[1])
+            slot = run_end + 1
+        if len(items) >= limit and slot < len(slotmap):
+            last = items[-1]
+            return items, (last[0], last[1])
+        return items, None

@@ -1,0 +1,133 @@
+"""The slot map: slot -> primary, replicas, in-sync replicas, epoch, migration state. Pure, no I/O.
+
+The epoch counter grows on every ownership change; each changed slot takes the new epoch, so a
+store can tell an old assignment from a new one (rules 1 and 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..common.slots import SLOTS
+
+OK, DEGRADED, UNAVAILABLE, MIGRATING, UNASSIGNED = "ok", "degraded", "unavailable", "migrating", "unassigned"
+
+
+@dataclass
+class SlotEntry:
+    primary: str | None = None
+    replicas: list[str] = field(default_factory=list)
+    isr: list[str] = field(default_factory=list)  # replicas that hold every committed write
+    epoch: int = 0
+    migrating_to: str | None = None
+
+    def members(self) -> list[str]:
+        return ([self.primary] if self.primary else []) + self.replicas
+
+    def to_json(self) -> list[Any]:
+        return [self.primary, self.replicas, self.isr, self.epoch]
+
+
+@dataclass
+class Change:
+    slot: int
+    primary: str | None
+    replicas: list[str]
+    isr: list[str]
+
+
+class SlotMap:
+    def __init__(self, slots: int = SLOTS) -> None:
+        self.epoch = 0
+        self.entries = [SlotEntry() for _ in range(slots)]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def assigned(self) -> bool:
+        return any(e.primary for e in self.entries)
+
+    def entry(self, slot: int) -> SlotEntry:
+        return self.entries[slot]
+
+    def apply(self, changes: Iterable[Change]) -> int:
+        """Apply a plan as one epoch; returns the epoch, or the current one when nothing changed."""
+        changes = [c for c in changes if self._differs(c)]
+        if not changes:
+            return self.epoch
+        self.epoch += 1
+        for c in changes:
+            e = self.entries[c.slot]
+            e.primary, e.replicas, e.isr, e.epoch = c.primary, list(c.replicas), list(c.isr), self.epoch
+        return self.epoch
+
+    def _differs(self, c: Change) -> bool:
+        e = self.entries[c.slot]
+        return (e.primary, e.replicas, e.isr) != (c.primary, list(c.replicas), list(c.isr))
+
+    def raise_epoch(self, at_least: int) -> None:
+        self.epoch = max(self.epoch, at_least)
+
+    def slots_of(self, name: str) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {"primary": [], "replica": []}
+        for slot, e in enumerate(self.entries):
+            if e.primary == name:
+                out["primary"].append(slot)
+            elif name in e.replicas:
+                out["replica"].append(slot)
+        return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for e in self.entries:
+            if e.primary:
+                out.setdefault(e.primary, {"primary": 0, "replica": 0})["primary"] += 1
+            for r in e.replicas:
+                out.setdefault(r, {"primary": 0, "replica": 0})["replica"] += 1
+        return out
+
+    def state(self, slot: int, is_up: Callable[[str], bool], copies_wanted: int) -> str:
+        e = self.entries[slot]
+        if e.primary is None:
+            return UNASSIGNED
+        if e.migrating_to is not None:
+            return MIGRATING
+        if not is_up(e.primary):
+            return DEGRADED if any(is_up(r) for r in e.isr) else UNAVAILABLE
+        copies = 1 + sum(1 for r in e.isr if is_up(r))
+        return OK if copies >= copies_wanted else DEGRADED
+
+    def summary(self, is_up: Callable[[str], bool], copies_wanted: int) -> dict[str, int]:
+        out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}
+        for slot in range(len(self.entries)):
+            out[self.state(slot, is_up, copies_wanted)] += 1
+        return out
+
+    def ranges(self, is_up: Callable[[str], bool], copies_wanted: int) -> list[dict[str, Any]]:
+        """Consecutive slots with the same owners, epoch and state, joined."""
+        out: list[dict[str, Any]] = []
+        for slot, e in enumerate(self.entries):
+            state = self.state(slot, is_up, copies_wanted)
+            last = out[-1] if out else None
+            if (last is not None and last["to"] == slot - 1 and last["primary"] == e.primary
+                    and last["replicas"] == e.replicas and last["isr"] == e.isr and last["epoch"] == e.epoch
+                    and last["state"] == state):
+                last["to"] = slot
+            else:
+                out.append({"from": slot, "to": slot, "primary": e.primary, "replicas": list(e.replicas),
+                            "isr": list(e.isr), "epoch": e.epoch, "state": state})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "slots": [e.to_json() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SlotMap:
+        m = cls(len(data["slots"]))
+        m.epoch = data["epoch"]
+        for e, (primary, replicas, isr, epoch) in zip(m.entries, data["slots"]):
+            e.primary, e.replicas, e.isr, e.epoch = primary, list(replicas), list(isr), epoch
+        return m

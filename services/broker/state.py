@@ -1,0 +1,43 @@
+"""The broker's persisted cluster state (rule 4): cluster id, epoch, slot map, node addresses.
+
+Written to a temp file, fsynced and renamed before any change is pushed to stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("snapkv.state")
+
+FILE = "cluster.json"
+
+
+def load(data_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(data_dir, FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("event=state_unreadable file=%s error=%r action=rebuild_from_registrations", path, exc)
+        return None
+
+
+def save(data_dir: str, state: dict[str, Any]) -> None:
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

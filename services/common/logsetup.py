@@ -1,0 +1,16 @@
+"""Structured logs: one line per event, key=value, with the node name."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup(node: str, level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"ts=%(asctime)s level=%(levelname)s node={node} logger=%(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,40 @@
+"""Internal frame format: one WebSocket binary message carries a msgpack list of frames.
+
+request  [id, op, args]          id > 0; args is a dict (or list) of msgpack values
+response [id, OK, result]        or [id, ERR, [code, message, detail]]
+Bytes stay bytes and text stays text (use_bin_type / raw=False).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+OK = 0
+ERR = 1
+
+# broker -> store
+OP_GET = "get"
+OP_WRITE = "write"  # a batch of set/delete items in one slot, applied atomically
+OP_SCAN = "scan"
+OP_ASSIGN = "assign"
+OP_STATS = "stats"
+OP_SNAPSHOT = "snapshot"
+# store -> store
+OP_REPLICATE = "repl"
+OP_SYNC = "sync"
+
+# write conditions (If-Match) besides an exact version
+MUST_EXIST = -1
+MUST_NOT_EXIST = -2
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def pack(frames: list[Any]) -> bytes:
+    return msgpack.packb(frames, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)

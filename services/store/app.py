@@ -1,0 +1,204 @@
+"""The store service: aiohttp routes and background loops; wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..common import errors, rpc, wire
+from ..common.config import Settings
+from ..common.httpjson import json_errors, require_token
+from . import recovery, snapshot
+from .engine import Engine
+from .metrics import StoreMetrics
+from .node import StoreNode
+from .wal import Wal
+
+log = logging.getLogger("snapkv.store")
+
+SERVICE = web.AppKey("service", "StoreService")
+
+
+class DataDirError(Exception):
+    pass
+
+
+def default_advertise(settings: Settings) -> str:
+    if settings.advertise:
+        return settings.advertise
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):
+        broker_host = urlsplit(settings.broker_url).hostname or "localhost"
+        host = "127.0.0.1" if broker_host in ("localhost", "127.0.0.1", "::1") else socket.gethostname()
+    return f"{host}:{settings.port}"
+
+
+class StoreService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.address = default_advertise(settings)
+        self.data_dir = settings.data_dir or os.path.join("data", settings.name)
+        self.engine = Engine()
+        self.node = StoreNode(self.name, self.engine, None)
+        self.metrics = StoreMetrics(self)
+        self.recovered = False
+        self.registered = False
+        self.last_snapshot_at = 0.0
+        self.snapshots: snapshot.Snapshotter | None = None
+        self._lock_fd: int | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.site = settings.site
+
+    @property
+    def ready(self) -> bool:
+        return self.recovered and self.registered
+
+    def replication_lag(self) -> float:
+        replicator = self.node.replicator
+        return float(replicator.lag()) if replicator is not None else 0.0
+
+    # -- start-up -------------------------------------------------------------------------------
+    def open_data_dir(self) -> None:
+        """Create and lock the data dir; an unusable one stops the process with a clear error."""
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            probe = os.path.join(self.data_dir, ".write-test")
+            with open(probe, "wb") as fh:
+                fh.write(b"ok")
+            os.unlink(probe)
+            self._lock_fd = os.open(os.path.join(self.data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DataDirError(f"data dir {self.data_dir!r} is not usable: {exc.strerror}") from None
+        try:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataDirError(f"data dir {self.data_dir!r} is locked by another process") from None
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        result = recovery.recover(self.data_dir, self.node)
+        self.node.wal = Wal(self.data_dir, self.settings.fsync)
+        self.node.wal.start()
+        self.snapshots = snapshot.Snapshotter(self)
+        self.node.add_handler(wire.OP_SNAPSHOT, lambda _args: self.snapshots.take(reason="manual"))
+        if result.snapshot_time:
+            self.last_snapshot_at = result.snapshot_time
+        self.recovered = True
+        log.info("event=recovered keys=%d slots=%d snapshot=%s replayed=%d seconds=%.3f", self.engine.key_count(),
+                 len(self.node.assignments), result.snapshot_file or "-", result.replayed,
+                 time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        if self.snapshots is not None:
+            await self.snapshots.stop()
+        if self.node.wal is not None:
+            await self.node.wal.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    # -- registration ---------------------------------------------------------------------------
+    async def register_once(self) -> None:
+        assert self._session is not None
+        body = {"name": self.name, "ip_address": self.address, "site": self.site,
+                "inventory": self.node.inventory(), "confirmed": self.node.confirmed}
+        headers = {"Authorization": f"Bearer {self.settings.cluster_token}"} if self.settings.cluster_token else {}
+        async with self._session.post(self.settings.broker_url, json=body, headers=headers,
+                                      timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            if resp.status != 200:
+                text = await resp.text()
+                raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
+        if not self.registered:
+            log.info("event=registered broker=%s address=%s site=%s", self.settings.broker_url, self.address,
+                     self.site or "-")
+        self.registered = True
+
+    async def register_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.register_once()
+                failures = 0
+                await asyncio.sleep(self.settings.register_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying; the broker may not be up yet
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.settings.broker_url,
+                                failures, exc)
+                await asyncio.sleep(min(0.2 * failures, 2.0))
+
+    # -- routes ---------------------------------------------------------------------------------
+    async def internal(self, request: web.Request) -> web.StreamResponse:
+        require_token(request, self.settings.cluster_token)
+        if not self.recovered:
+            raise errors.NotReady("store is recovering")
+        return await rpc.serve(request, self.node.handle)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "name": self.name})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        body = {"name": self.name, "recovered": self.recovered, "registered": self.registered,
+                "confirmed": self.node.confirmed}
+        return web.json_response(body, status=200 if self.ready else 503)
+
+    async def metrics_route(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def snapshot_route(self, request: web.Request) -> web.Response:
+        require_token(request, self.settings.cluster_token)
+        assert self.snapshots is not None
+        result = await self.snapshots.take(reason="manual")
+        return web.json_response(result, status=200 if result["ok"] else 502)
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": self.name, "address": self.address, "site": self.site,
+                                  "ready": self.ready, **self.node.op_stats()})
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    service._session = aiohttp.ClientSession()
+    await service.start()
+    tasks: list[asyncio.Task[Any]] = []
+    if service.settings.broker_url:
+        tasks.append(asyncio.create_task(service.register_loop()))
+    else:
+        log.warning("event=no_broker_url hint='set BROKER_URL, e.g. http://localhost:8080/register'")
+    assert service.snapshots is not None
+    service.snapshots.start()
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await service.stop()
+    await service._session.close()
+
+
+def make_app(settings: Settings) -> web.Application:
+    service = StoreService(settings)
+    service.open_data_dir()
+    app = web.Application(middlewares=[json_errors])
+    app[SERVICE] = service
+    app.router.add_get("/internal/ws", service.internal)
+    app.router.add_get("/healthz", service.healthz)
+    app.router.add_get("/readyz", service.readyz)
+    app.router.add_get("/metrics", service.metrics_route)
+    app.router.add_post("/snapshot", service.snapshot_route)
+    app.router.add_get("/info", service.info)
+    app.cleanup_ctx.append(_background)
+    return app

@@ -1,0 +1,191 @@
+"""The keyspace: per-slot dicts of bytes -> (value, version, expiry), with per-slot (epoch, seq). Pure.
+
+A write is a Mutation: [slot, epoch, seq, rid, ops, now_ms], ops = [[key, value or None, expires_at_ms], ...]
+(None deletes). The same record is logged, replicated and replayed, so every copy applies the
+same thing. Versions are unique across epochs: epoch << 40 | seq (rule 8).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ..common import errors
+from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
+from ..common.slots import SLOTS
+
+Entry = tuple[bytes, int, int]  # value, version, expires_at_ms (0 = never)
+Mutation = list[Any]  # [slot, epoch, seq, rid, ops, now_ms at the primary]
+Result = list[Any]  # [version, [existed before, per op]]: the same on every copy that applies it
+SEQ_BITS = 40
+RECENT_IDS = 512  # request ids remembered per slot for idempotent retries (rule 7)
+
+
+
+def make_version(epoch: int, seq: int) -> int:
+    return (epoch << SEQ_BITS) | seq
+
+
+class SlotData:
+    __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent")
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, Entry] = {}
+        self.epoch = 0  # the assignment epoch this copy serves at
+        self.seq = 0  # last applied mutation
+        self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
+        self.recent: OrderedDict[str, Result] = OrderedDict()  # request id -> result of its write
+
+    def remember(self, rid: str, result: Result) -> None:
+        if not rid:
+            return
+        self.recent[rid] = result
+        if len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
+
+
+def live(entry: Entry | None, now_ms: int) -> Entry | None:
+    if entry is None or (entry[2] and entry[2] <= now_ms):
+        return None
+    return entry
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.slots: dict[int, SlotData] = {}
+        self.bytes = 0  # keys + values held, kept current by every change
+
+    def slot(self, slot: int) -> SlotData:
+        data = self.slots.get(slot)
+        if data is None:
+            data = self.slots[slot] = SlotData()
+        return data
+
+    def get(self, slot: int, key: bytes, now_ms: int) -> Entry | None:
+        data = self.slots.get(slot)
+        return None if data is None else live(data.entries.get(key), now_ms)
+
+    def prepare(self, slot: int, epoch: int, rid: str, ops: list[list[Any]], conditions: list[int | None],
+                now_ms: int) -> Mutation:
+        """Check every op's condition, then build the mutation; raises before anything is applied.
+
+        ops come as [key, value or None, ttl_ms or 0]; the mutation carries absolute expiry times.
+        """
+        data = self.slot(slot)
+        entries = data.entries
+        for (key, value, _), cond in zip(ops, conditions):
+            current = live(entries.get(key), now_ms)
+            if value is None and current is None:
+                raise errors.KeyNotFound(f"key {key!r} not found")
+            if cond is None:
+                continue
+            if cond == MUST_NOT_EXIST:
+                if current is not None:
+                    raise errors.VersionMismatch("key exists", key=_text(key), version=current[1])
+            elif current is None:
+                raise errors.VersionMismatch("key does not exist", key=_text(key))
+            elif cond != MUST_EXIST and current[1] != cond:
+                raise errors.VersionMismatch("version differs", key=_text(key), version=current[1])
+        absolute = [[key, value, now_ms + ttl if ttl else 0] for key, value, ttl in ops]
+        return [slot, epoch, data.seq + 1, rid, absolute, now_ms]
+
+    def apply(self, mutation: Mutation) -> Result:
+        """Apply a mutation (primary after prepare, replica, or replay); returns its result."""
+        slot, epoch, seq, rid, ops, now = mutation
+        data = self.slot(slot)
+        version = make_version(epoch, seq)
+        entries = data.entries
+        delta = 0
+        existed = []
+        for key, value, expires_at in ops:
+            old = entries.pop(key, None) if value is None else entries.get(key)
+            existed.append(live(old, now) is not None)
+            if old is not None:
+                delta -= len(key) + len(old[0])
+            if value is not None:
+                entries[key] = (value, version, expires_at)
+                delta += len(key) + len(value)
+        self.bytes += delta
+        data.seq = seq
+        data.data_epoch = epoch
+        result = [version, existed]
+        data.remember(rid, result)
+        return result
+
+    def expired(self, slot: int, now_ms: int, limit: int) -> list[bytes]:
+        data = self.slots.get(slot)
+        if data is None:
+            return []
+        out = []
+        for key, entry in data.entries.items():
+            if entry[2] and entry[2] <= now_ms:
+                out.append(key)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def scan(self, slots: Iterable[int], after: tuple[int, bytes] | None, prefix: bytes, limit: int,
+             now_ms: int, with_values: bool) -> tuple[list[list[Any]], bool]:
+        """Live entries of the given slots in (slot, key) order after `after`; (items, more_left)."""
+        items: list[list[Any]] = []
+        for slot in sorted(slots):
+            if after is not None and slot < after[0]:
+                continue
+            data = self.slots.get(slot)
+            if data is None or not data.entries:
+                continue
+            keys = sorted(k for k in data.entries if k.startswith(prefix)) if prefix else sorted(data.entries)
+            start = bisect.bisect_right(keys, after[1]) if after is not None and slot == after[0] else 0
+            for key in keys[start:]:
+                entry = live(data.entries[key], now_ms)
+                if entry is None:
+                    continue
+                if len(items) >= limit:
+                    return items, True
+                items.append([slot, key, entry[0]] if with_values else [slot, key])
+        return items, False
+
+    def key_count(self, slots: Iterable[int] | None = None) -> int:
+        chosen = self.slots.values() if slots is None else (self.slots[s] for s in slots if s in self.slots)
+        return sum(len(d.entries) for d in chosen)
+
+    def drop(self, slot: int) -> None:
+        data = self.slots.pop(slot, None)
+        if data is not None:
+            self.bytes -= _size(data)
+
+    def export_slot(self, slot: int) -> list[Any]:
+        """Point-in-time copy of one slot as a msgpack-able list (used by snapshots and full sync)."""
+        data = self.slots.get(slot) or SlotData()
+        flat: list[Any] = []
+        for key, (value, version, expires_at) in data.entries.items():
+            flat += (key, value, version, expires_at)
+        return [slot, data.data_epoch, data.seq, flat, list(data.recent.items())]
+
+    def import_slot(self, record: list[Any]) -> None:
+        slot, data_epoch, seq, flat, recent = record
+        data = SlotData()
+        it: Iterator[Any] = iter(flat)
+        data.entries = {k: (v, ver, exp) for k, v, ver, exp in zip(it, it, it, it)}
+        data.data_epoch, data.seq = data_epoch, seq
+        data.recent = OrderedDict((rid, s) for rid, s in recent)
+        old = self.slots.get(slot)
+        if old is not None:
+            data.epoch = old.epoch
+            self.bytes -= _size(old)
+        self.bytes += _size(data)
+        self.slots[slot] = data
+
+
+def all_slots() -> range:
+    return range(SLOTS)
+
+
+def _size(data: SlotData) -> int:
+    return sum(len(k) + len(e[0]) for k, e in data.entries.items())
+
+
+def _text(key: bytes) -> str:
+    return key.decode("utf-8", "replace")

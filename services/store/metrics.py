@@ -1,0 +1,66 @@
+"""Store metrics in Prometheus names; state gauges are read at scrape time from the node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .app import StoreService
+
+
+class StoreMetrics:
+    def __init__(self, service: StoreService) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.op_seconds = Histogram("snapkv_store_op_seconds", "Time to commit a write or answer a read",
+                                    ["op"], registry=self.registry,
+                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+        self.snapshot_seconds = Histogram("snapkv_store_snapshot_seconds", "Time to write a snapshot",
+                                          registry=self.registry,
+                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.wal_fsync_seconds = Histogram("snapkv_store_wal_fsync_seconds", "Time of one log fsync",
+                                           registry=self.registry,
+                                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+        self.registry.register(_StateCollector(service))
+
+
+class _StateCollector(Collector):
+    def __init__(self, service: StoreService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        svc = self.service
+        node = svc.node
+        wal = node.wal
+        if wal is not None:
+            for seconds in wal.fsync_seconds:
+                svc.metrics.wal_fsync_seconds.observe(seconds)
+            wal.fsync_seconds.clear()
+        stats = node.op_stats()
+        keys = GaugeMetricFamily("snapkv_store_keys", "Keys held, by role", labels=["role"])
+        for role, count in stats["keys"].items():
+            keys.add_metric([role], count)
+        yield keys
+        slots = GaugeMetricFamily("snapkv_store_slots", "Slots held, by role", labels=["role"])
+        for role, count in stats["slots"].items():
+            slots.add_metric([role], count)
+        yield slots
+        yield GaugeMetricFamily("snapkv_store_bytes", "Bytes of keys and values held", value=node.engine.bytes)
+        ops = CounterMetricFamily("snapkv_store_ops", "Internal operations handled", labels=["op"])
+        for op, count in sorted(node.ops.items()):
+            ops.add_metric([op], count)
+        yield ops
+        yield GaugeMetricFamily("snapkv_store_replication_lag_seq",
+                                "Mutations not yet acknowledged by replicas, summed over slots",
+                                value=svc.replication_lag())
+        yield GaugeMetricFamily("snapkv_store_last_snapshot_timestamp_seconds",
+                                "Unix time of the last successful snapshot (0 = none yet)",
+                                value=svc.last_snapshot_at)
+        yield GaugeMetricFamily("snapkv_store_ready", "1 once recovered and registered",
+                                value=1.0 if svc.ready else 0.0)

@@ -1,0 +1,258 @@
+"""The store's request handling: ownership checks, the write path and committed reads.
+
+Write path (primary): check ownership at the broker's epoch -> prepare (conditions) -> apply in
+memory -> log -> replicate to the in-sync replicas -> committed once the log write (and fsync
+with fsync=always) and every ISR member's ack are in. Reads of an entry newer than the slot's
+committed seq wait for its commit, so no read returns a write that could still be lost (rule 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..common import errors, wire
+from . import wal as walmod
+from .engine import SEQ_BITS, Engine, Mutation
+
+log = logging.getLogger("snapkv.store")
+
+PRIMARY, REPLICA = "primary", "replica"
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+@dataclass
+class Assignment:
+    epoch: int
+    role: str
+    members: list[list[str]]  # [[name, address], ...]: primary first, then replicas
+    isr: list[str] = field(default_factory=list)  # names of in-sync replicas
+
+    def to_wire(self) -> list[Any]:
+        return [self.epoch, self.role, self.members, self.isr]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StoreNode:
+    def __init__(self, name: str, engine: Engine, wal: walmod.Wal | None) -> None:
+        self.name = name
+        self.engine = engine
+        self.wal = wal
+        self.assignments: dict[int, Assignment] = {}
+        self.confirmed = False  # the broker has told us what we own since we started (rule 3)
+        self.committed: dict[int, int] = {}  # slot -> last committed seq
+        self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self.replicator: Any = None  # set by the app once replication is wired
+        self.ops: dict[str, int] = {}
+        self.dirty = False  # something changed since the last snapshot
+        self._handlers = {
+            wire.OP_GET: self.op_get,
+            wire.OP_WRITE: self.op_write,
+            wire.OP_SCAN: self.op_scan,
+            wire.OP_ASSIGN: self.op_assign,
+            wire.OP_STATS: self.op_stats,
+        }
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def handle(self, op: str, args: Any) -> Any:
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise errors.BadRequest(f"unknown internal op {op!r}")
+        self.ops[op] = self.ops.get(op, 0) + 1
+        return handler(args)
+
+    def add_handler(self, op: str, handler: Any) -> None:
+        self._handlers[op] = handler
+
+    # -- ownership ------------------------------------------------------------------------------
+    def owned(self, slot: int, epoch: int) -> Assignment:
+        a = self.assignments.get(slot)
+        if a is None or a.role != PRIMARY or not self.confirmed:
+            raise errors.WrongOwner(f"{self.name} is not primary for slot {slot}", slot=slot,
+                                    epoch=a.epoch if a else 0)
+        if a.epoch != epoch:
+            raise errors.WrongOwner(f"slot {slot} is at epoch {a.epoch} here, not {epoch}", slot=slot,
+                                    epoch=a.epoch)
+        return a
+
+    # -- reads ----------------------------------------------------------------------------------
+    def op_get(self, args: list[Any]) -> Any:
+        slot, epoch, key = args
+        self.owned(slot, epoch)
+        entry = self.engine.get(slot, key, now_ms())
+        if entry is None:
+            return None
+        seq = entry[1] & SEQ_MASK
+        if seq <= self.committed.get(slot, 0):
+            return list(entry)
+        return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
+
+    def _read_again(self, slot: int, key: bytes) -> Any:
+        entry = self.engine.get(slot, key, now_ms())
+        return None if entry is None else list(entry)
+
+    def op_scan(self, args: list[Any]) -> Any:
+        slots, after_slot, after_key, prefix, limit, with_values = args
+        owned = [s for s in slots if (a := self.assignments.get(s)) is not None and a.role == PRIMARY]
+        after = (after_slot, after_key) if after_key is not None else None
+        if after is None and after_slot:
+            owned = [s for s in owned if s >= after_slot]
+        items, more = self.engine.scan(owned, after, prefix, limit, now_ms(), with_values)
+        return [items, more, len(owned) != len(slots)]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def op_write(self, args: list[Any]) -> Any:
+        slot, epoch, rid, ops, conditions = args
+        self.owned(slot, epoch)
+        data = self.engine.slot(slot)
+        if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
+            result = data.recent[rid]
+            return self._after_commit(slot, result[0] & SEQ_MASK, lambda: result)
+        mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
+        return self.commit_mutation(mutation)
+
+    def commit_mutation(self, mutation: Mutation) -> asyncio.Future[Any]:
+        """Apply, log and replicate; the future holds [version, existed] once the write is committed."""
+        slot, seq = mutation[0], mutation[2]
+        outcome = self.engine.apply(mutation)
+        self.dirty = True
+        durable = self.wal.durable(self.wal.append(walmod.MUTATION, mutation)) if self.wal else None
+        acked = self.replicator.replicate(mutation) if self.replicator is not None else None
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        parts = [f for f in (durable, acked) if f is not None]
+
+        def finished(_: Any = None) -> None:
+            if result.done():
+                return
+            for part in parts:
+                if part.done() and part.exception() is not None:
+                    result.set_exception(part.exception())  # type: ignore[arg-type]
+                    return
+            if all(part.done() for part in parts):
+                self.mark_committed(slot, seq)
+                result.set_result(outcome)
+
+        if not parts:
+            finished()
+        for part in parts:
+            part.add_done_callback(finished)
+        return result
+
+    def mark_committed(self, slot: int, seq: int) -> None:
+        if seq <= self.committed.get(slot, 0):
+            return
+        self.committed[slot] = seq
+        waiters = self._commit_waiters.get(slot)
+        if not waiters:
+            return
+        keep = []
+        for want, fut in waiters:
+            if want <= seq:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((want, fut))
+        self._commit_waiters[slot] = keep
+
+    def _after_commit(self, slot: int, seq: int, then: Any) -> Any:
+        if seq <= self.committed.get(slot, 0):
+            return then()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.setdefault(slot, []).append((seq, fut))
+        out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[None]) -> None:
+            if out.done():
+                return
+            if f.cancelled() or f.exception() is not None:
+                out.set_exception(errors.Unavailable("write did not commit"))
+            else:
+                out.set_result(then())
+
+        fut.add_done_callback(done)
+        return out
+
+    def fail_waiters(self, slot: int) -> None:
+        for _, fut in self._commit_waiters.pop(slot, []):
+            if not fut.done():
+                fut.set_exception(errors.WrongOwner(f"slot {slot} moved", slot=slot))
+
+    # -- assignments (rule 3) -------------------------------------------------------------------
+    def op_assign(self, args: dict[str, Any]) -> Any:
+        changes: list[tuple[int, Assignment | None]] = []
+        for slot, epoch, role, members, isr in args.get("slots", []):
+            current = self.assignments.get(slot)
+            if current is not None and epoch < current.epoch:
+                raise errors.StaleEpoch(f"slot {slot} is at epoch {current.epoch}", slot=slot,
+                                        epoch=current.epoch)
+            changes.append((slot, Assignment(epoch, role, members, isr)))
+        for slot in args.get("drop", []):
+            changes.append((slot, None))
+        for slot, assignment in changes:
+            self.apply_assignment(slot, assignment, log_it=True)
+        if args.get("confirm"):
+            self.confirmed = True
+        if self.wal is None:
+            return {"ok": True}
+        return _then(self.wal.durable(), {"ok": True})
+
+    def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
+        previous = self.assignments.get(slot)
+        if assignment is None:
+            self.assignments.pop(slot, None)
+            self.engine.drop(slot)
+            self.committed.pop(slot, None)
+            self.fail_waiters(slot)
+            if log_it and self.wal is not None:
+                self.wal.append(walmod.DROP, slot)
+        else:
+            self.assignments[slot] = assignment
+            self.engine.slot(slot).epoch = assignment.epoch
+            # everything we hold when we become primary is committed: the broker only promotes ISR members
+            if assignment.role == PRIMARY:
+                self.mark_committed(slot, self.engine.slot(slot).seq)
+            if log_it and self.wal is not None:
+                self.wal.append(walmod.ASSIGN, [slot, *assignment.to_wire()])
+        if self.replicator is not None:
+            self.replicator.assignment_changed(slot, previous, assignment)
+        self.dirty = True
+
+    def inventory(self) -> list[list[Any]]:
+        out = []
+        for slot, a in sorted(self.assignments.items()):
+            data = self.engine.slots.get(slot)
+            out.append([slot, a.role, data.seq if data else 0, data.data_epoch if data else 0, a.epoch])
+        return out
+
+    # -- stats ----------------------------------------------------------------------------------
+    def op_stats(self, _: Any = None) -> dict[str, Any]:
+        roles = {PRIMARY: 0, REPLICA: 0}
+        keys = {PRIMARY: 0, REPLICA: 0}
+        for slot, a in self.assignments.items():
+            roles[a.role] = roles.get(a.role, 0) + 1
+            data = self.engine.slots.get(slot)
+            if data is not None:
+                keys[a.role] = keys.get(a.role, 0) + len(data.entries)
+        return {"name": self.name, "slots": roles, "keys": keys, "ops": dict(self.ops)}
+
+
+def _then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(f: asyncio.Future[None]) -> None:
+        if out.done():
+            return
+        if f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        else:
+            out.set_result(value)
+
+    fut.add_done_callback(done)
+    return out
