@@ -1,0 +1,103 @@
+"""services/store/zone.py against kmock, an in-memory Kubernetes API *emulator* (no real API server
+runs on these machines). It exercises the real client path: in-cluster config from the service
+account env and files, TLS verified with the pod's CA file, the bearer token, GET /api/v1/nodes/NAME.
+What a real API server adds (RBAC, admission) is not covered here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+kmock = pytest.importorskip("kmock")
+pytest.importorskip("kubernetes")
+from aiohttp.test_utils import RawTestServer
+from kubernetes.config import incluster_config
+from snapkv.store.zone import ZONE_LABEL, lookup_zone
+
+TOKEN = "emulator-service-account-token"
+NODES = "v1/nodes"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: the pod's CA file and the emulator's key pair."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the emulator's TLS certificate")
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "ca.crt", tmp / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+async def emulator(certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A TLS kmock KubernetesEmulator, with the pod's in-cluster env and files pointing at it."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    class TLSServer(RawTestServer):
+        async def start_server(self, loop=None, **kwargs):
+            await super().start_server(loop=loop, ssl=context, **kwargs)
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s, server_cls=TLSServer) as server:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert))
+        yield k8s
+
+
+def _add_node(k8s, name: str, labels: dict[str, str]) -> None:
+    k8s.objects[kmock.resource(NODES), None, name] = {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+async def test_zone_is_the_node_label_read_with_the_service_account(emulator):
+    _add_node(emulator, "worker-1", {ZONE_LABEL: "site-a", "kubernetes.io/hostname": "worker-1"})
+    _add_node(emulator, "worker-2", {ZONE_LABEL: "site-b"})
+
+    # The client is synchronous; the emulator serves on this test's event loop.
+    assert await asyncio.to_thread(lookup_zone, "worker-2") == "site-b"
+    assert await asyncio.to_thread(lookup_zone, "worker-1") == "site-a"
+
+    fetches = list(emulator[kmock.resource(NODES)])
+    assert [r.name for r in fetches] == ["worker-2", "worker-1"]
+    # The client spells the scheme "bearer"; the API server accepts either case.
+    assert all(r.headers["Authorization"].lower() == f"bearer {TOKEN}" for r in fetches)
+
+
+async def test_node_without_zone_label_gives_none_and_one_log_line(emulator, caplog):
+    _add_node(emulator, "worker-3", {"kubernetes.io/hostname": "worker-3"})
+    with caplog.at_level(logging.INFO, logger="snapkv.store.zone"):
+        assert await asyncio.to_thread(lookup_zone, "worker-3") is None
+    assert len(caplog.records) == 1
+    assert "zone_lookup_failed" in caplog.records[0].getMessage()
+
+
+async def test_unknown_node_gives_none_and_one_log_line(emulator, caplog):
+    with caplog.at_level(logging.INFO, logger="snapkv.store.zone"):
+        assert await asyncio.to_thread(lookup_zone, "no-such-node") is None
+    assert len(caplog.records) == 1
+    assert "zone_lookup_failed" in caplog.records[0].getMessage()
+    assert "\n" not in caplog.records[0].getMessage()
+
+
+def test_outside_a_cluster_gives_none(monkeypatch, caplog):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    with caplog.at_level(logging.WARNING, logger="snapkv.store.zone"):
+        assert lookup_zone("worker-1") is None
+    assert len(caplog.records) == 1
