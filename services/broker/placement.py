@@ -40,23 +40,33 @@ def pick_replicas(primary: str, nodes: Mapping[str, str], copies: int, load: Map
 
 
 def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> list[Change]:
-    """A fresh map for nodes {name: site}: equal contiguous primary ranges, site-aware replicas."""
+    """A fresh map for nodes {name: site}: equal contiguous primary ranges, site-aware replicas.
+
+    Each primary's range is cut into equal contiguous parts, one per node that may hold its first
+    replica (another site's, when there is one), least loaded first; further replicas (factor 3)
+    are picked block by block from the nodes left, other sites first.
+    """
     order = interleave_sites(nodes)
     if not order:
         return []
     copies = min(replication_factor, len(order))
     load = {n: 0 for n in order}
+    bounds = [slot * len(order) // slots for slot in range(slots)]
     changes: list[Change] = []
-    replicas: list[str] = []
-    previous_primary = None
-    for slot in range(slots):
-        primary = order[slot * len(order) // slots]
-        if slot % BLOCK == 0 or primary != previous_primary:
-            replicas = pick_replicas(primary, nodes, copies, load)
-            previous_primary = primary
-        for r in replicas:
-            load[r] += 1
-        changes.append(Change(slot, primary, replicas, list(replicas)))
+    for index, primary in enumerate(order):
+        range_slots = [s for s in range(slots) if bounds[s] == index]
+        others = [n for n in order if n != primary]
+        pool = [n for n in others if nodes[n] != nodes[primary]] or others
+        pool.sort(key=lambda n: (load[n], n))
+        extra: list[str] = []
+        for i, slot in enumerate(range_slots):
+            replicas = [pool[i * len(pool) // len(range_slots)]] if pool and copies > 1 else []
+            if copies > 2 and (i % BLOCK == 0 or replicas[0] in extra):
+                extra = pick_replicas(primary, nodes, copies - 1, load, exclude=tuple(replicas))
+            replicas += [n for n in extra if n not in replicas][:copies - 1 - len(replicas)]
+            for r in replicas:
+                load[r] += 1
+            changes.append(Change(slot, primary, replicas, list(replicas)))
     return changes
 
 

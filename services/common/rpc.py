@@ -182,11 +182,17 @@ class RpcClient:
                 pass
 
 
-async def serve(request: web.Request, handler: Handler) -> web.WebSocketResponse:
-    """Server side of an internal connection: dispatch every frame, reply as results arrive."""
+async def serve(request: web.Request, handler: Handler,
+                open_set: set[web.WebSocketResponse] | None = None) -> web.WebSocketResponse:
+    """Server side of an internal connection: dispatch every frame, reply as results arrive.
+
+    `open_set` tracks live connections so that shutdown can close them.
+    """
     ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, compress=False, autoping=True)
     await ws.prepare(request)
     outbox = _Outbox(ws)
+    if open_set is not None:
+        open_set.add(ws)
 
     def reply_later(msg_id: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -215,6 +221,8 @@ async def serve(request: web.Request, handler: Handler) -> web.WebSocketResponse
                     outbox.put([msg_id, wire.OK, result])
     finally:
         await outbox.close()
+        if open_set is not None:
+            open_set.discard(ws)
     return ws
 
 

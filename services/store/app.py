@@ -59,6 +59,7 @@ class StoreService:
         self.snapshots: snapshot.Snapshotter | None = None
         self._lock_fd: int | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._internal: set[web.WebSocketResponse] = set()
         self.site = settings.site
 
     @property
@@ -145,7 +146,12 @@ class StoreService:
         require_token(request, self.settings.cluster_token)
         if not self.recovered:
             raise errors.NotReady("store is recovering")
-        return await rpc.serve(request, self.node.handle)
+        return await rpc.serve(request, self.node.handle, self._internal)
+
+    async def close_internal(self, app: web.Application) -> None:
+        """On shutdown: end persistent connections so peers notice at once and nothing waits on them."""
+        for ws in list(self._internal):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"store shutting down")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "name": self.name})
@@ -201,4 +207,5 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/snapshot", service.snapshot_route)
     app.router.add_get("/info", service.info)
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(service.close_internal)
     return app

@@ -152,6 +152,8 @@ class Snapshotter:
                 pass
         if self._running is not None:
             await asyncio.shield(self._running)
+        if self.service.node.dirty:  # SIGTERM: leave a snapshot so the restart replays little
+            await self.take(reason="shutdown")
 
     async def _periodic(self) -> None:
         interval = self.service.settings.snapshot_interval

@@ -1,0 +1,125 @@
+"""The idiomatic /v1 API against real processes: raw bytes, ETags, CAS, TTL, batches, scans."""
+
+import time
+from urllib.parse import quote
+
+import pytest
+
+from support.procs import http
+
+ODD_KEYS = ["a&b+c#d%e/f?g", "with space", "line\nbreak", "ключ-键-🔑", "%25%2F", "dot/./seg", "trailing/"]
+
+
+def kv(url: str, key: str) -> str:
+    return f"{url}/v1/kv/{quote(key, safe='').replace('.', '%2E')}"
+
+
+def test_put_get_delete_with_etag(cluster3):
+    url = cluster3.url
+    status, body, headers = http("PUT", kv(url, "v1:a"), raw=b"\x00\x01binary\xff")
+    assert status == 201 and headers["ETag"] == f'"{body["version"]}"'
+    status, value, headers = http("GET", kv(url, "v1:a"))
+    assert status == 200 and value == b"\x00\x01binary\xff"
+    assert headers["ETag"] == f'"{body["version"]}"'
+    status, body2, _ = http("PUT", kv(url, "v1:a"), raw=b"second")
+    assert status == 200 and body2["version"] > body["version"]
+    status, body, _ = http("DELETE", kv(url, "v1:a"))
+    assert status == 200 and body == {"key": "v1:a", "deleted": True}
+    assert http("GET", kv(url, "v1:a"))[0] == 404
+    assert http("DELETE", kv(url, "v1:a"))[0] == 404
+
+
+def test_compare_and_set(cluster3):
+    url = cluster3.url
+    _, body, _ = http("PUT", kv(url, "v1:cas"), raw=b"1")
+    version = body["version"]
+    status, err, _ = http("PUT", kv(url, "v1:cas"), raw=b"2", headers={"If-Match": f'"{version + 1}"'})
+    assert status == 412 and err["error"]["code"] == "version_mismatch"
+    status, ok, _ = http("PUT", kv(url, "v1:cas"), raw=b"2", headers={"If-Match": f'"{version}"'})
+    assert status == 200
+    # the old version no longer matches: exactly one of two racing writers wins
+    assert http("PUT", kv(url, "v1:cas"), raw=b"3", headers={"If-Match": f'"{version}"'})[0] == 412
+    assert http("PUT", kv(url, "v1:missing"), raw=b"x", headers={"If-Match": '"1"'})[0] == 412
+    assert http("PUT", kv(url, "v1:cas"), raw=b"x", headers={"If-None-Match": "*"})[0] == 412
+    assert http("PUT", kv(url, "v1:fresh"), raw=b"x", headers={"If-None-Match": "*"})[0] == 201
+    assert http("GET", kv(url, "v1:cas"))[1] == b"2"
+    assert http("DELETE", kv(url, "v1:cas"), headers={"If-Match": f'"{version}"'})[0] == 412
+    assert http("DELETE", kv(url, "v1:cas"), headers={"If-Match": f'"{ok["version"]}"'})[0] == 200
+
+
+def test_ttl_expires_keys(cluster3):
+    url = cluster3.url
+    assert http("PUT", kv(url, "v1:ttl") + "?ttl=0.5", raw=b"soon gone")[0] == 201
+    assert http("GET", kv(url, "v1:ttl"))[0] == 200
+    status, body, _ = http("POST", f"{url}/set", {"key": "seed:ttl", "value": "v", "ttl": 0.5})
+    assert status == 200
+    time.sleep(0.8)
+    assert http("GET", kv(url, "v1:ttl"))[0] == 404
+    assert http("GET", f"{url}/get?key=seed:ttl")[0] == 404
+    assert http("PUT", kv(url, "v1:ttl") + "?ttl=-3", raw=b"x")[0] == 400
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_odd_keys_round_trip_on_both_apis(cluster3, key):
+    url = cluster3.url
+    assert http("PUT", kv(url, key), raw=key.encode() + b"!")[0] in (200, 201)
+    assert http("GET", kv(url, key))[1] == key.encode() + b"!"
+    assert http("GET", f"{url}/get?key={quote(key, safe='')}")[1]["value"] == key + "!"
+    assert http("POST", f"{url}/set", {"key": key, "value": "seed"})[0] == 200
+    assert http("GET", kv(url, key))[1] == b"seed"
+    assert key in http("GET", f"{url}/v1/keys?prefix={quote(key, safe='')}")[1]["keys"]
+    assert http("DELETE", f"{url}/delete?key={quote(key, safe='')}")[0] == 200
+    assert http("GET", kv(url, key))[0] == 404
+
+
+def test_mget_and_mset(cluster3):
+    url = cluster3.url
+    items = {f"batch:{i}": f"value {i}" for i in range(40)}
+    status, body, _ = http("POST", f"{url}/v1/mset", {"items": items})
+    assert status == 200 and body["count"] == 40 and set(body["versions"]) == set(items)
+    status, body, _ = http("POST", f"{url}/v1/mget", {"keys": [*items, "batch:none"]})
+    assert status == 200 and body["items"] == {**items, "batch:none": None}
+
+
+def test_mset_checks_everything_before_writing(cluster3):
+    url = cluster3.url
+    status, body, _ = http("POST", f"{url}/v1/mset", {"items": {"atomic:ok": "v", "atomic:bad": 5}})
+    assert status == 400
+    assert http("GET", f"{url}/get?key=atomic:ok")[0] == 404
+
+
+def test_keys_scan_and_cluster_view(cluster3):
+    url = cluster3.url
+    http("POST", f"{url}/v1/mset", {"items": {f"scan:{i}": "x" for i in range(30)}})
+    keys, cursor = [], None
+    while True:
+        _, body, _ = http("GET", f"{url}/v1/keys?prefix=scan:&limit=7" + (f"&cursor={cursor}" if cursor else ""))
+        keys += body["keys"]
+        cursor = body["cursor"]
+        if not cursor:
+            break
+    assert sorted(keys) == sorted(f"scan:{i}" for i in range(30)) and len(keys) == 30
+    status, view, _ = http("GET", f"{url}/v1/cluster")
+    assert status == 200 and view["slots"] == 4096 and view["summary"]["ok"] == 4096
+    assert view["ranges"][0]["from"] == 0 and view["ranges"][-1]["to"] == 4095
+    assert sum(r["to"] - r["from"] + 1 for r in view["ranges"]) == 4096
+    assert http("GET", f"{url}/v1/stores")[1]["stores"][0]["name"] == "store1"
+
+
+def test_health_ready_metrics(cluster3):
+    url = cluster3.url
+    assert http("GET", f"{url}/healthz")[0] == 200
+    assert http("GET", f"{url}/readyz")[0] == 200
+    status, text, _ = http("GET", f"{url}/metrics")
+    text = text.decode()
+    for name in ("snapkv_broker_requests_total", "snapkv_broker_nodes", "snapkv_broker_slots",
+                 "snapkv_broker_request_seconds", "snapkv_broker_failovers_total", "snapkv_broker_node_load"):
+        assert name in text
+    assert 'snapkv_broker_slots{state="ok"} 4096.0' in text
+    store = cluster3.stores["store1"]
+    status, text, _ = http("GET", f"{store.url}/metrics")
+    text = text.decode()
+    for name in ("snapkv_store_keys", "snapkv_store_bytes", "snapkv_store_ops_total",
+                 "snapkv_store_replication_lag_seq", "snapkv_store_last_snapshot_timestamp_seconds",
+                 "snapkv_store_wal_fsync_seconds", "snapkv_store_op_seconds", "snapkv_store_snapshot_seconds"):
+        assert name in text

@@ -1,0 +1,167 @@
+"""Real broker and store processes on 127.0.0.1 with ephemeral ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, Any, dict[str, str]]:
+    """(status, parsed JSON or raw bytes, headers) — never raises on HTTP errors."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if body is not None and raw is None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, payload, hdrs = resp.status, resp.read(), dict(resp.headers.items())
+    except urllib.error.HTTPError as exc:
+        status, payload, hdrs = exc.code, exc.read(), dict(exc.headers.items())
+    if hdrs.get("Content-Type", "").startswith("application/json"):
+        return status, json.loads(payload), hdrs
+    return status, payload, hdrs
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    port: int
+    data_dir: str
+    env: dict[str, str]
+    log_path: str
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no flush."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.popen is None:
+            return 0
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    stores: dict[str, Proc] = field(default_factory=dict)
+    broker: Proc | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        assert self.broker is not None
+        return self.broker.url
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_")}
+        env.update(self.settings)
+        env.update(extra or {})
+        if self.broker is not None:
+            env["BROKER_URL"] = f"{self.broker.url}/register"
+        return env
+
+    def start_broker(self, min_stores: int, **settings: str) -> Proc:
+        port = free_port()
+        data = str(self.root / "broker")
+        env = self.env({"SNAPKV_MIN_STORES": str(min_stores), "SNAPKV_SETTLE_TIME": "0.3",
+                        **{f"SNAPKV_{k.upper()}": v for k, v in settings.items()}})
+        self.broker = Proc("broker", [sys.executable, "-m", "snapkv.broker", "--host", "127.0.0.1",
+                                      "--port", str(port), "--data-dir", data],
+                           port, data, env, str(self.root / "broker.log"))
+        self.broker.start()
+        return self.broker
+
+    def add_store(self, name: str, site: str = "", **settings: str) -> Proc:
+        port = free_port()
+        data = str(self.root / name)
+        env = self.env({f"SNAPKV_{k.upper()}": v for k, v in settings.items()})
+        args = [sys.executable, "-m", "snapkv.store", name, str(port), "--host", "127.0.0.1", "--data-dir", data]
+        if site:
+            args += ["--site", site]
+        proc = Proc(name, args, port, data, env, str(self.root / f"{name}.log"))
+        self.stores[name] = proc
+        proc.start()
+        return proc
+
+    def restart(self, proc: Proc) -> None:
+        proc.kill()
+        proc.start()
+
+    def wait_ready(self, stores: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """Until every slot is ok and `stores` stores are up and confirmed."""
+        want = len(self.stores) if stores is None else stores
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                status, view, _ = http("GET", f"{self.url}/v1/cluster", timeout=2)
+                _, listed, _ = http("GET", f"{self.url}/stores/list", timeout=2)
+                last = (view, listed)
+                up = [s for s in listed if s["status"] == "up"]
+                if status == 200 and view["summary"]["ok"] == view["slots"] and len(up) >= want:
+                    ready = all(http("GET", f"{p.url}/readyz", timeout=2)[0] == 200
+                                for p in self.stores.values() if p.alive)
+                    if ready:
+                        return view
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"cluster not ready after {timeout}s: {str(last)[:1500]}\n{self.logs()}")
+
+    def logs(self, tail: int = 30) -> str:
+        out = []
+        for proc in [self.broker, *self.stores.values()]:
+            if proc is not None:
+                lines = proc.log_text().splitlines()[-tail:]
+                out.append(f"--- {proc.name} ---\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        procs = [p for p in [*self.stores.values(), self.broker] if p is not None and p.alive]
+        for proc in procs:
+            assert proc.popen is not None
+            proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.terminate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

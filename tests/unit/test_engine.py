@@ -1,0 +1,101 @@
+import pytest
+
+from snapkv.common import errors
+from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
+from snapkv.store.engine import SEQ_BITS, Engine, make_version
+
+NOW = 1_000_000
+
+
+def write(engine, slot, ops, conds=None, epoch=1, rid="", now=NOW):
+    m = engine.prepare(slot, epoch, rid, ops, conds or [None] * len(ops), now)
+    return engine.apply(m)
+
+
+def test_set_get_overwrite_delete():
+    e = Engine()
+    v1, existed = write(e, 5, [[b"k", b"v1", 0]])
+    assert existed == [False] and v1 == make_version(1, 1)
+    assert e.get(5, b"k", NOW) == (b"v1", v1, 0)
+    v2, existed = write(e, 5, [[b"k", b"v2", 0]])
+    assert existed == [True] and v2 > v1
+    assert e.get(5, b"k", NOW)[0] == b"v2"
+    write(e, 5, [[b"k", None, 0]])
+    assert e.get(5, b"k", NOW) is None
+    assert e.bytes == 0
+
+
+def test_versions_unique_across_epochs():
+    e = Engine()
+    v1, _ = write(e, 1, [[b"k", b"a", 0]], epoch=1)
+    v2, _ = write(e, 1, [[b"k", b"b", 0]], epoch=2)
+    assert v2 >> SEQ_BITS == 2 and v1 >> SEQ_BITS == 1 and v1 != v2
+
+
+def test_delete_missing_key_raises_and_changes_nothing():
+    e = Engine()
+    with pytest.raises(errors.KeyNotFound):
+        write(e, 1, [[b"nope", None, 0]])
+    assert e.slot(1).seq == 0
+
+
+def test_compare_and_set_conditions():
+    e = Engine()
+    v1, _ = write(e, 1, [[b"k", b"a", 0]])
+    with pytest.raises(errors.VersionMismatch):
+        write(e, 1, [[b"k", b"b", 0]], [v1 + 1])
+    v2, _ = write(e, 1, [[b"k", b"b", 0]], [v1])
+    with pytest.raises(errors.VersionMismatch):
+        write(e, 1, [[b"k", b"c", 0]], [MUST_NOT_EXIST])
+    with pytest.raises(errors.VersionMismatch):
+        write(e, 1, [[b"other", b"c", 0]], [MUST_EXIST])
+    with pytest.raises(errors.VersionMismatch):
+        write(e, 1, [[b"other", b"c", 0]], [v2])  # missing key never matches a version
+    assert e.get(1, b"k", NOW)[0] == b"b"
+
+
+def test_batch_is_atomic():
+    e = Engine()
+    write(e, 1, [[b"a", b"1", 0]])
+    with pytest.raises(errors.VersionMismatch):
+        write(e, 1, [[b"b", b"2", 0], [b"a", b"x", 0]], [None, MUST_NOT_EXIST])
+    assert e.get(1, b"b", NOW) is None
+
+
+def test_ttl_hides_expired_entries():
+    e = Engine()
+    write(e, 1, [[b"k", b"v", 500]])
+    assert e.get(1, b"k", NOW + 499) is not None
+    assert e.get(1, b"k", NOW + 500) is None
+    assert e.expired(1, NOW + 600, 10) == [b"k"]
+    _, existed = write(e, 1, [[b"k", b"new", 0]], now=NOW + 600)
+    assert existed == [False]  # an expired key does not exist
+
+
+def test_request_ids_remember_results():
+    e = Engine()
+    result = write(e, 3, [[b"k", b"v", 0]], rid="r1")
+    assert e.slot(3).recent["r1"] == result
+
+
+def test_scan_orders_by_slot_then_key_with_prefix_and_cursor():
+    e = Engine()
+    for slot, key in [(2, b"b"), (2, b"a"), (1, b"z"), (3, b"ab"), (3, b"x")]:
+        write(e, slot, [[key, b"v", 0]])
+    items, more = e.scan([1, 2, 3], None, b"", 10, NOW, False)
+    assert [(s, k) for s, k in items] == [(1, b"z"), (2, b"a"), (2, b"b"), (3, b"ab"), (3, b"x")] and not more
+    items, more = e.scan([1, 2, 3], (2, b"a"), b"", 2, NOW, True)
+    assert [(s, k) for s, k, _ in items] == [(2, b"b"), (3, b"ab")] and more
+    items, _ = e.scan([1, 2, 3], None, b"a", 10, NOW, False)
+    assert [k for _, k in items] == [b"a", b"ab"]
+
+
+def test_export_import_round_trip():
+    e = Engine()
+    write(e, 7, [[b"k1", b"v1", 0], [b"k2", b"v2", NOW + 10_000]], rid="x")
+    record = e.export_slot(7)
+    other = Engine()
+    other.import_slot(record)
+    assert other.slot(7).entries == e.slot(7).entries
+    assert other.slot(7).seq == 1 and other.slot(7).recent == e.slot(7).recent
+    assert other.bytes == e.bytes

@@ -1,0 +1,48 @@
+import pytest
+
+from snapkv.broker import inputs
+from snapkv.common import errors
+from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
+
+
+def test_key_from_path_keeps_every_byte():
+    assert inputs.key_from_path("/v1/kv/a%2Fb%0Ac%25d?ttl=3", "/v1/kv/") == b"a/b\nc%d"
+    assert inputs.key_from_path("/v1/kv/x/y/%2E", "/v1/kv/") == b"x/y/."
+    with pytest.raises(errors.BadRequest):
+        inputs.key_from_path("/v1/kv/%FF", "/v1/kv/")
+
+
+def test_key_limits():
+    with pytest.raises(errors.KeyTooLarge):
+        inputs.key_from_json("k" * 1025)
+    assert inputs.key_from_json("k" * 1024)
+    for bad in (None, "", 5, ["k"]):
+        with pytest.raises(errors.BadRequest):
+            inputs.key_from_json(bad)
+
+
+def test_ttl_and_limit_parsing():
+    assert inputs.ttl_ms("1.5") == 1500 and inputs.ttl_ms(None) == 0 and inputs.ttl_ms(0.0001) == 1
+    for bad in ("-1", "0", "abc", "nan", "inf", True):
+        with pytest.raises(errors.BadRequest):
+            inputs.ttl_ms(bad)
+    assert inputs.limit(None) == 1000
+    for bad in ("0", "10001", "x"):
+        with pytest.raises(errors.BadRequest):
+            inputs.limit(bad)
+
+
+def test_cursor_round_trip_and_garbage():
+    pos = (17, b"key\x00")
+    assert inputs.decode_cursor(inputs.encode_cursor(pos)) == pos
+    with pytest.raises(errors.BadRequest):
+        inputs.decode_cursor("garbage!!")
+
+
+def test_conditions():
+    assert inputs.condition('"42"', None) == 42
+    assert inputs.condition("*", None) == MUST_EXIST
+    assert inputs.condition(None, "*") == MUST_NOT_EXIST
+    assert inputs.condition(None, None) is None
+    with pytest.raises(errors.BadRequest):
+        inputs.condition('"abc"', None)

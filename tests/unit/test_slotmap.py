@@ -1,0 +1,39 @@
+from snapkv.broker.slotmap import Change, SlotMap
+
+
+def test_apply_bumps_epoch_once_per_plan_and_only_for_changed_slots():
+    m = SlotMap(8)
+    epoch = m.apply([Change(s, "a", ["b"], ["b"]) for s in range(8)])
+    assert epoch == 1 and all(e.epoch == 1 for e in m.entries)
+    epoch = m.apply([Change(0, "a", ["b"], ["b"]), Change(1, "b", ["a"], ["a"])])
+    assert epoch == 2
+    assert m.entry(0).epoch == 1 and m.entry(1).epoch == 2
+    assert m.apply([Change(0, "a", ["b"], ["b"])]) == 2  # no change, no new epoch
+
+
+def test_state_and_summary_follow_node_health():
+    m = SlotMap(4)
+    m.apply([Change(0, "a", ["b"], ["b"]), Change(1, "b", ["a"], ["a"]), Change(2, "a", ["b"], []),
+             Change(3, "c", ["d"], ["d"])])
+    up = {"a", "b"}
+    summary = m.summary(lambda n: n in up, copies_wanted=2)
+    assert summary["ok"] == 2  # slots 0 and 1
+    assert summary["degraded"] == 1  # slot 2: replica out of sync
+    assert summary["unavailable"] == 1  # slot 3: every copy down
+    assert m.state(0, lambda n: n == "b", 2) == "degraded"  # primary down, ISR replica up
+
+
+def test_ranges_join_consecutive_slots():
+    m = SlotMap(6)
+    m.apply([Change(s, "a" if s < 4 else "b", ["b" if s < 4 else "a"], []) for s in range(6)])
+    ranges = m.ranges(lambda n: True, 1)
+    assert [(r["from"], r["to"], r["primary"]) for r in ranges] == [(0, 3, "a"), (4, 5, "b")]
+
+
+def test_json_round_trip_and_counts():
+    m = SlotMap(4)
+    m.apply([Change(s, "a", ["b"], ["b"]) for s in range(4)])
+    again = SlotMap.from_json(m.to_json())
+    assert again.to_json() == m.to_json()
+    assert again.counts() == {"a": {"primary": 4, "replica": 0}, "b": {"primary": 0, "replica": 4}}
+    assert again.slots_of("b") == {"primary": [], "replica": [0, 1, 2, 3]}
