@@ -103,6 +103,19 @@ async def register(request: web.Request) -> web.Response:
                               "cluster_id": svc.cluster.cluster_id, "epoch": svc.cluster.slotmap.epoch})
 
 
+async def isr_change(request: web.Request) -> web.Response:
+    """Internal: a primary asks to add a caught-up replica to, or drop a failing one from, the ISR."""
+    svc = _svc(request)
+    require_token(request, svc.settings.cluster_token)
+    body = await read_json_object(request)
+    store, changes = body.get("store"), body.get("changes")
+    if not isinstance(store, str) or not isinstance(changes, list) or any(
+            not isinstance(c, list) or len(c) != 4 or c[2] not in ("add", "remove") for c in changes):
+        raise errors.BadRequest("expected {store, changes: [[slot, epoch, add|remove, replica], ...]}")
+    results = await svc.failover.isr_change(store, changes)
+    return web.json_response({"results": results, "epoch": svc.cluster.slotmap.epoch})
+
+
 def _host_port(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
@@ -117,3 +130,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/kvstore/snapshot/manual", manual_snapshot)
     app.router.add_get("/stores/list", list_stores)
     app.router.add_post("/register", register)
+    app.router.add_post("/internal/isr", isr_change)

@@ -13,7 +13,7 @@ from . import api_seed, api_v1
 from .service import SERVICE, BrokerService
 
 BODY_ROOM = 64 * 1024  # JSON framing around the largest value
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register", "/internal/isr")  # internal: cluster token
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -37,6 +37,8 @@ class Cluster:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._last_registration = 0.0
         self._pushes: dict[str, asyncio.Task[None]] = {}
+        self._push_locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
         self.failovers = 0
         self.slot_moves = 0
@@ -55,7 +57,7 @@ class Cluster:
             log.info("event=state_loaded epoch=%d nodes=%d", self.slotmap.epoch, len(self.registry.nodes))
 
     async def stop(self) -> None:
-        for task in [self._bootstrap_task, *self._pushes.values()]:
+        for task in [self._bootstrap_task, *self._pushes.values(), *self._background]:
             if task is not None:
                 task.cancel()
         for conn in self._conns.values():
@@ -104,10 +106,26 @@ class Cluster:
             for name in before[c.slot]:
                 if name not in self.slotmap.entry(c.slot).members():
                     touched.setdefault(name, ([], []))[1].append(c.slot)
-        await asyncio.gather(*(self._push(name, slots, drop) for name, (slots, drop) in touched.items()
-                               if self.registry.is_up(name)), return_exceptions=True)
+        for name, (slots, drop) in touched.items():
+            if self.registry.is_up(name):
+                self._push_later(name, slots, drop)
         self.changed()
         return len(changed)
+
+    def _push_later(self, name: str, slots: list[int], drop: list[int]) -> None:
+        """Push in the background, in order per store (a dying store must not hold up the map)."""
+        lock = self._push_locks.setdefault(name, asyncio.Lock())
+
+        async def push() -> None:
+            async with lock:
+                try:
+                    await self._push(name, slots, drop)
+                except errors.SnapkvError:
+                    pass  # the store is failing: health checks decide; a returning store gets push_all
+
+        task = asyncio.get_running_loop().create_task(push())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def assignment_frame(self, name: str, slot: int) -> list[Any]:
         e = self.slotmap.entry(slot)
@@ -119,7 +137,8 @@ class Cluster:
         frames = [self.assignment_frame(name, s) for s in slots]
         try:
             await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
-                                                        "cluster": self.cluster_id},
+                                                        "cluster": self.cluster_id,
+                                                        "replication": self.settings.replication},
                                        timeout=self.settings.request_deadline)
         except errors.SnapkvError as exc:
             log.warning("event=push_failed node=%s slots=%d error=%s", name, len(frames), exc.code)
@@ -139,9 +158,11 @@ class Cluster:
         held = self.slotmap.slots_of(name)
         mine = set(held["primary"]) | set(held["replica"])
         drop = sorted({item[0] for item in node.inventory} - mine)
+        lock = self._push_locks.setdefault(name, asyncio.Lock())
         for attempt in range(20):
             try:
-                await self._push(name, sorted(mine), drop, confirm=True)
+                async with lock:
+                    await self._push(name, sorted(mine), drop, confirm=True)
                 node.confirmed = True
                 self.changed()
                 return

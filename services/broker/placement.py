@@ -26,12 +26,14 @@ BLOCK = 64  # replicas are chosen per block of consecutive slots: fewer, longer 
 
 
 def pick_replicas(primary: str, nodes: Mapping[str, str], copies: int, load: Mapping[str, int],
-                  exclude: tuple[str, ...] = ()) -> list[str]:
-    """Choose copies-1 replicas for a slot: nodes on sites without a copy first, least loaded first."""
+                  exclude: tuple[str, ...] = (), existing: tuple[str, ...] = ()) -> list[str]:
+    """New replicas so that the slot has `copies` copies with the `existing` ones: nodes on sites
+    without a copy first, least loaded first."""
     chosen: list[str] = []
-    for _ in range(copies - 1):
-        used_sites = {nodes[primary]} | {nodes[r] for r in chosen}
-        candidates = [n for n in nodes if n != primary and n not in chosen and n not in exclude]
+    while len(existing) + len(chosen) < copies - 1:
+        used_sites = {nodes.get(primary)} | {nodes.get(r) for r in (*existing, *chosen)}
+        candidates = [n for n in nodes if n != primary and n not in chosen and n not in existing
+                      and n not in exclude]
         if not candidates:
             break
         pool = [n for n in candidates if nodes[n] not in used_sites] or candidates
@@ -62,7 +64,7 @@ def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> li
         for i, slot in enumerate(range_slots):
             replicas = [pool[i * len(pool) // len(range_slots)]] if pool and copies > 1 else []
             if copies > 2 and (i % BLOCK == 0 or replicas[0] in extra):
-                extra = pick_replicas(primary, nodes, copies - 1, load, exclude=tuple(replicas))
+                extra = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
             replicas += [n for n in extra if n not in replicas][:copies - 1 - len(replicas)]
             for r in replicas:
                 load[r] += 1
@@ -89,5 +91,39 @@ def from_claims(claims: Mapping[int, list[tuple[str, str, int, int, int]]], slot
     return changes
 
 
-def balance_report(slotmap: SlotMap) -> dict[str, int]:
-    return {name: c["primary"] for name, c in slotmap.counts().items()}
+def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) -> tuple[list[Change], int]:
+    """After failures, a plan that keeps every slot served and copied: (changes, primaries promoted).
+
+    nodes: {name: site} of the stores that are up. A slot whose primary is down is promoted to an
+    in-sync replica that is up (rule 1: only ISR members); with none up it is left as it is, to come
+    back when a copy returns. Down replicas leave the slot; missing copies are added site-aware on
+    the least loaded nodes (they join the ISR after a full sync from the primary).
+    """
+    copies = max(1, min(replication_factor, len(nodes)))
+    load: dict[str, int] = {n: 0 for n in nodes}
+    for e in slotmap.entries:
+        for r in e.replicas:
+            if r in load:
+                load[r] += 1
+    changes: list[Change] = []
+    promoted = 0
+    for slot, e in enumerate(slotmap.entries):
+        if e.primary is None:
+            continue
+        primary = e.primary
+        if primary not in nodes:
+            candidates = [r for r in e.isr if r in nodes]
+            if not candidates:
+                continue
+            primary = candidates[0]
+            promoted += 1
+        replicas = [r for r in e.replicas if r in nodes and r != primary]
+        isr = [r for r in e.isr if r in replicas]
+        if len(replicas) + 1 < copies:
+            extra = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
+            for r in extra:
+                load[r] += 1
+            replicas += extra
+        if (primary, replicas, isr) != (e.primary, e.replicas, e.isr):
+            changes.append(Change(slot, primary, replicas, isr))
+    return changes, promoted

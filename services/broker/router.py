@@ -24,46 +24,62 @@ class Router:
         self.cluster = cluster
         self._rid_prefix = os.urandom(6).hex()
         self._rids = itertools.count(1)
+        # one try may not take the whole deadline: a silent store must not hold a request hostage
+        self.attempt_timeout = max(1.0, cluster.settings.failure_timeout)
 
     def new_rid(self) -> str:
         return f"{self._rid_prefix}-{next(self._rids)}"
 
     async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool,
                    allow_replica: bool = True) -> Any:
+        """Send to the slot's primary; reads fall back to an in-sync replica at once when it fails."""
         cluster = self.cluster
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cluster.settings.request_deadline
         attempt = 0
+        failed: set[str] = set()  # nodes that failed this request: reads skip them
         last: errors.SnapkvError | None = None
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if last is not None and not isinstance(last, (errors.WrongOwner, errors.StaleEpoch)):
-                    raise errors.SlotUnavailable(f"slot {slot} is unavailable: {last.message}", slot=slot)
-                raise errors.SlotUnavailable(f"slot {slot} is unavailable", slot=slot)
+                detail = f": {last.message}" if last is not None else ""
+                raise errors.SlotUnavailable(f"slot {slot} is unavailable{detail}", slot=slot)
             entry = cluster.slotmap.entry(slot)
-            target = entry.primary
-            if target is not None and not cluster.registry.is_up(target):
+            target, replica_read = entry.primary, False
+            if target is not None and (not cluster.registry.is_up(target) or (not write and target in failed)):
                 target = None
                 if not write and allow_replica:
-                    target = next((r for r in entry.isr if cluster.registry.is_up(r)), None)
+                    target = next((r for r in entry.isr if cluster.registry.is_up(r) and r not in failed), None)
+                    replica_read = target is not None
             if target is None:
                 if not cluster.slotmap.assigned and not cluster.registry.nodes:
                     raise errors.SlotUnavailable("no store has registered yet", slot=slot)
-                await cluster.wait_changed(min(remaining, 0.25))
+                await cluster.wait_changed(min(remaining, 0.1))
+                if attempt % 10 == 9:
+                    failed.clear()  # give recovered nodes another chance
+                attempt += 1
                 continue
             try:
-                return await cluster.conn(target).call(op, args_for(entry.epoch), timeout=remaining)
+                args = args_for(entry.epoch)
+                if replica_read:
+                    args = [*args, 1]
+                return await cluster.conn(target).call(op, args, timeout=min(remaining, self.attempt_timeout))
             except errors.SnapkvError as exc:
                 if not exc.retriable:
                     raise
                 last = exc
                 if exc.invalid_metadata:
-                    cluster.push_all(target)
-                elif cluster.on_connection_lost is not None:
-                    cluster.on_connection_lost(target)
+                    # the store has not heard of this epoch yet (a push in flight), or lost its assignment
+                    if exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3:
+                        cluster.push_all(target)
+                else:
+                    failed.add(target)
+                    if cluster.on_connection_lost is not None:
+                        cluster.on_connection_lost(target)
             attempt += 1
-            await cluster.wait_changed(min(0.01 * 2 ** min(attempt, 5), max(deadline - loop.time(), 0)))
+            if not write and failed and allow_replica:
+                continue  # try a replica straight away
+            await cluster.wait_changed(min(0.005 * 2 ** min(attempt, 6), max(deadline - loop.time(), 0)))
 
     async def get(self, key: bytes) -> list[Any] | None:
         slot = key_slot(key)

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..common import errors, wire
 from ..common.config import Settings
 from .cluster import Cluster
+from .failover import Failover
 from .health import HealthMonitor
 from .metrics import BrokerMetrics
 from .router import Router
@@ -25,16 +26,19 @@ class BrokerService:
         self.data_dir = settings.data_dir or os.path.join("data", "broker")
         self.cluster = Cluster(settings, self.data_dir)
         self.router = Router(self.cluster)
-        self.health = HealthMonitor(self.cluster)
+        self.failover = Failover(self.cluster)
+        self.health = HealthMonitor(self.cluster, on_down=self.failover.node_down)
         self.metrics = BrokerMetrics(self.cluster)
         self.started = False
 
     async def start(self) -> None:
         await self.cluster.start()
         await self.health.start()
+        await self.failover.start()
         self.started = True
 
     async def stop(self) -> None:
+        await self.failover.stop()
         await self.health.stop()
         await self.cluster.stop()
 

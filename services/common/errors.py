@@ -96,6 +96,12 @@ class StaleEpoch(SnapkvError):
     status, code, retriable, invalid_metadata = 409, "stale_epoch", True, True
 
 
+class ReplicaGap(SnapkvError):
+    """Internal: a replica missed mutations (or holds another history) and needs a full sync."""
+
+    status, code, retriable = 409, "replica_gap", True
+
+
 class Timeout(SnapkvError):
     status, code, retriable = 504, "timeout", True
 

@@ -16,11 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.name:
         print("snapkv-store: a NAME is required, e.g. snapkv-store store1 8081", file=sys.stderr)
         raise SystemExit(2)
+    logsetup.setup(settings.name, settings.log_level)
     if not settings.site and os.environ.get("NODE_NAME"):
         from .zone import lookup_zone
 
         settings.site = lookup_zone(os.environ["NODE_NAME"]) or ""
-    logsetup.setup(settings.name, settings.log_level)
     try:
         app = make_app(settings)
     except DataDirError as exc:

@@ -23,6 +23,7 @@ from . import recovery, snapshot
 from .engine import Engine
 from .metrics import StoreMetrics
 from .node import StoreNode
+from .replication import Replicator
 from .wal import Wal
 
 log = logging.getLogger("snapkv.store")
@@ -92,6 +93,13 @@ class StoreService:
         result = recovery.recover(self.data_dir, self.node)
         self.node.wal = Wal(self.data_dir, self.settings.fsync)
         self.node.wal.start()
+        assert self._session is not None
+        broker_base = self.settings.broker_url.rsplit("/register", 1)[0]
+        replicator = Replicator(self.node, self._session, broker_base, self.settings.cluster_token,
+                                self.settings.replication)
+        self.node.replicator = replicator
+        self.node.add_handler(wire.OP_REPLICATE, replicator.op_replicate)
+        self.node.add_handler(wire.OP_SYNC, replicator.op_sync)
         self.snapshots = snapshot.Snapshotter(self)
         self.node.add_handler(wire.OP_SNAPSHOT, lambda _args: self.snapshots.take(reason="manual"))
         if result.snapshot_time:
@@ -102,6 +110,8 @@ class StoreService:
                  time.perf_counter() - started)
 
     async def stop(self) -> None:
+        if self.node.replicator is not None:
+            await self.node.replicator.close()
         if self.snapshots is not None:
             await self.snapshots.stop()
         if self.node.wal is not None:

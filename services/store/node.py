@@ -83,7 +83,14 @@ class StoreNode:
 
     # -- reads ----------------------------------------------------------------------------------
     def op_get(self, args: list[Any]) -> Any:
-        slot, epoch, key = args
+        slot, epoch, key = args[0], args[1], args[2]
+        if len(args) > 3 and args[3]:  # a replica read while the primary is failing (ISR members only)
+            a = self.assignments.get(slot)
+            if a is None or a.epoch != epoch or not self.confirmed:
+                raise errors.WrongOwner(f"{self.name} does not hold slot {slot} at epoch {epoch}", slot=slot,
+                                        epoch=a.epoch if a else 0)
+            entry = self.engine.get(slot, key, now_ms())
+            return None if entry is None else list(entry)
         self.owned(slot, epoch)
         entry = self.engine.get(slot, key, now_ms())
         if entry is None:
@@ -186,22 +193,24 @@ class StoreNode:
 
     # -- assignments (rule 3) -------------------------------------------------------------------
     def op_assign(self, args: dict[str, Any]) -> Any:
-        changes: list[tuple[int, Assignment | None]] = []
+        stale = []
+        if self.replicator is not None and args.get("replication"):
+            self.replicator.mode = args["replication"]
         for slot, epoch, role, members, isr in args.get("slots", []):
             current = self.assignments.get(slot)
             if current is not None and epoch < current.epoch:
-                raise errors.StaleEpoch(f"slot {slot} is at epoch {current.epoch}", slot=slot,
-                                        epoch=current.epoch)
-            changes.append((slot, Assignment(epoch, role, members, isr)))
+                stale.append(slot)  # an older push arriving late: what we hold is newer
+                continue
+            self.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=True)
         for slot in args.get("drop", []):
-            changes.append((slot, None))
-        for slot, assignment in changes:
-            self.apply_assignment(slot, assignment, log_it=True)
+            self.apply_assignment(slot, None, log_it=True)
         if args.get("confirm"):
             self.confirmed = True
+        if stale:
+            log.info("event=stale_assignments_skipped slots=%d", len(stale))
         if self.wal is None:
             return {"ok": True}
-        return _then(self.wal.durable(), {"ok": True})
+        return then(self.wal.durable(), {"ok": True})
 
     def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
         previous = self.assignments.get(slot)
@@ -243,7 +252,8 @@ class StoreNode:
         return {"name": self.name, "slots": roles, "keys": keys, "ops": dict(self.ops)}
 
 
-def _then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
+def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
+    """A future for `value` once `fut` is done (or its error)."""
     out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def done(f: asyncio.Future[None]) -> None:

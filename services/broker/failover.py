@@ -1,0 +1,80 @@
+"""Failover and re-replication: promote in-sync replicas of a down store's slots, restore copies.
+
+Every plan goes through Cluster.apply (persisted, then pushed). One lock orders failover plans
+and the ISR changes primaries ask for (rule 1), so each sees the map the other left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from . import placement
+from .cluster import Cluster
+from .slotmap import Change
+
+log = logging.getLogger("snapkv.failover")
+
+REPAIR_INTERVAL = 1.0
+
+
+class Failover:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPAIR_INTERVAL)
+            if self.cluster.slotmap.assigned:
+                try:
+                    await self.repair("periodic")
+                except Exception:  # noqa: BLE001 - the loop must go on; the next turn retries
+                    log.exception("event=repair_failed")
+
+    async def node_down(self, name: str) -> None:
+        await self.repair(f"node_down:{name}")
+
+    async def repair(self, reason: str) -> int:
+        cluster = self.cluster
+        async with self.lock:
+            changes, promoted = placement.repair(cluster.slotmap, cluster.registry.sites(),
+                                                 cluster.settings.replication_factor)
+            if not changes:
+                return 0
+            changed = await cluster.apply(changes, reason)
+            cluster.failovers += promoted
+            if promoted:
+                log.warning("event=failover reason=%s promoted=%d slots_changed=%d", reason, promoted, changed)
+            return changed
+
+    async def isr_change(self, store: str, requests: list[list[Any]]) -> list[bool]:
+        """Apply ISR changes a primary asks for, when it is still the primary at that epoch."""
+        cluster = self.cluster
+        async with self.lock:
+            wanted: dict[int, Change] = {}
+            results = []
+            for slot, epoch, action, name in requests:
+                e = cluster.slotmap.entry(slot)
+                if e.primary != store or e.epoch != epoch:
+                    results.append(False)
+                    continue
+                change = wanted.get(slot) or Change(slot, e.primary, list(e.replicas), list(e.isr))
+                if action == "remove" and name in change.isr:
+                    change.isr.remove(name)
+                elif action == "add" and name in change.replicas and name not in change.isr:
+                    change.isr.append(name)
+                wanted[slot] = change
+                results.append(True)
+            if wanted:
+                await cluster.apply(wanted.values(), f"isr:{store}")
+            return results

@@ -1,0 +1,328 @@
+"""Primary -> replica replication per slot over persistent connections (rules 1, 2, 5, 11).
+
+The primary streams every mutation of a slot to its replicas in seq order and commits a write
+once every in-sync replica (ISR, owned by the broker) has applied and logged it. A replica that
+is new, returns, or misses mutations gets a full sync: a point-in-time copy of the slot taken in
+one loop turn, sent ahead of every later mutation on the same ordered connection; once it has
+acknowledged, the primary asks the broker to add it to the ISR. A replica that fails is removed
+from the ISR through the broker before any write commits without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ..common import errors, rpc, wire
+from . import wal as walmod
+from .engine import Mutation
+from .node import PRIMARY, REPLICA, Assignment, then
+
+if TYPE_CHECKING:
+    from .node import StoreNode
+
+log = logging.getLogger("snapkv.replication")
+
+REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
+SYNC_TIMEOUT = 60.0
+SYNC_BATCH = 256  # slots per full-sync message
+
+
+class Replicator:
+    def __init__(self, node: StoreNode, session: aiohttp.ClientSession, broker_base: str, token: str,
+                 mode: str = "sync") -> None:
+        self.node = node
+        self.session = session
+        self.broker_base = broker_base.rstrip("/")
+        self.token = token
+        self.mode = mode
+        self._peers: dict[str, rpc.RpcClient] = {}
+        self.streaming: dict[int, set[str]] = {}  # slot -> replicas receiving our mutations
+        self.acked: dict[int, dict[str, int]] = {}  # slot -> replica -> highest acknowledged seq
+        # slot -> replica -> seq: synced replicas that commits already wait for; once a replica has
+        # acknowledged up to that seq, it holds every committed write and may join the ISR
+        self.joining: dict[int, dict[str, int]] = {}
+        self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
+        self._sync_tasks: dict[str, asyncio.Task[None]] = {}
+        self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
+        self._isr_inflight: set[tuple[int, str, str]] = set()
+        self._isr_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- peers ----------------------------------------------------------------------------------
+    def peer(self, address: str) -> rpc.RpcClient:
+        conn = self._peers.get(address)
+        if conn is None:
+            conn = self._peers[address] = rpc.RpcClient(self.session, f"http://{address}/internal/ws",
+                                                         token=self.token or None)
+        return conn
+
+    def _replicas(self, a: Assignment) -> list[list[str]]:
+        return a.members[1:]
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in [*self._sync_tasks.values(), self._isr_task]:
+            if task is not None:
+                task.cancel()
+        for conn in self._peers.values():
+            await conn.close()
+
+    def lag(self) -> int:
+        """Mutations sent but not yet acknowledged, over every slot we are primary for."""
+        total = 0
+        for slot, acks in self.acked.items():
+            data = self.node.engine.slots.get(slot)
+            if data is not None:
+                total += sum(max(0, data.seq - seq) for seq in acks.values())
+        return total
+
+    # -- primary: streaming and commit ----------------------------------------------------------
+    def replicate(self, mutation: Mutation) -> asyncio.Future[None] | None:
+        slot, seq = mutation[0], mutation[2]
+        a = self.node.assignments[slot]
+        streaming = self.streaming.get(slot, ())
+        for name, address in self._replicas(a):
+            if name in streaming:
+                self._send(slot, name, address, mutation)
+        if self.mode == "async" or not a.isr:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(slot, []).append((seq, fut))
+        self._check(slot)
+        return fut
+
+    def _send(self, slot: int, name: str, address: str, mutation: Mutation) -> None:
+        call = asyncio.ensure_future(self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation],
+                                                             timeout=REPL_TIMEOUT))
+        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f))
+
+    def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            acks = self.acked.setdefault(slot, {})
+            if seq > acks.get(name, 0):
+                acks[name] = seq
+            self._maybe_join(slot, name)
+            self._check(slot)
+            return
+        self._replica_failed(slot, name, exc)
+
+    def _maybe_join(self, slot: int, name: str) -> None:
+        a = self.node.assignments.get(slot)
+        join_seq = self.joining.get(slot, {}).get(name)
+        if a is None or join_seq is None or name in a.isr:
+            return
+        if self.acked.get(slot, {}).get(name, 0) >= join_seq:
+            self._request_isr(slot, a.epoch, "add", name)
+
+    def _replica_failed(self, slot: int, name: str, exc: BaseException) -> None:
+        a = self.node.assignments.get(slot)
+        streaming = self.streaming.get(slot)
+        if a is None or a.role != PRIMARY or streaming is None or name not in streaming:
+            return  # already handled (one failure per stream)
+        streaming.discard(name)
+        self.acked.get(slot, {}).pop(name, None)
+        self.joining.get(slot, {}).pop(name, None)
+        code = exc.code if isinstance(exc, errors.SnapkvError) else repr(exc)
+        log.info("event=replica_failed slot=%d replica=%s error=%s", slot, name, code)
+        if name in a.isr:
+            self._request_isr(slot, a.epoch, "remove", name)
+        self._schedule_sync(name, slot)
+
+    def _check(self, slot: int) -> None:
+        waiters = self._waiters.get(slot)
+        if not waiters:
+            return
+        a = self.node.assignments.get(slot)
+        if a is None or a.role != PRIMARY:
+            return
+        acks = self.acked.get(slot, {})
+        required = set(a.isr) | set(self.joining.get(slot, ()))
+        low = min((acks.get(r, 0) for r in required), default=None)
+        keep = []
+        for seq, fut in waiters:
+            if low is None or seq <= low:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self._waiters[slot] = keep
+
+    def _fail_waiters(self, slot: int) -> None:
+        for _, fut in self._waiters.pop(slot, []):
+            if not fut.done():
+                fut.set_exception(errors.WrongOwner(f"slot {slot} moved before the write committed", slot=slot))
+
+    # -- assignments ----------------------------------------------------------------------------
+    def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:
+        if current is None or current.role != PRIMARY:
+            self.streaming.pop(slot, None)
+            self.acked.pop(slot, None)
+            self.joining.pop(slot, None)
+            self._fail_waiters(slot)
+            return
+        names = {name for name, _ in self._replicas(current)}
+        if previous is None or previous.role != PRIMARY:
+            # a new primary (or a restart): every replica copies our history first (rule 2)
+            self.streaming[slot] = set()
+            self.acked[slot] = {}
+            self.joining[slot] = {}
+            for name in names:
+                self._schedule_sync(name, slot)
+        else:
+            streaming = self.streaming.setdefault(slot, set())
+            acks = self.acked.setdefault(slot, {})
+            joining = self.joining.setdefault(slot, {})
+            for gone in set(streaming) - names:
+                streaming.discard(gone)
+                acks.pop(gone, None)
+            for name in list(joining):
+                if name in current.isr or name not in names:
+                    del joining[name]
+                else:  # the add was refused or raced with another change: ask again at this epoch
+                    self._maybe_join(slot, name)
+            for name in names - streaming:
+                self._schedule_sync(name, slot)
+        self._check(slot)
+
+    # -- full sync ------------------------------------------------------------------------------
+    def _schedule_sync(self, name: str, slot: int) -> None:
+        if self._closed:
+            return
+        self._to_sync.setdefault(name, set()).add(slot)
+        task = self._sync_tasks.get(name)
+        if task is None or task.done():
+            self._sync_tasks[name] = asyncio.get_running_loop().create_task(self._sync_worker(name))
+
+    async def _sync_worker(self, name: str) -> None:
+        failures = 0
+        await asyncio.sleep(0)  # let a burst of assignments queue up
+        while self._to_sync.get(name):
+            pending = self._to_sync[name]
+            batch = sorted(pending)[:SYNC_BATCH]
+            records, address = self._export(name, batch)
+            pending.difference_update(batch)
+            if not records:
+                continue
+            try:
+                results = await self.peer(address).call(wire.OP_SYNC, records, timeout=SYNC_TIMEOUT)
+                failures = 0
+            except errors.SnapkvError as exc:
+                failures += 1
+                for slot, _epoch, _record in records:
+                    self.streaming.get(slot, set()).discard(name)
+                    pending.add(slot)
+                if failures in (1, 20):
+                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(records), exc.code)
+                await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
+                continue
+            for (slot, epoch, record), ok in zip(records, results):
+                a = self.node.assignments.get(slot)
+                if a is None or a.role != PRIMARY or name not in self.streaming.get(slot, ()):
+                    continue
+                if not ok:
+                    self.streaming[slot].discard(name)
+                    pending.add(slot)
+                    continue
+                acks = self.acked.setdefault(slot, {})
+                acks[name] = max(acks.get(name, 0), record[2])
+                if name not in a.isr:
+                    # from now on commits wait for this replica; it joins once caught up to here
+                    self.joining.setdefault(slot, {})[name] = self.node.engine.slot(slot).seq
+                    self._maybe_join(slot, name)
+                self._check(slot)
+            if any(not ok for ok in results):
+                await asyncio.sleep(0.2)
+
+    def _export(self, name: str, slots: list[int]) -> tuple[list[list[Any]], str]:
+        """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""
+        records = []
+        address = ""
+        for slot in slots:
+            a = self.node.assignments.get(slot)
+            if a is None or a.role != PRIMARY:
+                continue
+            member = next((m for m in self._replicas(a) if m[0] == name), None)
+            if member is None:
+                continue
+            address = member[1]
+            records.append([slot, a.epoch, self.node.engine.export_slot(slot)])
+            self.streaming.setdefault(slot, set()).add(name)
+        return records, address
+
+    # -- ISR changes through the broker (rule 1) ------------------------------------------------
+    def _request_isr(self, slot: int, epoch: int, action: str, name: str) -> None:
+        key = (slot, action, name)
+        if key in self._isr_inflight or self._closed:
+            return
+        self._isr_inflight.add(key)
+        self._isr_queue.append([slot, epoch, action, name])
+        if self._isr_task is None or self._isr_task.done():
+            self._isr_task = asyncio.get_running_loop().create_task(self._isr_sender())
+
+    async def _isr_sender(self) -> None:
+        failures = 0
+        while self._isr_queue:
+            await asyncio.sleep(0)  # everything queued in this turn goes in one request
+            batch, self._isr_queue = self._isr_queue, []
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            try:
+                async with self.session.post(f"{self.broker_base}/internal/isr",
+                                             json={"store": self.node.name, "changes": batch}, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"broker answered {resp.status}: {(await resp.text())[:200]}")
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - retried; writes keep waiting meanwhile
+                failures += 1
+                if failures in (1, 20):
+                    log.warning("event=isr_request_failed changes=%d error=%r", len(batch), exc)
+                self._isr_queue = batch + self._isr_queue
+                await asyncio.sleep(min(0.05 * 2 ** min(failures, 5), 1.0))
+                continue
+            for slot, _epoch, action, name in batch:
+                self._isr_inflight.discard((slot, action, name))
+
+    # -- replica side ---------------------------------------------------------------------------
+    def op_replicate(self, args: list[Any]) -> Any:
+        slot, epoch, mutation = args
+        node = self.node
+        a = node.assignments.get(slot)
+        if a is None or a.role != REPLICA:
+            raise errors.StaleEpoch(f"{node.name} is not a replica of slot {slot}", slot=slot)
+        if epoch < a.epoch:  # a deposed primary (rule 1)
+            raise errors.StaleEpoch(f"slot {slot} is at epoch {a.epoch}", slot=slot, epoch=a.epoch)
+        data = node.engine.slot(slot)
+        seq = mutation[2]
+        if seq <= data.seq and mutation[1] == data.data_epoch:
+            return True  # a resend of what we already hold
+        if seq != data.seq + 1:
+            raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
+        node.engine.apply(mutation)
+        node.dirty = True
+        assert node.wal is not None
+        return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
+
+    def op_sync(self, records: list[list[Any]]) -> Any:
+        node = self.node
+        results = []
+        for slot, epoch, record in records:
+            a = node.assignments.get(slot)
+            if a is None or a.role != REPLICA or epoch < a.epoch:
+                results.append(False)
+                continue
+            node.engine.import_slot(record)
+            assert node.wal is not None
+            node.wal.append(walmod.RESET, record)
+            results.append(True)
+        node.dirty = True
+        assert node.wal is not None
+        return then(node.wal.durable(), results)
+
