@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -39,6 +39,7 @@ class Cluster:
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._persist_lock = asyncio.Lock()
         self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
         self.failovers = 0
         self.slot_moves = 0
@@ -81,9 +82,15 @@ class Cluster:
         except asyncio.TimeoutError:
             pass
 
-    def persist(self) -> None:
+    def snapshot_state(self) -> dict[str, Any]:
         nodes = {n.name: {"address": n.address, "site": n.site} for n in self.registry.nodes.values()}
-        state.save(self.data_dir, {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes})
+        return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
+
+    async def persist(self) -> None:
+        """Write the state (fsync in a thread, so requests keep flowing); one writer at a time."""
+        snapshot = self.snapshot_state()
+        async with self._persist_lock:
+            await asyncio.to_thread(state.save, self.data_dir, snapshot)
 
     async def apply(self, changes: Iterable[Change], reason: str, push: bool = True) -> int:
         """Persist a plan, then push it to every store it touches; returns the number of slots changed."""
@@ -93,7 +100,7 @@ class Cluster:
         self.slotmap.apply(changes)
         if self.slotmap.epoch == epoch_before:
             return 0
-        self.persist()  # rule 4: on disk before any store hears of it
+        await self.persist()  # rule 4: on disk before any store hears of it
         changed = [c for c in changes if self.slotmap.entry(c.slot).epoch == self.slotmap.epoch]
         log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, self.slotmap.epoch, len(changed))
         if not push:
@@ -123,7 +130,10 @@ class Cluster:
                 except errors.SnapkvError:
                     pass  # the store is failing: health checks decide; a returning store gets push_all
 
-        task = asyncio.get_running_loop().create_task(push())
+        self._spawn(push())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -210,8 +220,8 @@ class Cluster:
                 node.status = "up"
                 node.last_ok = time.monotonic()
             self.push_all(name)
-        if node.name not in self.slotmap.counts():
-            self.persist()  # remember the new node's address
+        if changed:
+            self._spawn(self.persist())  # remember the node's address
 
     async def _bootstrap(self) -> None:
         """First assignment, once min_stores registered and registrations settled."""

@@ -74,7 +74,7 @@ class HealthMonitor:
                 node.status = SUSPECT
                 log.info("event=node_suspect node=%s error=%s", name, exc.code)
                 # check again soon rather than at the next heartbeat
-                await asyncio.sleep(min(settings.heartbeat_interval, 0.1))
+                await asyncio.sleep(min(settings.heartbeat_interval, 0.02))
                 self._checking.pop(name, None)
                 self.check_soon(name)
             return

@@ -29,6 +29,7 @@ log = logging.getLogger("snapkv.replication")
 REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
 SYNC_TIMEOUT = 60.0
 SYNC_BATCH = 256  # slots per full-sync message
+ISR_COALESCE = 0.01  # seconds to gather ISR changes into one request (one epoch, one persist)
 
 
 class Replicator:
@@ -270,7 +271,7 @@ class Replicator:
     async def _isr_sender(self) -> None:
         failures = 0
         while self._isr_queue:
-            await asyncio.sleep(0)  # everything queued in this turn goes in one request
+            await asyncio.sleep(ISR_COALESCE)  # changes asked for meanwhile go in the same request
             batch, self._isr_queue = self._isr_queue, []
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
