@@ -29,10 +29,11 @@ def make_version(epoch: int, seq: int) -> int:
 
 
 class SlotData:
-    __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent")
+    __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent", "expiring")
 
     def __init__(self) -> None:
         self.entries: dict[bytes, Entry] = {}
+        self.expiring: dict[bytes, int] = {}  # keys with a TTL -> expiry, so expiry never scans every key
         self.epoch = 0  # the assignment epoch this copy serves at
         self.seq = 0  # last applied mutation
         self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
@@ -107,6 +108,10 @@ class Engine:
             if value is not None:
                 entries[key] = (value, version, expires_at)
                 delta += len(key) + len(value)
+            if expires_at and value is not None:
+                data.expiring[key] = expires_at
+            elif data.expiring:
+                data.expiring.pop(key, None)
         self.bytes += delta
         data.seq = seq
         data.data_epoch = epoch
@@ -119,8 +124,8 @@ class Engine:
         if data is None:
             return []
         out = []
-        for key, entry in data.entries.items():
-            if entry[2] and entry[2] <= now_ms:
+        for key, expires_at in data.expiring.items():
+            if expires_at <= now_ms:
                 out.append(key)
                 if len(out) >= limit:
                     break
@@ -169,6 +174,7 @@ class Engine:
         data = SlotData()
         it: Iterator[Any] = iter(flat)
         data.entries = {k: (v, ver, exp) for k, v, ver, exp in zip(it, it, it, it)}
+        data.expiring = {k: e[2] for k, e in data.entries.items() if e[2]}
         data.data_epoch, data.seq = data_epoch, seq
         data.recent = OrderedDict((rid, s) for rid, s in recent)
         old = self.slots.get(slot)

@@ -152,6 +152,24 @@ class StoreNode:
             part.add_done_callback(finished)
         return result
 
+    def expire(self, limit: int = 1000) -> int:
+        """Delete expired keys of our primary slots as replicated deletes (rule 9); returns how many."""
+        if not self.confirmed:
+            return 0
+        now = now_ms()
+        done = 0
+        for slot, a in list(self.assignments.items()):
+            if a.role != PRIMARY or done >= limit:
+                continue
+            keys = self.engine.expired(slot, now, limit - done)
+            if keys:
+                ops = [[key, None, 0] for key in keys]
+                data = self.engine.slot(slot)
+                pending = self.commit_mutation([slot, a.epoch, data.seq + 1, "", ops, now])
+                pending.add_done_callback(_ignore_outcome)  # a lost expiry is redone next turn
+                done += len(keys)
+        return done
+
     def mark_committed(self, slot: int, seq: int) -> None:
         if seq <= self.committed.get(slot, 0):
             return
@@ -250,6 +268,11 @@ class StoreNode:
             if data is not None:
                 keys[a.role] = keys.get(a.role, 0) + len(data.entries)
         return {"name": self.name, "slots": roles, "keys": keys, "ops": dict(self.ops)}
+
+
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:

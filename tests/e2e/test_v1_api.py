@@ -123,3 +123,18 @@ def test_health_ready_metrics(cluster3):
                  "snapkv_store_replication_lag_seq", "snapkv_store_last_snapshot_timestamp_seconds",
                  "snapkv_store_wal_fsync_seconds", "snapkv_store_op_seconds", "snapkv_store_snapshot_seconds"):
         assert name in text
+
+
+def test_primary_deletes_expired_keys_and_replicas_follow(cluster3):
+    url = cluster3.url
+    http("POST", f"{url}/v1/mset", {"items": {f"exp:{i}": "x" for i in range(50)}, "ttl": 0.3})
+
+    def held() -> int:  # straight from each store, not the broker's periodic stats
+        infos = [http("GET", f"{p.url}/info")[1] for p in cluster3.stores.values()]
+        return sum(i["keys"]["primary"] + i["keys"]["replica"] for i in infos)
+
+    before = held()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and held() > before - 100:
+        time.sleep(0.2)
+    assert held() <= before - 100  # 50 primaries and 50 replicas gone from memory, not only hidden

@@ -99,3 +99,15 @@ def test_export_import_round_trip():
     assert other.slot(7).entries == e.slot(7).entries
     assert other.slot(7).seq == 1 and other.slot(7).recent == e.slot(7).recent
     assert other.bytes == e.bytes
+
+
+def test_expiry_index_follows_writes_and_imports():
+    e = Engine()
+    write(e, 1, [[b"a", b"v", 100], [b"b", b"v", 0]])
+    assert e.slot(1).expiring == {b"a": NOW + 100}
+    write(e, 1, [[b"a", b"v", 0]])  # overwritten without a TTL: no longer expiring
+    assert e.slot(1).expiring == {}
+    write(e, 1, [[b"c", b"v", 50]])
+    other = Engine()
+    other.import_slot(e.export_slot(1))
+    assert other.expired(1, NOW + 60, 10) == [b"c"]
