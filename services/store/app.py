@@ -90,7 +90,12 @@ class StoreService:
 
     async def start(self) -> None:
         started = time.perf_counter()
-        result = recovery.recover(self.data_dir, self.node)
+        try:
+            result = recovery.recover(self.data_dir, self.node)
+        except recovery.RecoveryError as exc:  # refuse to serve a keyspace with a hole in it
+            if self._session is not None:
+                await self._session.close()
+            raise SystemExit(f"snapkv-store: cannot recover data dir {self.data_dir!r}: {exc}") from None
         self.node.wal = Wal(self.data_dir, self.settings.fsync)
         self.node.wal.start()
         assert self._session is not None

@@ -1,63 +1,129 @@
-"""Start-up recovery: the newest snapshot that verifies, then the log after it."""
+"""Start-up recovery: the newest snapshot that verifies, then the log after it.
+
+A torn or corrupt tail of the last log segment is the normal trace of a crash: it is cut off with
+a warning. Anything else that breaks the history after the chosen snapshot (a missing segment, a
+corrupt segment followed by newer ones, every snapshot corrupt once the log was pruned, a record
+kind this version does not know) raises RecoveryError: the store refuses to start rather than
+serve a keyspace with a hole in it.
+"""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import snapshot, wal
+from .engine import make_version
 from .node import Assignment, StoreNode
 
 log = logging.getLogger("snapkv.recovery")
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class RecoveryError(Exception):
+    """The data dir holds a history that cannot be replayed whole."""
 
 
 @dataclass
 class Recovered:
     snapshot_file: str = ""
     snapshot_time: float = 0.0
-    replayed: int = 0
+    replayed: int = 0  # log records applied
+    skipped: int = 0  # mutations the snapshot already held
+    corrupt_snapshots: list[str] = field(default_factory=list)
+    truncated: bool = False  # a torn tail was cut off the last segment
 
 
 def recover(data_dir: str, node: StoreNode) -> Recovered:
+    # millions of long-lived objects arrive here: collections during the load find nothing to free
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _recover(data_dir, node)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _recover(data_dir: str, node: StoreNode) -> Recovered:
     result = Recovered()
-    start_segment = 1
-    for segment, path in reversed(snapshot.list_snapshots(data_dir)):
+    snapshots = snapshot.list_snapshots(data_dir)
+    start_segment: int | None = None
+    for segment, path in reversed(snapshots):
         try:
             header, records = snapshot.read_file(path)
             for record in records:
                 node.engine.import_slot(record)
-        except (snapshot.CorruptSnapshot, ValueError, OSError) as exc:
-            log.error("event=snapshot_corrupt file=%s error=%s action=fallback_to_previous", path, exc)
+            assignments = [(slot, Assignment(epoch, role, members, isr))
+                           for slot, epoch, role, members, isr in header.get("assignments", [])]
+        except (snapshot.CorruptSnapshot, ValueError, TypeError, KeyError, OSError) as exc:
+            _set_aside(path, exc, result)
             node.engine.slots.clear()
             node.engine.bytes = 0
             continue
-        for slot, epoch, role, members, isr in header.get("assignments", []):
-            node.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=False)
+        for slot, assignment in assignments:
+            node.apply_assignment(slot, assignment, log_it=False)
         result.snapshot_file, result.snapshot_time = os.path.basename(path), header.get("created", 0.0)
         start_segment = segment
         break
-    segments = [s for s in wal.list_segments(data_dir) if s >= start_segment]
-    if segments and segments[0] != start_segment:
-        log.error("event=log_gap expected_segment=%d first_segment=%d action=replay_skipped",
-                  start_segment, segments[0])
-        return result
+    segments = wal.list_segments(data_dir)
+    if start_segment is None:
+        start_segment = 1
+        if segments and segments[0] != 1:
+            raise RecoveryError(f"no snapshot in {data_dir!r} verifies and the log before "
+                                f"{wal.segment_name(segments[0])} was pruned: the history cannot be rebuilt")
+    segments = [s for s in segments if s >= start_segment]
+    # a snapshot file (even a corrupt one) names a segment that the rotation created
+    named = [seg for seg, _ in snapshots if seg > start_segment]
+    last = max(segments[-1:] + named, default=start_segment)
+    if (segments or named) and segments != list(range(start_segment, last + 1)):
+        missing = sorted(set(range(start_segment, last + 1)) - set(segments))
+        raise RecoveryError(f"log segment {wal.segment_name(missing[0])} in {data_dir!r} is missing "
+                            f"(replay starts at {wal.segment_name(start_segment)})")
     for i, segment in enumerate(segments):
         path = os.path.join(data_dir, wal.segment_name(segment))
-        last = i == len(segments) - 1
-        records, cut = wal.read_segment(path, repair=last)
+        final = i == len(segments) - 1
+        records, cut = wal.read_segment(path, repair=final)
+        if cut and not final:
+            raise RecoveryError(f"log segment {path!r} is corrupt before its end and newer segments follow it")
+        result.truncated = result.truncated or cut
         for kind, body in records:
-            result.replayed += 1
-            if kind == wal.MUTATION:
-                node.engine.apply(body)
-            elif kind == wal.ASSIGN:
-                slot, epoch, role, members, isr = body
-                node.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=False)
-            elif kind == wal.RESET:
-                node.engine.import_slot(body)
-            elif kind == wal.DROP:
-                node.apply_assignment(body, None, log_it=False)
-        if cut and not last:  # later segments cannot be trusted to follow on
-            log.error("event=log_corrupt file=%s action=stop_replay", path)
-            break
+            _replay(node, kind, body, path, result)
+    node.dirty = result.replayed > 0 or bool(result.corrupt_snapshots)
     return result
+
+
+def _replay(node: StoreNode, kind: int, body: object, path: str, result: Recovered) -> None:
+    if kind == wal.MUTATION:
+        slot, epoch, seq = body[0], body[1], body[2]  # type: ignore[index]
+        data = node.engine.slots.get(slot)
+        # the snapshot (or an earlier record) already holds it: copies are ordered by (epoch, seq)
+        if data is not None and make_version(epoch, seq) <= make_version(data.data_epoch, data.seq):
+            result.skipped += 1
+            return
+        node.engine.apply(body)  # type: ignore[arg-type]
+    elif kind == wal.ASSIGN:
+        slot, epoch, role, members, isr = body  # type: ignore[misc]
+        node.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=False)
+    elif kind == wal.RESET:
+        node.engine.import_slot(body)  # type: ignore[arg-type]
+    elif kind == wal.DROP:
+        node.apply_assignment(body, None, log_it=False)  # type: ignore[arg-type]
+    else:
+        raise RecoveryError(f"{path!r} holds a record of unknown kind {kind!r}: written by a newer snapkv?")
+    result.replayed += 1
+
+
+def _set_aside(path: str, exc: Exception, result: Recovered) -> None:
+    """Report a snapshot that does not verify and rename it, so that it is neither read nor kept."""
+    log.error("event=snapshot_corrupt file=%s error=%s action=fallback_to_previous", path, exc)
+    result.corrupt_snapshots.append(os.path.basename(path))
+    if isinstance(exc, OSError):  # unreadable now (I/O error): not known to be corrupt, leave it
+        return
+    try:
+        os.replace(path, path + CORRUPT_SUFFIX)
+    except OSError as err:
+        log.warning("event=snapshot_set_aside_failed file=%s error=%r", path, err)

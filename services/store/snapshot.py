@@ -4,12 +4,14 @@ File snap-<segment>.snk, where <segment> is the first log segment to replay afte
     b"SNAPKV01" <u32 len><msgpack header> { <u32 len><msgpack exported slot> }* b"END!" <u32 crc32>
 The crc covers every byte before it. Written to a temp file, fsynced, renamed, dir fsynced.
 Rule 10: the log is flushed and rotated and gc frozen before fork; the child touches no event
-loop, logging or inherited buffers, writes with os.write and leaves with os._exit.
+loop, logging or inherited buffers, writes with os.write and leaves with os._exit. Rotation and
+fork happen in one loop turn, so the file holds exactly the records of the segments before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -34,6 +36,8 @@ TRAILER = b"END!"
 U32 = struct.Struct("<I")
 FORMAT_VERSION = 1
 KEEP = 3
+TMP_SUFFIX = ".tmp"
+CHILD_NICE = 5  # the child yields the CPU to the serving parent on a busy machine
 
 
 class CorruptSnapshot(Exception):
@@ -56,102 +60,133 @@ def list_snapshots(data_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def remove_temp_files(data_dir: str) -> None:
+    """Left by a snapshot that did not finish (crash, kill): never valid, never read."""
+    for name in os.listdir(data_dir):
+        if name.startswith("snap-") and name.endswith(".snk" + TMP_SUFFIX):
+            try:
+                os.unlink(os.path.join(data_dir, name))
+            except OSError as exc:
+                log.warning("event=snapshot_temp_not_removed file=%s error=%r", name, exc)
+
+
 def write_file(path: str, header: dict[str, Any], engine: Engine) -> int:
     """Write a snapshot with raw os calls (safe in a forked child); returns its size in bytes."""
-    tmp = path + ".tmp"
+    tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    crc = 0
-    size = 0
-    chunk: list[bytes] = []
-    pending = 0
-
-    def put(data: bytes) -> None:
-        nonlocal crc, size, pending
-        crc = zlib.crc32(data, crc)
-        size += len(data)
-        chunk.append(data)
-        pending += len(data)
-        if pending >= 1 << 20:
-            flush()
-
-    def flush() -> None:
-        nonlocal pending
-        view = memoryview(b"".join(chunk))
-        chunk.clear()
+    try:
+        crc = 0
+        size = 0
+        chunk: list[bytes] = []
         pending = 0
-        while view:
-            view = view[os.write(fd, view):]
+        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        pack_len = U32.pack
+        crc32 = zlib.crc32
 
-    packer = msgpack.Packer(use_bin_type=True)
-    head = packer.pack(header)
-    put(MAGIC)
-    put(U32.pack(len(head)) + head)
-    for slot in sorted(engine.slots):
-        record = packer.pack(engine.export_slot(slot))
-        put(U32.pack(len(record)) + record)
-    put(TRAILER)
-    flush()
-    os.write(fd, U32.pack(crc))
-    os.fsync(fd)
-    os.close(fd)
+        def flush() -> None:
+            nonlocal pending, crc, size
+            data = b"".join(chunk)
+            chunk.clear()
+            pending = 0
+            crc = crc32(data, crc)
+            size += len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+        head = packer.pack(header)
+        chunk += (MAGIC, pack_len(len(head)), head)
+        export = engine.export_slot
+        for slot in sorted(engine.slots):
+            record = packer.pack(export(slot))
+            chunk += (pack_len(len(record)), record)
+            pending += len(record)
+            if pending >= 1 << 22:
+                flush()
+        chunk.append(TRAILER)
+        flush()
+        os.write(fd, U32.pack(crc))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.rename(tmp, path)
     dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    os.fsync(dir_fd)
-    os.close(dir_fd)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return size + U32.size
 
 
 def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
-    """Verify a snapshot whole (magic, lengths, checksum) before yielding any of its slots."""
+    """Verify a snapshot whole (magic, checksum, framing) before yielding any of its slots."""
     with open(path, "rb") as fh:
         data = fh.read()
     if len(data) < len(MAGIC) + 2 * U32.size + len(TRAILER) or not data.startswith(MAGIC):
         raise CorruptSnapshot(f"{path}: not a snapkv snapshot")
-    body, (crc,) = data[:-U32.size], U32.unpack(data[-U32.size:])
-    if zlib.crc32(body) != crc or not body.endswith(TRAILER):
+    view = memoryview(data)
+    end = len(data) - U32.size - len(TRAILER)
+    (crc,) = U32.unpack_from(data, len(data) - U32.size)
+    if zlib.crc32(view[:-U32.size]) != crc or data[end:end + len(TRAILER)] != TRAILER:
         raise CorruptSnapshot(f"{path}: checksum mismatch")
     pos = len(MAGIC)
-    (hlen,) = U32.unpack_from(body, pos)
+    (hlen,) = U32.unpack_from(data, pos)
     try:
-        header = msgpack.unpackb(body[pos + U32.size: pos + U32.size + hlen], raw=False, strict_map_key=False)
+        header = msgpack.unpackb(view[pos + U32.size: pos + U32.size + hlen], raw=False, strict_map_key=False)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means corrupt
         raise CorruptSnapshot(f"{path}: bad header: {exc!r}") from None
-    if header.get("format") != FORMAT_VERSION:
-        raise CorruptSnapshot(f"{path}: unknown format {header.get('format')!r}")
+    version = header.get("format") if isinstance(header, dict) else None
+    if version != FORMAT_VERSION:
+        raise CorruptSnapshot(f"{path}: unknown format {version!r}")
     pos += U32.size + hlen
-    end = len(body) - len(TRAILER)
+    frames = []  # check the framing before anything is yielded
+    while pos < end:
+        if pos + U32.size > end:
+            raise CorruptSnapshot(f"{path}: truncated record at {pos}")
+        (n,) = U32.unpack_from(data, pos)
+        if pos + U32.size + n > end:
+            raise CorruptSnapshot(f"{path}: record at {pos} overruns the file")
+        frames.append((pos + U32.size, pos + U32.size + n))
+        pos += U32.size + n
 
     def records() -> Iterator[list[Any]]:
-        p = pos
-        while p < end:
-            (n,) = U32.unpack_from(body, p)
-            yield msgpack.unpackb(body[p + U32.size: p + U32.size + n], raw=False, strict_map_key=False)
-            p += U32.size + n
+        unpackb = msgpack.unpackb
+        for start, stop in frames:
+            try:
+                yield unpackb(view[start:stop], raw=False, strict_map_key=False, use_list=True)
+            except Exception as exc:  # noqa: BLE001 - the checksum matched but it does not decode
+                raise CorruptSnapshot(f"{path}: bad record at {start}: {exc!r}") from None
 
     return header, records()
 
 
 class Snapshotter:
-    """Periodic and manual background snapshots of one store; one at a time."""
+    """Periodic and manual background snapshots of one store; one at a time.
+
+    A request arriving while a snapshot runs gets the next one (it must cover every write
+    acknowledged before it was asked); requests that queue up meanwhile share that next one.
+    """
 
     def __init__(self, service: StoreService) -> None:
         self.service = service
-        self._task: asyncio.Task[None] | None = None
-        self._running: asyncio.Future[dict[str, Any]] | None = None
+        self._periodic_task: asyncio.Task[None] | None = None
+        self._current: asyncio.Task[dict[str, Any]] | None = None
+        self._next: asyncio.Task[dict[str, Any]] | None = None
 
     def start(self) -> None:
+        remove_temp_files(self.service.data_dir)
         if self.service.settings.snapshot_interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._periodic())
+            self._periodic_task = asyncio.get_running_loop().create_task(self._periodic())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._periodic_task is not None:
+            self._periodic_task.cancel()
             try:
-                await self._task
+                await self._periodic_task
             except asyncio.CancelledError:
                 pass
-        if self._running is not None:
-            await asyncio.shield(self._running)
+        running = [t for t in (self._current, self._next) if t is not None]
+        await asyncio.gather(*running, return_exceptions=True)  # never leave a child behind
         if self.service.node.dirty:  # SIGTERM: leave a snapshot so the restart replays little
             await self.take(reason="shutdown")
 
@@ -163,17 +198,27 @@ class Snapshotter:
                 await self.take(reason="periodic")
 
     async def take(self, reason: str) -> dict[str, Any]:
-        if self._running is not None and not self._running.done():
-            return await asyncio.shield(self._running)
-        self._running = asyncio.get_running_loop().create_future()
+        """Snapshot now (or right after the one running); never raises: failures come back ok=false."""
+        loop = asyncio.get_running_loop()
+        if self._current is None or self._current.done():
+            self._current = loop.create_task(self._run(reason, after=None))
+            task = self._current
+        else:
+            if self._next is None or self._next.done():
+                self._next = loop.create_task(self._run(reason, after=self._current))
+            task = self._next
+        return await asyncio.shield(task)  # a cancelled caller does not cancel the snapshot
+
+    async def _run(self, reason: str, after: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+            self._current, self._next = self._next, None
         try:
-            result = await self._take(reason)
+            return await self._take(reason)
         except Exception as exc:  # noqa: BLE001 - reported to the caller as ok=false
-            log.exception("event=snapshot_failed reason=%s", reason)
-            result = {"name": self.service.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
-                      "error": repr(exc)}
-        self._running.set_result(result)
-        return result
+            log.error("event=snapshot_failed reason=%s error=%s", reason, exc)
+            return {"name": self.service.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
+                    "error": str(exc)}
 
     async def _take(self, reason: str) -> dict[str, Any]:
         svc = self.service
@@ -187,26 +232,32 @@ class Snapshotter:
         header = {"format": FORMAT_VERSION, "store": svc.name, "created": time.time(), "wal_segment": segment,
                   "slots": len(svc.engine.slots), "keys": keys,
                   "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())]}
+        read_fd, write_fd = os.pipe()  # the child's error, if any, for the caller
         gc.collect(0)
-        gc.freeze()
+        gc.freeze()  # no collection in the parent rewrites every object's header (copy-on-write)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with helper threads: child does raw I/O
                 pid = os.fork()
-            if pid == 0:  # child: raw file calls only, then _exit
-                gc.disable()
-                code = 1
-                try:
-                    write_file(path, header, svc.engine)
-                    code = 0
-                finally:
-                    os._exit(code)
+            if pid == 0:
+                _child(path, header, svc.engine, write_fd)
+            os.close(write_fd)
+            write_fd = -1
             status = await _wait_child(pid)
+            error = os.read(read_fd, 4096).decode("utf-8", "replace")
         finally:
             gc.unfreeze()
+            os.close(read_fd)
+            if write_fd >= 0:
+                os.close(write_fd)
         if status != 0:
             node.dirty = True
-            raise RuntimeError(f"snapshot child exited with status {status}")
+            try:
+                os.unlink(path + TMP_SUFFIX)
+            except OSError:
+                pass
+            raise RuntimeError(f"snapshot {os.path.basename(path)} failed (child exit status {status})"
+                               + (f": {error}" if error else ""))
         elapsed = time.perf_counter() - started
         size = os.path.getsize(path)
         svc.last_snapshot_at = time.time()
@@ -219,19 +270,39 @@ class Snapshotter:
 
     def prune(self) -> None:
         """Keep the newest KEEP snapshots and the log segments back to the oldest of them."""
-        snaps = list_snapshots(self.service.data_dir)
+        data_dir = self.service.data_dir
+        snaps = list_snapshots(data_dir)
         for _, path in snaps[:-KEEP]:
             os.unlink(path)
         kept = snaps[-KEEP:]
         if kept:
             assert self.service.node.wal is not None
             self.service.node.wal.remove_before(kept[0][0])
+        remove_temp_files(data_dir)
+
+
+def _child(path: str, header: dict[str, Any], engine: Engine, error_fd: int) -> None:
+    """In the forked child: write the file, report an error on the pipe, never return."""
+    code = 1
+    try:
+        gc.disable()
+        try:
+            os.nice(CHILD_NICE)
+        except OSError:
+            pass
+        write_file(path, header, engine)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+        with contextlib.suppress(BaseException):  # nothing else to tell it with
+            os.write(error_fd, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+    finally:
+        os._exit(code)
 
 
 async def _wait_child(pid: int) -> int:
     delay = 0.002
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
         if done:
             return os.waitstatus_to_exitcode(status)
         await asyncio.sleep(delay)

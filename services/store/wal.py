@@ -2,8 +2,14 @@
 
 Record on disk: <u32 length><u32 crc32(payload)><payload = msgpack [kind, body]>.
 Records appended in one loop turn leave in one os.write (rule 6); `fsync=always` then runs one
-fsync for the whole group (group commit), `everysec` once a second, `no` never.
+fsync for the whole group (group commit), `everysec` once a second, `no` never (but a rotated
+segment is always fsynced, in the background, so an older snapshot's log stays whole).
 Segments are numbered files wal-00000001.log ...; a snapshot rotates to a new segment.
+
+One task runs every fsync, one at a time, so a segment's fd is closed only after its last fsync,
+and "synced up to record N" always means every segment before N was fsynced too. A failed write
+or fsync poisons the log: the dirty pages may be gone (fsyncgate), so nothing appended afterwards
+is acknowledged; the store keeps serving reads and restarts from what is on disk.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+from ..common import errors
+
 log = logging.getLogger("snapkv.wal")
 
 HEADER = struct.Struct("<II")
@@ -25,6 +33,7 @@ MUTATION = 1  # body: engine Mutation
 ASSIGN = 2  # body: [slot, epoch, role, members, isr]
 RESET = 3  # body: exported slot (full sync or restore) replacing the slot's contents
 DROP = 4  # body: slot
+KINDS = (MUTATION, ASSIGN, RESET, DROP)
 MAX_RECORD = 512 * 1024 * 1024
 
 
@@ -57,19 +66,26 @@ def read_segment(path: str, *, repair: bool) -> tuple[list[tuple[int, Any]], boo
         data = fh.read()
     records: list[tuple[int, Any]] = []
     pos = 0
-    while pos < len(data):
-        if pos + HEADER.size > len(data):
-            break
+    size = len(data)
+    unpackb = msgpack.unpackb
+    while pos + HEADER.size <= size:
         length, crc = HEADER.unpack_from(data, pos)
         start, end = pos + HEADER.size, pos + HEADER.size + length
-        if length > MAX_RECORD or end > len(data) or zlib.crc32(data[start:end]) != crc:
+        if length > MAX_RECORD or end > size:
             break
-        kind, body = msgpack.unpackb(data[start:end], raw=False, strict_map_key=False)
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            break
+        try:
+            kind, body = unpackb(payload, raw=False, strict_map_key=False)
+        except Exception:  # noqa: BLE001 - a checksummed record that does not decode is corrupt too
+            break
         records.append((kind, body))
         pos = end
-    cut = pos < len(data)
+    cut = pos < size
     if cut:
-        log.warning("event=wal_tail_truncated file=%s offset=%d dropped_bytes=%d", path, pos, len(data) - pos)
+        log.warning("event=wal_tail_truncated file=%s offset=%d dropped_bytes=%d records_kept=%d repair=%s",
+                    path, pos, size - pos, len(records), repair)
         if repair:
             with open(path, "r+b") as fh:
                 fh.truncate(pos)
@@ -84,14 +100,16 @@ class Wal:
         segments = list_segments(data_dir)
         self.segment = segments[-1] if segments else 1
         self._fd = self._open(self.segment)
+        self._retired: list[int] = []  # fds of rotated segments, closed after their last fsync
         self._buf: list[bytes] = []
         self._scheduled = False
         self._written = 0  # records written to the file
         self._queued = 0  # records appended
         self._synced = 0  # records known fsynced
-        self._syncing = False
+        self._sync_task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self.failed: OSError | None = None
         self.fsync_seconds: list[float] = []  # drained by metrics
         self.bytes_written = 0
 
@@ -111,10 +129,18 @@ class Wal:
             except asyncio.CancelledError:
                 pass
         self.flush()
-        os.fsync(self._fd)
-        self._synced = self._written
+        if self._sync_task is not None:
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+        for fd in [*self._retired, self._fd]:
+            try:
+                if self.failed is None:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._retired = []
+        if self.failed is None:
+            self._synced = self._written
         self._wake()
-        os.close(self._fd)
 
     def append(self, kind: int, body: Any) -> int:
         """Queue a record; it is written at the end of this loop turn. Returns its position."""
@@ -131,6 +157,8 @@ class Wal:
         position = self._queued if position is None else position
         if self._done_upto() >= position:
             fut.set_result(None)
+        elif self.failed is not None:
+            fut.set_exception(self._error())
         else:
             self._waiters.append((position, fut))
         return fut
@@ -143,40 +171,65 @@ class Wal:
         if self._buf:
             data = b"".join(self._buf)
             self._buf = []
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            self.bytes_written += len(data)
-            self._written = self._queued
-        if self.fsync == "always" and self._synced < self._written and not self._syncing:
-            self._syncing = True
-            asyncio.get_running_loop().create_task(self._sync())
+            if self.failed is None:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self._fd, view):]
+                except OSError as exc:
+                    self._fail("write", exc)
+                    return
+                self.bytes_written += len(data)
+                self._written = self._queued
+        if self.fsync == "always" and self._synced < self._written:
+            self._kick()
         self._wake()
 
+    # -- fsync: one task, one fsync at a time ---------------------------------------------------
+    def _kick(self) -> None:
+        if self.failed is None and (self._sync_task is None or self._sync_task.done()):
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync())
+
     async def _sync(self) -> None:
-        target, fd = self._written, self._fd
-        started = time.perf_counter()
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
-        except OSError as exc:
-            log.error("event=wal_fsync_failed error=%r", exc)
-        self.fsync_seconds.append(time.perf_counter() - started)
-        self._synced = max(self._synced, target)
-        self._syncing = False
-        if self._synced < self._written:
-            self._syncing = True
-            asyncio.get_running_loop().create_task(self._sync())
-        self._wake()
+        loop = asyncio.get_running_loop()
+        while self.failed is None:
+            retired, current, target = list(self._retired), self._fd, self._written
+            if not retired and self._synced >= target:
+                return
+            started = time.perf_counter()
+            try:
+                for fd in (*retired, current):  # oldest first, so the synced prefix is whole
+                    await loop.run_in_executor(None, os.fsync, fd)
+            except OSError as exc:
+                self._fail("fsync", exc)
+                return
+            self.fsync_seconds.append(time.perf_counter() - started)
+            for fd in retired:
+                self._retired.remove(fd)
+                os.close(fd)
+            self._synced = max(self._synced, target)
+            self._wake()
+            if self.fsync != "always" and not self._retired:
+                return
 
     async def _every_second(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if self._synced < self._written:
-                target, started = self._written, time.perf_counter()
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
-                self.fsync_seconds.append(time.perf_counter() - started)
-                self._synced = max(self._synced, target)
+            if self._synced < self._written or self._retired:
+                self._kick()
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        if self.failed is None:
+            log.critical("event=wal_failed op=%s segment=%s error=%r action=refuse_writes", what,
+                         segment_name(self.segment), exc)
+        self.failed = exc
+        waiters, self._waiters = self._waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(self._error())
+
+    def _error(self) -> errors.SnapkvError:
+        return errors.Unavailable(f"write-ahead log failed: {self.failed}")
 
     def _wake(self) -> None:
         if not self._waiters:
@@ -192,14 +245,18 @@ class Wal:
         self._waiters = keep
 
     def rotate(self) -> int:
-        """Start a new segment (at a snapshot point); returns the new segment's number."""
+        """Start a new segment (at a snapshot point); returns the new segment's number.
+
+        Every record appended so far is in the old segment once this returns; that segment is
+        fsynced and closed in the background, so rotating never blocks the loop on the disk.
+        """
         self.flush()
-        os.fsync(self._fd)
-        self._synced = self._written
-        self._wake()
-        os.close(self._fd)
+        if self.failed is not None:
+            raise self._error()
         self.segment += 1
+        self._retired.append(self._fd)
         self._fd = self._open(self.segment)
+        self._kick()
         return self.segment
 
     def remove_before(self, number: int) -> None:
