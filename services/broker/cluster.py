@@ -31,6 +31,7 @@ class Cluster:
         self.slotmap = SlotMap(SLOTS)
         self.cluster_id = uuid.uuid4().hex
         self.loaded_state = False
+        self.started_at = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._conns: dict[str, rpc.RpcClient] = {}
         self._changed = asyncio.Event()
@@ -46,6 +47,7 @@ class Cluster:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.started_at = time.monotonic()
         self._session = aiohttp.ClientSession()
         saved = state.load(self.data_dir)
         if saved is not None:

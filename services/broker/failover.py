@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from . import placement
@@ -44,8 +45,17 @@ class Failover:
     async def node_down(self, name: str) -> None:
         await self.repair(f"node_down:{name}")
 
+    def in_grace(self) -> bool:
+        """After a restart with saved state, stores count as down until they answer: give them time
+        to answer before moving anything (rule 4)."""
+        cluster = self.cluster
+        grace = cluster.settings.failure_timeout + cluster.settings.heartbeat_interval * 2
+        return cluster.loaded_state and time.monotonic() - cluster.started_at < grace
+
     async def repair(self, reason: str) -> int:
         cluster = self.cluster
+        if self.in_grace():
+            return 0
         async with self.lock:
             changes, promoted = placement.repair(cluster.slotmap, cluster.registry.sites(),
                                                  cluster.settings.replication_factor)

@@ -107,3 +107,19 @@ def test_every_copy_down_answers_503_until_one_returns(local_cluster):
     local_cluster.stores["s2"].start()
     local_cluster.wait_ready()
     assert http("GET", f"{local_cluster.url}/get?key=both")[1]["value"] == "kept"
+
+
+def test_broker_restart_keeps_map_and_moves_nothing(local_cluster):
+    start_four(local_cluster)
+    http("POST", f"{local_cluster.url}/v1/mset", {"items": {f"b:{i}": f"v{i}" for i in range(300)}})
+    before = http("GET", f"{local_cluster.url}/v1/cluster")[1]
+    local_cluster.broker.kill()
+    local_cluster.broker.start()
+    local_cluster.wait_ready()
+    after = http("GET", f"{local_cluster.url}/v1/cluster")[1]
+    assert after["cluster_id"] == before["cluster_id"]
+    assert [(r["from"], r["to"], r["primary"], r["replicas"]) for r in after["ranges"]] == \
+        [(r["from"], r["to"], r["primary"], r["replicas"]) for r in before["ranges"]]
+    for i in range(0, 300, 7):
+        assert http("GET", f"{local_cluster.url}/get?key=b:{i}")[1]["value"] == f"v{i}"
+    assert http("POST", f"{local_cluster.url}/set", {"key": "b:new", "value": "x"})[0] == 200
