@@ -29,6 +29,8 @@ from .wal import Wal
 log = logging.getLogger("snapkv.store")
 
 SERVICE = web.AppKey("service", "StoreService")
+EXPIRE_INTERVAL = 1.0
+EXPIRE_BATCH = 1000
 
 
 class DataDirError(Exception):
@@ -140,6 +142,11 @@ class StoreService:
                      self.site or "-")
         self.registered = True
 
+    async def expire_loop(self) -> None:
+        """Primaries delete expired keys in the background, at most a bounded batch per turn."""
+        while True:
+            await asyncio.sleep(0.05 if self.node.expire(EXPIRE_BATCH) >= EXPIRE_BATCH else EXPIRE_INTERVAL)
+
     async def register_loop(self) -> None:
         failures = 0
         while True:
@@ -195,7 +202,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     service._session = aiohttp.ClientSession()
     await service.start()
-    tasks: list[asyncio.Task[Any]] = []
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(service.expire_loop())]
     if service.settings.broker_url:
         tasks.append(asyncio.create_task(service.register_loop()))
     else:
