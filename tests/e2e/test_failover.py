@@ -123,3 +123,26 @@ def test_broker_restart_keeps_map_and_moves_nothing(local_cluster):
     for i in range(0, 300, 7):
         assert http("GET", f"{local_cluster.url}/get?key=b:{i}")[1]["value"] == f"v{i}"
     assert http("POST", f"{local_cluster.url}/set", {"key": "b:new", "value": "x"})[0] == 200
+
+
+def test_replication_factor_three_keeps_three_copies(local_cluster):
+    start_four(local_cluster, replication_factor="3")
+    view = http("GET", f"{local_cluster.url}/v1/cluster")[1]
+    for r in view["ranges"]:
+        members = [r["primary"], *r["replicas"]]
+        assert len(set(members)) == 3 and {SITES[m] for m in members} == {"a", "b"}
+    assert http("POST", f"{local_cluster.url}/set", {"key": "rf3", "value": "x"})[0] == 200
+    local_cluster.stores["s1"].kill()
+    local_cluster.stores["s3"].kill()  # one per site: a copy is left somewhere
+    assert http("GET", f"{local_cluster.url}/get?key=rf3")[1]["value"] == "x"
+    assert http("POST", f"{local_cluster.url}/set", {"key": "rf3", "value": "y"})[0] == 200
+
+
+def test_async_replication_still_copies_everything(local_cluster):
+    start_four(local_cluster, replication="async")
+    items = {f"async:{i}": f"v{i}" for i in range(300)}
+    assert http("POST", f"{local_cluster.url}/v1/mset", {"items": items})[0] == 200
+    time.sleep(0.5)  # async: replicas catch up right after the acknowledgement
+    local_cluster.stores["s1"].kill()
+    for key, value in items.items():
+        assert http("GET", f"{local_cluster.url}/get?key={key}")[1]["value"] == value

@@ -1,0 +1,64 @@
+"""`snapkv up` starts a working local cluster and stops it on Ctrl-C; the CLI talks to it."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from support.procs import free_port, http
+
+SNAPKV = [sys.executable, "-m", "snapkv.client.cli"]
+
+
+def test_up_then_cli_then_ctrl_c(tmp_path):
+    port = free_port()
+    for offset in (1, 2):  # the stores take the ports after the broker's
+        while True:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+                break
+            except OSError:
+                port = free_port()
+    up = subprocess.Popen([*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not any("broker listening" in line for line in lines) and len(lines) < 200:
+            lines.append(up.stdout.readline())
+        assert any(f"broker listening on http://127.0.0.1:{port}" in line for line in lines), lines
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, view, _ = http("GET", f"{url}/v1/cluster")
+            if status == 200 and view["summary"]["ok"] == 4096:
+                break
+            time.sleep(0.2)
+        cli = [*SNAPKV, "--url", url]
+        assert subprocess.run([*cli, "set", "greeting", "hello"], capture_output=True, timeout=30).returncode == 0
+        out = subprocess.run([*cli, "get", "greeting"], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "hello"
+        assert "greeting" in subprocess.run([*cli, "keys"], capture_output=True, text=True, timeout=30).stdout
+        assert '"store2"' in subprocess.run([*cli, "stores"], capture_output=True, text=True, timeout=30).stdout
+        assert subprocess.run([*cli, "del", "greeting"], capture_output=True, timeout=30).returncode == 0
+        missing = subprocess.run([*cli, "get", "greeting"], capture_output=True, text=True, timeout=30)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=30)  # drain the children's logs while they stop
+        assert up.returncode == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    # every child stopped with it: nothing listens on their ports any more
+    for p in (port, port + 1, port + 2):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", p)) != 0
+    assert (tmp_path / "store1").is_dir() and (tmp_path / "broker" / "cluster.json").is_file()
+
+
+def test_cli_reports_unreachable_broker():
+    out = subprocess.run([*SNAPKV, "--url", f"http://127.0.0.1:{free_port()}", "get", "k"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "cannot reach" in out.stderr
