@@ -85,6 +85,7 @@ class LocalCluster:
     stores: dict[str, Proc] = field(default_factory=dict)
     broker: Proc | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    api_headers: dict[str, str] = field(default_factory=dict)  # e.g. the API token, for wait_ready
 
     @property
     def url(self) -> str:
@@ -133,8 +134,8 @@ class LocalCluster:
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                status, view, _ = http("GET", f"{self.url}/v1/cluster", timeout=2)
-                _, listed, _ = http("GET", f"{self.url}/stores/list", timeout=2)
+                status, view, _ = http("GET", f"{self.url}/v1/cluster", timeout=2, headers=self.api_headers)
+                _, listed, _ = http("GET", f"{self.url}/stores/list", timeout=2, headers=self.api_headers)
                 last = (view, listed)
                 up = [s for s in listed if s["status"] == "up"]
                 if status == 200 and view["summary"]["ok"] == view["slots"] and len(up) >= want:
