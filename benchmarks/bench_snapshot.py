@@ -29,7 +29,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-
 from snapkv.common import rpc, wire
 from snapkv.common.slots import SLOTS, key_slot
 from snapkv.store import recovery

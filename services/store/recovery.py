@@ -76,6 +76,9 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
             raise RecoveryError(f"no snapshot in {data_dir!r} verifies and the log before "
                                 f"{wal.segment_name(segments[0])} was pruned: the history cannot be rebuilt")
     segments = [s for s in segments if s >= start_segment]
+    if not segments and result.snapshot_file:
+        # a snapshot restored into an empty dir: the log must go on after it, not in an older segment
+        open(os.path.join(data_dir, wal.segment_name(start_segment)), "ab").close()
     # a snapshot file (even a corrupt one) names a segment that the rotation created
     named = [seg for seg, _ in snapshots if seg > start_segment]
     last = max(segments[-1:] + named, default=start_segment)

@@ -110,6 +110,7 @@ class Wal:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._ticker: asyncio.Task[None] | None = None
         self.failed: OSError | None = None
+        self.closed = False
         self.fsync_seconds: list[float] = []  # drained by metrics
         self.bytes_written = 0
 
@@ -141,6 +142,8 @@ class Wal:
         if self.failed is None:
             self._synced = self._written
         self._wake()
+        self.closed = True
+        self._fail_waiters()  # anything appended from now on is refused, not written to a closed fd
 
     def append(self, kind: int, body: Any) -> int:
         """Queue a record; it is written at the end of this loop turn. Returns its position."""
@@ -157,7 +160,7 @@ class Wal:
         position = self._queued if position is None else position
         if self._done_upto() >= position:
             fut.set_result(None)
-        elif self.failed is not None:
+        elif self.failed is not None or self.closed:
             fut.set_exception(self._error())
         else:
             self._waiters.append((position, fut))
@@ -171,6 +174,9 @@ class Wal:
         if self._buf:
             data = b"".join(self._buf)
             self._buf = []
+            if self.closed:
+                self._fail_waiters()
+                return
             if self.failed is None:
                 try:
                     view = memoryview(data)
@@ -223,12 +229,17 @@ class Wal:
             log.critical("event=wal_failed op=%s segment=%s error=%r action=refuse_writes", what,
                          segment_name(self.segment), exc)
         self.failed = exc
+        self._fail_waiters()
+
+    def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for _, fut in waiters:
             if not fut.done():
                 fut.set_exception(self._error())
 
     def _error(self) -> errors.SnapkvError:
+        if self.failed is None:
+            return errors.Unavailable("the store is shutting down")
         return errors.Unavailable(f"write-ahead log failed: {self.failed}")
 
     def _wake(self) -> None:
@@ -251,7 +262,7 @@ class Wal:
         fsynced and closed in the background, so rotating never blocks the loop on the disk.
         """
         self.flush()
-        if self.failed is not None:
+        if self.failed is not None or self.closed:
             raise self._error()
         self.segment += 1
         self._retired.append(self._fd)

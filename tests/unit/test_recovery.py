@@ -171,6 +171,24 @@ async def test_replay_skips_what_the_snapshot_already_holds(tmp_path):
     assert node.engine.slots[5].seq == 20 and len(node.engine.slots[5].entries) == 21
 
 
+async def test_a_snapshot_restored_alone_into_an_empty_dir_and_the_log_after_it(tmp_path):
+    source, restored = tmp_path / "source", tmp_path / "restored"
+    store = await restart(source)
+    store.own(range(SLOTS))
+    model = await random_writes(store, 500, keys=100)
+    result = await store.snapshots.take(reason="backup")
+    await crash(store)
+    restored.mkdir()
+    shutil.copy(source / result["file"], restored / result["file"])  # the backup: one file
+    again = await restart(restored)
+    assert live_items(again) == model
+    await again.set(b"after-restore", b"1")
+    await crash(again)
+    third = await restart(restored)  # what was logged after the restore is replayed too
+    assert live_items(third) == {**model, b"after-restore": b"1"}
+    await third.stop()
+
+
 async def test_a_deleted_key_stays_deleted_across_snapshot_and_log(tmp_path):
     store = await restart(tmp_path)
     store.own(range(SLOTS))

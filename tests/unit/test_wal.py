@@ -216,3 +216,17 @@ async def test_a_failed_write_refuses_the_write(tmp_path, caplog):
         os.close(w._fd)
         w._fd = real_fd
     await w.stop()
+
+
+async def test_appends_after_stop_are_refused_not_written(tmp_path, caplog):
+    w = Wal(str(tmp_path), "always")
+    w.start()
+    await w.durable(w.append(walmod.MUTATION, mutation(1)))
+    await w.stop()
+    late = w.durable(w.append(walmod.MUTATION, mutation(2)))
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await late
+    await asyncio.sleep(0.01)
+    assert "wal_failed" not in caplog.text
+    records, _ = walmod.read_segment(str(tmp_path / walmod.segment_name(1)), repair=False)
+    assert len(records) == 1
