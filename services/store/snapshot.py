@@ -200,13 +200,12 @@ class Snapshotter:
     async def take(self, reason: str) -> dict[str, Any]:
         """Snapshot now (or right after the one running); never raises: failures come back ok=false."""
         loop = asyncio.get_running_loop()
-        if self._current is None or self._current.done():
-            self._current = loop.create_task(self._run(reason, after=None))
-            task = self._current
+        if self._next is not None and not self._next.done():
+            task = self._next  # queued, not started yet (even if the one before just finished)
+        elif self._current is None or self._current.done():
+            self._current = task = loop.create_task(self._run(reason, after=None))
         else:
-            if self._next is None or self._next.done():
-                self._next = loop.create_task(self._run(reason, after=self._current))
-            task = self._next
+            self._next = task = loop.create_task(self._run(reason, after=self._current))
         return await asyncio.shield(task)  # a cancelled caller does not cancel the snapshot
 
     async def _run(self, reason: str, after: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:

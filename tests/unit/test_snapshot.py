@@ -190,6 +190,25 @@ async def test_a_request_during_a_snapshot_gets_the_next_one_and_queued_requests
     await store.stop()
 
 
+async def test_a_request_between_two_queued_snapshots_never_starts_a_third_at_once(tmp_path, monkeypatch):
+    store = await MiniStore(str(tmp_path)).start()
+    monkeypatch.setattr(store.snapshots, "prune", lambda: None)
+    store.own(range(64))
+    await random_writes(store, 500, keys=500)
+    late: list[asyncio.Task] = []
+    first = asyncio.create_task(store.snapshots.take(reason="first"))
+    await asyncio.sleep(0)
+    running = store.snapshots._current
+    # runs when the first snapshot is done, before the queued one has started
+    running.add_done_callback(lambda _: late.append(asyncio.create_task(store.snapshots.take(reason="late"))))
+    second = asyncio.create_task(store.snapshots.take(reason="second"))
+    a, b = await asyncio.gather(first, second)
+    c = await late[0]
+    assert a["ok"] and b["ok"] and c == b  # the late request joined the queued snapshot
+    assert len(snapshot.list_snapshots(str(tmp_path))) == 2
+    await store.stop()
+
+
 async def test_stop_waits_for_a_running_snapshot_even_if_its_caller_went_away(tmp_path):
     store = await MiniStore(str(tmp_path)).start()
     store.own(range(SLOTS))
