@@ -20,6 +20,7 @@ import os
 import struct
 import time
 import zlib
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -111,7 +112,7 @@ class Wal:
         self._ticker: asyncio.Task[None] | None = None
         self.failed: OSError | None = None
         self.closed = False
-        self.fsync_seconds: list[float] = []  # drained by metrics
+        self.fsync_seconds: deque[float] = deque(maxlen=10_000)  # drained by metrics; bounded if never scraped
         self.bytes_written = 0
 
     def _open(self, number: int) -> int:
