@@ -231,37 +231,42 @@ class Snapshotter:
         header = {"format": FORMAT_VERSION, "store": svc.name, "created": time.time(), "wal_segment": segment,
                   "slots": len(svc.engine.slots), "keys": keys,
                   "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())]}
-        read_fd, write_fd = os.pipe()  # the child's error, if any, for the caller
-        gc.collect(0)
-        gc.freeze()  # no collection in the parent rewrites every object's header (copy-on-write)
+        status, error = -1, ""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # fork with helper threads: child does raw I/O
-                pid = os.fork()
-            if pid == 0:
-                _child(path, header, svc.engine, write_fd)
-            os.close(write_fd)
-            write_fd = -1
-            status = await _wait_child(pid)
-            error = os.read(read_fd, 4096).decode("utf-8", "replace")
-        finally:
-            gc.unfreeze()
-            os.close(read_fd)
-            if write_fd >= 0:
-                os.close(write_fd)
-        if status != 0:
-            node.dirty = True
+            read_fd, write_fd = os.pipe()  # the child's error, if any, for the caller
+            gc.collect(0)
+            gc.freeze()  # no collection in the parent rewrites every object's header (copy-on-write)
             try:
-                os.unlink(path + TMP_SUFFIX)
-            except OSError:
-                pass
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # fork with helper threads: child does raw I/O
+                    pid = os.fork()
+                if pid == 0:
+                    _child(path, header, svc.engine, write_fd)
+                os.close(write_fd)
+                write_fd = -1
+                status = await _wait_child(pid)
+                error = os.read(read_fd, 4096).decode("utf-8", "replace")
+            finally:
+                gc.unfreeze()
+                os.close(read_fd)
+                if write_fd >= 0:
+                    os.close(write_fd)
+        finally:
+            if status != 0:  # not written (or fork failed): the changes still need a snapshot
+                node.dirty = True
+                with contextlib.suppress(OSError):
+                    os.unlink(path + TMP_SUFFIX)
+        if status != 0:
             raise RuntimeError(f"snapshot {os.path.basename(path)} failed (child exit status {status})"
                                + (f": {error}" if error else ""))
         elapsed = time.perf_counter() - started
         size = os.path.getsize(path)
         svc.last_snapshot_at = time.time()
         svc.metrics.snapshot_seconds.observe(elapsed)
-        self.prune()
+        try:
+            self.prune()
+        except OSError as exc:  # the snapshot itself is safe on disk; old files are removed next time
+            log.warning("event=snapshot_prune_failed error=%r", exc)
         log.info("event=snapshot reason=%s file=%s keys=%d bytes=%d ms=%.0f", reason, path, keys, size,
                  elapsed * 1000)
         return {"name": svc.name, "ok": True, "keys": keys, "bytes": size, "ms": round(elapsed * 1000, 1),

@@ -174,6 +174,23 @@ async def test_a_failed_snapshot_is_reported_and_the_next_one_works(tmp_path):
     await store.stop()
 
 
+async def test_a_fork_that_fails_is_reported_and_keeps_the_store_dirty(tmp_path, monkeypatch):
+    store = await MiniStore(str(tmp_path)).start()
+    store.own([1])
+    await store.write([[b"a", b"1", 0]], slot=1)
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    result = await store.snapshots.take(reason="test")
+    assert result["ok"] is False and "Resource temporarily unavailable" in result["error"]
+    assert store.node.dirty
+    monkeypatch.undo()
+    assert (await store.snapshots.take(reason="test"))["ok"]
+    await store.stop()
+
+
 async def test_a_request_during_a_snapshot_gets_the_next_one_and_queued_requests_share_it(tmp_path):
     store = await MiniStore(str(tmp_path)).start()
     store.own(range(SLOTS))
