@@ -304,6 +304,24 @@ def _child(path: str, header: dict[str, Any], engine: Engine, error_fd: int) -> 
 
 
 async def _wait_child(pid: int) -> int:
+    """The child's exit code, without blocking the loop: a pidfd wakes us when it exits."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll
+        return await _poll_child(pid)
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - it has exited: reaping does not block
+    return os.waitstatus_to_exitcode(status)
+
+
+async def _poll_child(pid: int) -> int:
     delay = 0.002
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks

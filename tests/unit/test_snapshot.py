@@ -251,3 +251,13 @@ async def test_shutdown_snapshot_and_stale_temp_files(tmp_path):
     again = await MiniStore(str(tmp_path)).start()
     assert again.recovered.replayed == 0 and live_items(again) == model
     await again.stop()
+
+
+async def test_the_child_is_awaited_without_pidfd_too(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open", raising=False)  # older kernels: poll waitpid instead
+    store = await MiniStore(str(tmp_path)).start()
+    store.own([3])
+    await store.write([[b"a", b"1", 0]], slot=3)
+    result = await store.snapshots.take(reason="test")
+    assert result["ok"] and result["keys"] == 1
+    await store.stop()
