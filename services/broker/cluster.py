@@ -143,12 +143,17 @@ class Cluster:
         e = self.slotmap.entry(slot)
         role = "primary" if e.primary == name else "replica"
         members = [[m, self.registry.address(m)] for m in e.members()]
-        return [slot, e.epoch, role, members, list(e.isr)]
+        return [slot, e.epoch, role, members, list(e.isr), e.leader_epoch]
 
     async def _push(self, name: str, slots: list[int], drop: list[int], confirm: bool = False) -> None:
-        frames = [self.assignment_frame(name, s) for s in slots]
+        """Assignments for `slots` as the map has them now; with confirm, the store's whole assignment
+        (it drops the rest). Slots the store has left since the push was planned are dropped."""
+        keep = sorted({s for s in [*slots, *drop] if name in self.slotmap.entry(s).members()})
+        drop = sorted({s for s in [*slots, *drop] if name not in self.slotmap.entry(s).members()})
+        frames = [self.assignment_frame(name, s) for s in keep]
         try:
             await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
+                                                        "full": confirm,
                                                         "cluster": self.cluster_id,
                                                         "replication": self.settings.replication},
                                        timeout=self.settings.request_deadline)
@@ -163,18 +168,20 @@ class Cluster:
             return
         self._pushes[name] = asyncio.get_running_loop().create_task(self._push_all(name))
 
+    def holds_anything(self, name: str) -> bool:
+        """Primary or in-sync replica of any slot: what a restart could have lost matters."""
+        return any(e.primary == name or name in e.isr for e in self.slotmap.entries)
+
     async def _push_all(self, name: str) -> None:
         node = self.registry.get(name)
         if node is None:
             return
-        held = self.slotmap.slots_of(name)
-        mine = set(held["primary"]) | set(held["replica"])
-        drop = sorted({item[0] for item in node.inventory} - mine)
         lock = self._push_locks.setdefault(name, asyncio.Lock())
         for attempt in range(20):
             try:
-                async with lock:
-                    await self._push(name, sorted(mine), drop, confirm=True)
+                async with lock:  # read the map under the lock: no later push may overtake this one
+                    held = self.slotmap.slots_of(name)
+                    await self._push(name, sorted(held["primary"] + held["replica"]), [], confirm=True)
                 node.confirmed = True
                 self.changed()
                 return

@@ -21,13 +21,14 @@ class SlotEntry:
     replicas: list[str] = field(default_factory=list)
     isr: list[str] = field(default_factory=list)  # replicas that hold every committed write
     epoch: int = 0
+    leader_epoch: int = 0  # epoch at which the current primary took the slot: replicas fence on it
     migrating_to: str | None = None
 
     def members(self) -> list[str]:
         return ([self.primary] if self.primary else []) + self.replicas
 
     def to_json(self) -> list[Any]:
-        return [self.primary, self.replicas, self.isr, self.epoch]
+        return [self.primary, self.replicas, self.isr, self.epoch, self.leader_epoch]
 
 
 @dataclass
@@ -61,6 +62,8 @@ class SlotMap:
         self.epoch += 1
         for c in changes:
             e = self.entries[c.slot]
+            if c.primary != e.primary:
+                e.leader_epoch = self.epoch
             e.primary, e.replicas, e.isr, e.epoch = c.primary, list(c.replicas), list(c.isr), self.epoch
         return self.epoch
 
@@ -128,6 +131,7 @@ class SlotMap:
     def from_json(cls, data: dict[str, Any]) -> SlotMap:
         m = cls(len(data["slots"]))
         m.epoch = data["epoch"]
-        for e, (primary, replicas, isr, epoch) in zip(m.entries, data["slots"]):
+        for e, (primary, replicas, isr, epoch, *rest) in zip(m.entries, data["slots"]):
             e.primary, e.replicas, e.isr, e.epoch = primary, list(replicas), list(isr), epoch
+            e.leader_epoch = rest[0] if rest else epoch
         return m

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,6 +22,14 @@ def _wait_ready(url: str, timeout: float) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+def _die_with_parent() -> None:
+    """In each child: on Linux, get SIGTERM when `snapkv up` dies, even by SIGKILL (no orphans)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: str | None) -> int:
@@ -45,12 +54,14 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
 
     try:
         procs.append(subprocess.Popen([py, "-m", "snapkv.broker", "--host", "127.0.0.1", "--port", str(port),
-                                       "--data-dir", os.path.join(data_dir, "broker")], env=env))
+                                       "--data-dir", os.path.join(data_dir, "broker")], env=env,
+                                      preexec_fn=_die_with_parent))
         for i in range(1, stores + 1):
             site = f"site-{'abcdefgh'[(i - 1) % max(1, sites)]}"
             procs.append(subprocess.Popen(
                 [py, "-m", "snapkv.store", f"store{i}", str(port + i), "--host", "127.0.0.1",
-                 "--data-dir", os.path.join(data_dir, f"store{i}"), "--site", site], env=env))
+                 "--data-dir", os.path.join(data_dir, f"store{i}"), "--site", site], env=env,
+                preexec_fn=_die_with_parent))
         ok = _wait_ready(f"{broker_url}/readyz", 30)
         print(f"snapkv: broker listening on {broker_url} with {stores} stores "
               f"({'ready' if ok else 'not ready yet'}); data in {os.path.abspath(data_dir)}; Ctrl-C stops",

@@ -98,6 +98,7 @@ class StoreService:
             if self._session is not None:
                 await self._session.close()
             raise SystemExit(f"snapkv-store: cannot recover data dir {self.data_dir!r}: {exc}") from None
+        self.node.recovered()
         self.node.wal = Wal(self.data_dir, self.settings.fsync)
         self.node.wal.start()
         assert self._session is not None

@@ -30,9 +30,17 @@ class Assignment:
     role: str
     members: list[list[str]]  # [[name, address], ...]: primary first, then replicas
     isr: list[str] = field(default_factory=list)  # names of in-sync replicas
+    leader_epoch: int = 0  # the epoch at which the current primary took the slot
 
     def to_wire(self) -> list[Any]:
-        return [self.epoch, self.role, self.members, self.isr]
+        return [self.epoch, self.role, self.members, self.isr, self.leader_epoch or self.epoch]
+
+    @classmethod
+    def from_wire(cls, record: list[Any]) -> tuple[int, Assignment]:
+        """[slot, epoch, role, members, isr, leader_epoch?] as pushed, logged and snapshotted."""
+        slot, epoch, role, members, isr = record[:5]
+        leader_epoch = record[5] if len(record) > 5 else epoch
+        return slot, cls(epoch, role, members, isr, leader_epoch)
 
 
 def now_ms() -> int:
@@ -48,6 +56,7 @@ class StoreNode:
         self.confirmed = False  # the broker has told us what we own since we started (rule 3)
         self.committed: dict[int, int] = {}  # slot -> last committed seq
         self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._promoted: set[int] = set()
         self.replicator: Any = None  # set by the app once replication is wired
         self.ops: dict[str, int] = {}
         self.dirty = False  # something changed since the last snapshot
@@ -94,6 +103,10 @@ class StoreNode:
         self.owned(slot, epoch)
         entry = self.engine.get(slot, key, now_ms())
         if entry is None:
+            # the key may be gone through a delete that is not committed yet: answer after it is
+            pending = self.engine.slot(slot).seq
+            if pending > self.committed.get(slot, 0):
+                return self._after_commit(slot, pending, lambda: self._read_again(slot, key))
             return None
         seq = entry[1] & SEQ_MASK
         if seq <= self.committed.get(slot, 0):
@@ -110,8 +123,18 @@ class StoreNode:
         after = (after_slot, after_key) if after_key is not None else None
         if after is None and after_slot:
             owned = [s for s in owned if s >= after_slot]
-        items, more = self.engine.scan(owned, after, prefix, limit, now_ms(), with_values)
-        return [items, more, len(owned) != len(slots)]
+        missing = len(owned) != len(slots)
+
+        def scan() -> list[Any]:
+            items, more = self.engine.scan(owned, after, prefix, limit, now_ms(), with_values)
+            return [items, more, missing]
+
+        # committed data only (rule 8): wait for writes in flight in these slots
+        waits = [self._after_commit(s, seq, lambda: None) for s in owned
+                 if (seq := self.engine.slot(s).seq) > self.committed.get(s, 0)]
+        if not waits:
+            return scan()
+        return _all_then(waits, scan)
 
     # -- writes ---------------------------------------------------------------------------------
     def op_write(self, args: list[Any]) -> Any:
@@ -204,6 +227,10 @@ class StoreNode:
         fut.add_done_callback(done)
         return out
 
+    def _committed_if_ok(self, fut: asyncio.Future[None], slot: int, seq: int) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.mark_committed(slot, seq)
+
     def fail_waiters(self, slot: int) -> None:
         for _, fut in self._commit_waiters.pop(slot, []):
             if not fut.done():
@@ -214,13 +241,19 @@ class StoreNode:
         stale = []
         if self.replicator is not None and args.get("replication"):
             self.replicator.mode = args["replication"]
-        for slot, epoch, role, members, isr in args.get("slots", []):
+        listed = set()
+        for record in args.get("slots", []):
+            slot, assignment = Assignment.from_wire(record)
+            listed.add(slot)
             current = self.assignments.get(slot)
-            if current is not None and epoch < current.epoch:
+            if current is not None and assignment.epoch < current.epoch:
                 stale.append(slot)  # an older push arriving late: what we hold is newer
                 continue
-            self.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=True)
-        for slot in args.get("drop", []):
+            self.apply_assignment(slot, assignment, log_it=True)
+        drop = set(args.get("drop", []))
+        if args.get("full"):  # the broker's whole view of what we own: anything else is stale
+            drop |= set(self.assignments) - listed
+        for slot in sorted(drop):
             self.apply_assignment(slot, None, log_it=True)
         if args.get("confirm"):
             self.confirmed = True
@@ -242,14 +275,31 @@ class StoreNode:
         else:
             self.assignments[slot] = assignment
             self.engine.slot(slot).epoch = assignment.epoch
-            # everything we hold when we become primary is committed: the broker only promotes ISR members
-            if assignment.role == PRIMARY:
-                self.mark_committed(slot, self.engine.slot(slot).seq)
+            became_primary = assignment.role == PRIMARY and (previous is None or previous.role != PRIMARY)
+            if became_primary:
+                self._promoted.add(slot)
             if log_it and self.wal is not None:
                 self.wal.append(walmod.ASSIGN, [slot, *assignment.to_wire()])
         if self.replicator is not None:
             self.replicator.assignment_changed(slot, previous, assignment)
+        if slot in self._promoted and assignment is not None:
+            # what a new primary holds is committed once every ISR member has it too (the only ISR
+            # member holding all of it is promoted; others are resynced first)
+            self._promoted.discard(slot)
+            seq = self.engine.slot(slot).seq
+            acked = self.replicator.wait_acked(slot, seq) if self.replicator is not None else None
+            if acked is None:
+                self.mark_committed(slot, seq)
+            else:
+                acked.add_done_callback(lambda f, s=slot, q=seq: self._committed_if_ok(f, s, q))
         self.dirty = True
+
+    def recovered(self) -> None:
+        """After start-up recovery: what the log and snapshots hold is as committed as it gets (the
+        broker fails a restarted store over before it serves, if a newer copy may exist)."""
+        self._promoted.clear()
+        for slot in self.assignments:
+            self.mark_committed(slot, self.engine.slot(slot).seq)
 
     def inventory(self) -> list[list[Any]]:
         out = []
@@ -273,6 +323,25 @@ class StoreNode:
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _all_then(futs: list[Any], make: Any) -> asyncio.Future[Any]:
+    """A future for make() once every one of `futs` is done."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    remaining = [len(futs)]
+
+    def one_done(f: asyncio.Future[Any]) -> None:
+        remaining[0] -= 1
+        if out.done():
+            return
+        if not f.cancelled() and f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        elif remaining[0] == 0:
+            out.set_result(make())
+
+    for f in futs:
+        f.add_done_callback(one_done)
+    return out
 
 
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:

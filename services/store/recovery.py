@@ -57,8 +57,7 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
             header, records = snapshot.read_file(path)
             for record in records:
                 node.engine.import_slot(record)
-            assignments = [(slot, Assignment(epoch, role, members, isr))
-                           for slot, epoch, role, members, isr in header.get("assignments", [])]
+            assignments = [Assignment.from_wire(record) for record in header.get("assignments", [])]
         except (snapshot.CorruptSnapshot, ValueError, TypeError, KeyError, OSError) as exc:
             _set_aside(path, exc, result)
             node.engine.slots.clear()
@@ -109,8 +108,8 @@ def _replay(node: StoreNode, kind: int, body: object, path: str, result: Recover
             return
         node.engine.apply(body)  # type: ignore[arg-type]
     elif kind == wal.ASSIGN:
-        slot, epoch, role, members, isr = body  # type: ignore[misc]
-        node.apply_assignment(slot, Assignment(epoch, role, members, isr), log_it=False)
+        slot, assignment = Assignment.from_wire(body)  # type: ignore[arg-type]
+        node.apply_assignment(slot, assignment, log_it=False)
     elif kind == wal.RESET:
         node.engine.import_slot(body)  # type: ignore[arg-type]
     elif kind == wal.DROP:

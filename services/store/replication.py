@@ -90,7 +90,15 @@ class Replicator:
         for name, address in self._replicas(a):
             if name in streaming:
                 self._send(slot, name, address, mutation)
-        if self.mode == "async" or not a.isr:
+        # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
+        if self.mode == "async":
+            return None
+        return self.wait_acked(slot, seq)
+
+    def wait_acked(self, slot: int, seq: int) -> asyncio.Future[None] | None:
+        """A future done once every ISR (and joining) replica acknowledged `seq`; None if none needed."""
+        a = self.node.assignments.get(slot)
+        if a is None or not (a.isr or self.joining.get(slot)):
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(slot, []).append((seq, fut))
@@ -100,9 +108,9 @@ class Replicator:
     def _send(self, slot: int, name: str, address: str, mutation: Mutation) -> None:
         call = asyncio.ensure_future(self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation],
                                                              timeout=REPL_TIMEOUT))
-        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f))
+        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f, mutation[1]))
 
-    def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any]) -> None:
+    def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -113,7 +121,7 @@ class Replicator:
             self._maybe_join(slot, name)
             self._check(slot)
             return
-        self._replica_failed(slot, name, exc)
+        self._replica_failed(slot, name, exc, frame_epoch)
 
     def _maybe_join(self, slot: int, name: str) -> None:
         a = self.node.assignments.get(slot)
@@ -123,17 +131,20 @@ class Replicator:
         if self.acked.get(slot, {}).get(name, 0) >= join_seq:
             self._request_isr(slot, a.epoch, "add", name)
 
-    def _replica_failed(self, slot: int, name: str, exc: BaseException) -> None:
+    def _replica_failed(self, slot: int, name: str, exc: BaseException, frame_epoch: int | None = None) -> None:
         a = self.node.assignments.get(slot)
         streaming = self.streaming.get(slot)
         if a is None or a.role != PRIMARY or streaming is None or name not in streaming:
             return  # already handled (one failure per stream)
         streaming.discard(name)
         self.acked.get(slot, {}).pop(name, None)
-        self.joining.get(slot, {}).pop(name, None)
+        # keep it in `joining`: the broker may already have granted the add, so commits must go on
+        # waiting for it until an assignment says otherwise (it resyncs, or leaves the slot)
         code = exc.code if isinstance(exc, errors.SnapkvError) else repr(exc)
         log.info("event=replica_failed slot=%d replica=%s error=%s", slot, name, code)
-        if name in a.isr:
+        # a frame of an older epoch refused (stale_epoch: the replica heard of our new epoch first)
+        # says nothing against the replica at this epoch: resync it, do not drop it
+        if name in a.isr and (frame_epoch is None or frame_epoch == a.epoch):
             self._request_isr(slot, a.epoch, "remove", name)
         self._schedule_sync(name, slot)
 
@@ -191,6 +202,11 @@ class Replicator:
                     self._maybe_join(slot, name)
             for name in names - streaming:
                 self._schedule_sync(name, slot)
+            # level-triggered: a replica we stream to that is not in the ISR is always on its way in
+            for name in names & streaming:
+                if name not in current.isr and name not in joining:
+                    joining[name] = self.node.engine.slot(slot).seq
+                    self._maybe_join(slot, name)
         self._check(slot)
 
     # -- full sync ------------------------------------------------------------------------------
@@ -280,6 +296,7 @@ class Replicator:
                                              timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"broker answered {resp.status}: {(await resp.text())[:200]}")
+                    results = (await resp.json()).get("results") or [True] * len(batch)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - retried; writes keep waiting meanwhile
                 failures += 1
@@ -290,6 +307,16 @@ class Replicator:
                 continue
             for slot, _epoch, action, name in batch:
                 self._isr_inflight.discard((slot, action, name))
+            # refused = our epoch was stale; a re-ask made meanwhile was swallowed as a duplicate:
+            # ask again at the epoch we hold now
+            for (slot, epoch, action, name), ok in zip(batch, results):
+                a = self.node.assignments.get(slot)
+                if ok or a is None or a.role != PRIMARY:
+                    continue
+                if action == "add":
+                    self._maybe_join(slot, name)
+                elif name in a.isr and name not in self.streaming.get(slot, ()) and a.epoch != epoch:
+                    self._request_isr(slot, a.epoch, "remove", name)
 
     # -- replica side ---------------------------------------------------------------------------
     def op_replicate(self, args: list[Any]) -> Any:
@@ -298,8 +325,9 @@ class Replicator:
         a = node.assignments.get(slot)
         if a is None or a.role != REPLICA:
             raise errors.StaleEpoch(f"{node.name} is not a replica of slot {slot}", slot=slot)
-        if epoch < a.epoch:  # a deposed primary (rule 1)
-            raise errors.StaleEpoch(f"slot {slot} is at epoch {a.epoch}", slot=slot, epoch=a.epoch)
+        if epoch < a.leader_epoch:  # a deposed primary (rule 1); an older ISR epoch of ours is fine
+            raise errors.StaleEpoch(f"slot {slot} has had a new primary since epoch {a.leader_epoch}",
+                                    slot=slot, epoch=a.epoch)
         data = node.engine.slot(slot)
         seq = mutation[2]
         if seq <= data.seq and mutation[1] == data.data_epoch:
@@ -316,7 +344,7 @@ class Replicator:
         results = []
         for slot, epoch, record in records:
             a = node.assignments.get(slot)
-            if a is None or a.role != REPLICA or epoch < a.epoch:
+            if a is None or a.role != REPLICA or epoch < a.leader_epoch:
                 results.append(False)
                 continue
             node.engine.import_slot(record)

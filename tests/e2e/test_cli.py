@@ -49,13 +49,37 @@ def test_up_then_cli_then_ctrl_c(tmp_path):
         assert up.returncode == 0
     finally:
         if up.poll() is None:
-            up.kill()
+            up.kill()  # its children get SIGTERM from the kernel (parent-death signal)
             up.wait()
     # every child stopped with it: nothing listens on their ports any more
     for p in (port, port + 1, port + 2):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0
     assert (tmp_path / "store1").is_dir() and (tmp_path / "broker" / "cluster.json").is_file()
+
+
+def test_up_leaves_no_orphans_when_killed(tmp_path):
+    port = free_port()
+    up = subprocess.Popen([*SNAPKV, "up", "--stores", "1", "--port", str(port), "--data-dir", str(tmp_path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http("GET", f"{url}/healthz", timeout=1)[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    up.kill()
+    up.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the broker outlived `snapkv up`")
 
 
 def test_cli_reports_unreachable_broker():

@@ -37,3 +37,13 @@ def test_json_round_trip_and_counts():
     assert again.to_json() == m.to_json()
     assert again.counts() == {"a": {"primary": 4, "replica": 0}, "b": {"primary": 0, "replica": 4}}
     assert again.slots_of("b") == {"primary": [], "replica": [0, 1, 2, 3]}
+
+
+def test_leader_epoch_moves_only_when_the_primary_changes():
+    m = SlotMap(2)
+    m.apply([Change(0, "a", ["b"], ["b"]), Change(1, "a", ["b"], ["b"])])
+    m.apply([Change(0, "a", ["b"], [])])  # ISR change: same leader
+    assert (m.entry(0).epoch, m.entry(0).leader_epoch) == (2, 1)
+    m.apply([Change(0, "b", [], [])])  # failover: new leader
+    assert (m.entry(0).epoch, m.entry(0).leader_epoch) == (3, 3)
+    assert SlotMap.from_json(m.to_json()).entry(0).leader_epoch == 3

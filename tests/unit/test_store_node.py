@@ -1,0 +1,128 @@
+"""The store's write path and fencing, in one process: committed reads, leader epochs, full pushes."""
+
+import asyncio
+
+import pytest
+
+from snapkv.common import errors, wire
+from snapkv.store.engine import Engine
+from snapkv.store.node import PRIMARY, REPLICA, StoreNode
+from snapkv.store.replication import Replicator
+
+SLOT = 7
+
+
+class HeldAcks:
+    """Stands in for the replicas' acknowledgements, so a test decides when a write commits."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[None]] = []
+
+    def replicate(self, mutation):
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        return fut
+
+    def wait_acked(self, slot, seq):
+        return None
+
+    def assignment_changed(self, slot, previous, current):
+        pass
+
+    def release(self) -> None:
+        for fut in self.pending:
+            fut.set_result(None)
+        self.pending.clear()
+
+
+def primary_node(replicator=None) -> StoreNode:
+    node = StoreNode("s1", Engine(), None)
+    node.replicator = replicator
+    node.op_assign({"slots": [[SLOT, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]], "confirm": True})
+    return node
+
+
+async def settle(value):
+    return await value if asyncio.isfuture(value) else value
+
+
+async def test_read_of_a_key_deleted_by_an_uncommitted_write_waits_for_the_commit():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
+    acks.release()
+    await write
+    delete = node.op_write([SLOT, 3, "r2", [[b"k", None, 0]], [None]])
+    read = node.op_get([SLOT, 3, b"k"])
+    scan = node.op_scan([[SLOT], 0, None, b"", 10, False])
+    await asyncio.sleep(0)
+    assert asyncio.isfuture(read) and not read.done()  # no 404 before the delete is committed
+    assert asyncio.isfuture(scan) and not scan.done()
+    acks.release()
+    await delete
+    assert await read is None
+    assert (await scan)[0] == []
+
+
+async def test_read_of_an_uncommitted_value_waits_and_a_missing_key_does_not():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    assert node.op_get([SLOT, 3, b"nothing"]) is None
+    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
+    read = node.op_get([SLOT, 3, b"k"])
+    await asyncio.sleep(0)
+    assert not read.done()
+    acks.release()
+    version, existed = await write
+    assert (await read)[0] == b"v" and existed == [False]
+
+
+async def test_retry_with_the_same_request_id_is_applied_once():
+    node = primary_node()
+    first = await settle(node.op_write([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]]))
+    again = await settle(node.op_write([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]]))
+    assert first == again and node.engine.slot(SLOT).seq == 1
+
+
+async def test_wrong_epoch_or_role_is_refused():
+    node = primary_node()
+    with pytest.raises(errors.WrongOwner):
+        node.op_get([SLOT, 2, b"k"])
+    with pytest.raises(errors.WrongOwner):
+        node.op_get([SLOT + 1, 3, b"k"])
+
+
+async def test_a_full_push_drops_what_it_does_not_list():
+    node = primary_node()
+    node.op_assign({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]]})
+    assert set(node.assignments) == {SLOT, SLOT + 1}
+    node.op_assign({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]],
+                    "confirm": True, "full": True})
+    assert set(node.assignments) == {SLOT + 1}
+
+
+async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
+    node = StoreNode("s2", Engine(), None)
+    node.confirmed = True
+    repl = Replicator(node, None, "", "")  # type: ignore[arg-type]
+    # primary s1 took the slot at epoch 5; the ISR changed since (epoch 6)
+    node.op_assign({"slots": [[SLOT, 6, REPLICA, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 5]]})
+
+    class NoLog:
+        def append(self, kind, body):
+            return 0
+
+        def durable(self, position=None):
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    node.wal = NoLog()  # type: ignore[assignment]
+    mutation = [SLOT, 5, 1, "r", [[b"k", b"v", 0]], 0]
+    assert await repl.op_replicate([SLOT, 5, mutation]) is True  # same primary, older ISR epoch: fine
+    with pytest.raises(errors.StaleEpoch):
+        repl.op_replicate([SLOT, 4, [SLOT, 4, 2, "r2", [[b"k", b"x", 0]], 0]])  # a deposed primary
+    with pytest.raises(errors.ReplicaGap):
+        repl.op_replicate([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]])  # missed 2..8
+    assert node.engine.get(SLOT, b"k", 0)[0] == b"v"
+    assert wire.OP_REPLICATE == "repl"
