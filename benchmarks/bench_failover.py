@@ -19,9 +19,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from snapkv.common.slots import key_slot  # noqa: E402
-from support.chaos import copies_ok  # noqa: E402
-from support.procs import LocalCluster, http  # noqa: E402
+from snapkv.common.slots import key_slot
+from support.chaos import copies_ok
+from support.procs import LocalCluster, http
 
 SITES = {"s1": "a", "s2": "a", "s3": "b", "s4": "b"}
 TRIALS = 10

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from support.procs import LocalCluster  # noqa: E402
+from support.procs import LocalCluster
 
 
 @pytest.fixture

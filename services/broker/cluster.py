@@ -81,7 +81,7 @@ class Cluster:
     async def wait_changed(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def snapshot_state(self) -> dict[str, Any]:

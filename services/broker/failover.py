@@ -39,7 +39,7 @@ class Failover:
             if self.cluster.slotmap.assigned:
                 try:
                     await self.repair("periodic")
-                except Exception:  # noqa: BLE001 - the loop must go on; the next turn retries
+                except Exception:
                     log.exception("event=repair_failed")
 
     async def node_down(self, name: str) -> None:

@@ -52,7 +52,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 405 and "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except Exception:  # noqa: BLE001 - never a bare 500 page
+    except Exception:
         log.exception("event=unhandled_error path=%s", request.path)
         return error_response(errors.SnapkvError("internal error"))
 

@@ -121,7 +121,7 @@ class RpcClient:
             await asyncio.shield(self._connecting)
         except errors.SnapkvError:
             raise
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             refused = isinstance(getattr(exc, "os_error", exc), ConnectionRefusedError)
             raise errors.NodeUnreachable(f"cannot reach {self.url}: {exc!r}", refused=refused) from None
 
@@ -211,7 +211,7 @@ async def serve(request: web.Request, handler: Handler,
             for msg_id, op, args in wire.unpack(msg.data):
                 try:
                     result = handler(op, args)
-                except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+                except Exception as exc:
                     outbox.put([msg_id, wire.ERR, _error_wire(exc)])
                     continue
                 if asyncio.isfuture(result) or asyncio.iscoroutine(result):

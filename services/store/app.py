@@ -157,7 +157,7 @@ class StoreService:
                 await asyncio.sleep(self.settings.register_interval)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep trying; the broker may not be up yet
+            except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("event=register_failed broker=%s attempt=%d error=%r", self.settings.broker_url,

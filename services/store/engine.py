@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..common import errors
-from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 from ..common.slots import SLOTS
+from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
 Entry = tuple[bytes, int, int]  # value, version, expires_at_ms (0 = never)
 Mutation = list[Any]  # [slot, epoch, seq, rid, ops, now_ms at the primary]

@@ -240,7 +240,7 @@ class Replicator:
                     log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(records), exc.code)
                 await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
                 continue
-            for (slot, epoch, record), ok in zip(records, results):
+            for (slot, _epoch, record), ok in zip(records, results):
                 a = self.node.assignments.get(slot)
                 if a is None or a.role != PRIMARY or name not in self.streaming.get(slot, ()):
                     continue
@@ -298,7 +298,7 @@ class Replicator:
                         raise RuntimeError(f"broker answered {resp.status}: {(await resp.text())[:200]}")
                     results = (await resp.json()).get("results") or [True] * len(batch)
                 failures = 0
-            except Exception as exc:  # noqa: BLE001 - retried; writes keep waiting meanwhile
+            except Exception as exc:
                 failures += 1
                 if failures in (1, 20):
                     log.warning("event=isr_request_failed changes=%d error=%r", len(batch), exc)

@@ -133,7 +133,7 @@ def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
     (hlen,) = U32.unpack_from(data, pos)
     try:
         header = msgpack.unpackb(view[pos + U32.size: pos + U32.size + hlen], raw=False, strict_map_key=False)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means corrupt
+    except Exception as exc:
         raise CorruptSnapshot(f"{path}: bad header: {exc!r}") from None
     version = header.get("format") if isinstance(header, dict) else None
     if version != FORMAT_VERSION:
@@ -154,7 +154,7 @@ def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
         for start, stop in frames:
             try:
                 yield unpackb(view[start:stop], raw=False, strict_map_key=False, use_list=True)
-            except Exception as exc:  # noqa: BLE001 - the checksum matched but it does not decode
+            except Exception as exc:
                 raise CorruptSnapshot(f"{path}: bad record at {start}: {exc!r}") from None
 
     return header, records()
@@ -214,7 +214,7 @@ class Snapshotter:
             self._current, self._next = self._next, None
         try:
             return await self._take(reason)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller as ok=false
+        except Exception as exc:
             log.error("event=snapshot_failed reason=%s error=%s", reason, exc)
             return {"name": self.service.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
                     "error": str(exc)}
@@ -296,7 +296,7 @@ def _child(path: str, header: dict[str, Any], engine: Engine, error_fd: int) -> 
             pass
         write_file(path, header, engine)
         code = 0
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+    except BaseException as exc:
         with contextlib.suppress(BaseException):  # nothing else to tell it with
             os.write(error_fd, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
     finally:
@@ -317,14 +317,14 @@ async def _wait_child(pid: int) -> int:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-    _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - it has exited: reaping does not block
+    _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
 async def _poll_child(pid: int) -> int:
     delay = 0.002
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
         await asyncio.sleep(delay)

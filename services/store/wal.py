@@ -79,7 +79,7 @@ def read_segment(path: str, *, repair: bool) -> tuple[list[tuple[int, Any]], boo
             break
         try:
             kind, body = unpackb(payload, raw=False, strict_map_key=False)
-        except Exception:  # noqa: BLE001 - a checksummed record that does not decode is corrupt too
+        except Exception:
             break
         records.append((kind, body))
         pos = end

@@ -29,7 +29,7 @@ def lookup_zone(node_name: str) -> str | None:
         with client.ApiClient() as api:
             node = client.CoreV1Api(api).read_node(node_name, _request_timeout=REQUEST_TIMEOUT)
         zone = (node.metadata.labels or {}).get(ZONE_LABEL) or None
-    except Exception as exc:  # noqa: BLE001 - best effort by contract: no failure may escape
+    except Exception as exc:
         log.warning("event=zone_lookup_failed node=%s error=%r", node_name, _one_line(exc))
         return None
     if zone is None:

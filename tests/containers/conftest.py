@@ -27,7 +27,7 @@ def _connect() -> tuple[Any, str]:
         client = docker.from_env(timeout=30)
         client.ping()
         return client, ""
-    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon here"
+    except Exception as exc:
         if client is not None:
             client.close()
         return None, f"no Docker daemon reachable ({type(exc).__name__}: {exc})"

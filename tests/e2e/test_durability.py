@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+
 from snapkv.store import snapshot, wal
 from support.procs import LocalCluster, Proc, free_port, http
 

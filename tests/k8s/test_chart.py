@@ -214,7 +214,8 @@ def test_minimal_values(render: Render) -> None:
     pod = _one(docs, "StatefulSet", "kv-store")["spec"]["template"]["spec"]
     env = _env(pod["containers"][0])
     assert env["SNAPKV_SITE"]["value"] == "dc1"
-    assert env["SNAPKV_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "my-snapkv-token", "key": "cluster-token"}
+    assert env["SNAPKV_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-snapkv-token", "key": "cluster-token"}
     assert env["BROKER_URL"]["value"] == "http://kv-broker-internal:8080/register"
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "default"
@@ -229,7 +230,8 @@ def test_names_values_in_another_namespace(render: Render) -> None:
                and d["kind"] != "ClusterRoleBinding")
     sts = _one(docs, "StatefulSet", "prod-kvstore-store")
     env = _env(sts["spec"]["template"]["spec"]["containers"][0])
-    assert env["SNAPKV_ADVERTISE"]["value"] == "$(POD_NAME).prod-kvstore-store-headless.kv.svc.k8s.example.internal:8081"
+    assert env["SNAPKV_ADVERTISE"]["value"] == \
+        "$(POD_NAME).prod-kvstore-store-headless.kv.svc.k8s.example.internal:8081"
     assert sts["spec"]["template"]["spec"]["serviceAccountName"] == "platform-snapkv"
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "platform-snapkv", "namespace": "kv"}

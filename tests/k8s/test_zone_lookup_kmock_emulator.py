@@ -18,6 +18,7 @@ kmock = pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
 from aiohttp.test_utils import RawTestServer
 from kubernetes.config import incluster_config
+
 from snapkv.store.zone import ZONE_LABEL, lookup_zone
 
 TOKEN = "emulator-service-account-token"

@@ -54,7 +54,7 @@ class Workload:
                         self.writes += 1
                     else:
                         self.write_errors.append(f"{key}={counter}: {r.status} {body[:200]}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self.write_errors.append(f"{key}={counter}: {exc!r}")
             self.write_latency.append(time.monotonic() - started)
 
@@ -80,7 +80,7 @@ class Workload:
                             self.stale_reads.append(f"{key}: read {value} after {floor} was acknowledged")
                         if value > self.attempted.get(key, 0):
                             self.stale_reads.append(f"{key}: read {value}, never written")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self.read_errors.append(f"{key}: {exc!r}")
             self.read_latency.append(time.monotonic() - started)
 

@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+
 from snapkv.common.slots import SLOTS, key_slot
 from snapkv.store import recovery, snapshot, wal
 from snapkv.store.engine import Engine

@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+
 from snapkv.common.slots import SLOTS
 from snapkv.store import snapshot, wal
 from snapkv.store.engine import Engine

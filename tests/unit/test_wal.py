@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+
 from snapkv.common import errors
 from snapkv.store import wal as walmod
 from snapkv.store.wal import Wal
