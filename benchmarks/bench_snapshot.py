@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+
 from snapkv.common import rpc, wire
 from snapkv.common.slots import SLOTS, key_slot
 from snapkv.store import recovery
@@ -87,7 +89,8 @@ async def save_and_recover(by_slot: dict[int, list[list[Any]]], data_dir: str, r
         assert result["ok"], result
         seconds.append(result["ms"] / 1000)
     emit("snapshot_save_seconds", sorted(seconds)[len(seconds) // 2], "s", keys=keys, bytes=result["bytes"],
-         rounds=rounds, first=seconds[0], worst=max(seconds))
+         rounds=rounds, first=round(seconds[0], 3), worst=round(max(seconds), 3),
+         loadavg=round(os.getloadavg()[0], 1))
     assert service.node.wal is not None
     await service.node.wal.stop()
     del service, snapshots, engine
@@ -103,7 +106,7 @@ async def save_and_recover(by_slot: dict[int, list[list[Any]]], data_dir: str, r
 
 # -- a real store process: GET p99 with and without a snapshot running --------------------------
 def start_store(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
-    sock = __import__("socket").socket()
+    sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
@@ -169,7 +172,7 @@ async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir:
             keys = [(slot, op[0]) for slot, ops in by_slot.items() for op in ops]
             load_seconds = time.perf_counter() - loading
             await get_loops(client, keys, concurrency, 1.0)  # warm up
-            ratios = []
+            ratios, snapshot_seconds = [], []
             for round_ in range(rounds):
                 baseline = await get_loops(client, keys, concurrency, 3.0)
                 snap = asyncio.ensure_future(session.post(f"http://127.0.0.1:{port}/snapshot",
@@ -181,6 +184,7 @@ async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir:
                 assert result["ok"], result
                 ratio = p99(during) / p99(baseline)
                 ratios.append(ratio)
+                snapshot_seconds.append(result["ms"] / 1000)
                 print(json.dumps({"round": round_ + 1, "p99_baseline_ms": round(p99(baseline) * 1000, 3),
                                   "p99_during_ms": round(p99(during) * 1000, 3), "ratio": round(ratio, 3),
                                   "gets_baseline": len(baseline), "gets_during": len(during),
@@ -188,7 +192,9 @@ async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir:
             await client.close()
         emit("get_p99_snapshot_ratio", sorted(ratios)[len(ratios) // 2], "ratio", rounds=len(ratios),
              worst=round(max(ratios), 3), concurrency=concurrency, keys=len(keys),
-             load_seconds=round(load_seconds, 1))
+             load_seconds=round(load_seconds, 1),
+             snapshot_seconds_under_load=round(sorted(snapshot_seconds)[len(snapshot_seconds) // 2], 2),
+             loadavg=round(os.getloadavg()[0], 1))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
