@@ -98,13 +98,14 @@ async def register(request: web.Request) -> web.Response:
         raise errors.BadRequest("'site' must be a string and 'inventory' a list")
     if any(not isinstance(i, list) or len(i) != 5 for i in inventory):
         raise errors.BadRequest("'inventory' items must be [slot, role, seq, data_epoch, epoch]")
-    confirmed = bool(body.get("confirmed"))
-    known = svc.cluster.registry.get(name)
-    if not confirmed and known is not None and known.status != "down" and svc.cluster.holds_anything(name):
-        # restarted faster than it was found down: what it lost with an unsynced log tail must not come
-        # back as committed, so fail it over first, then take it back like any returning store
+    boot = body.get("boot") or ""
+    if not isinstance(boot, str):
+        raise errors.BadRequest("'boot' must be a string")
+    if svc.cluster.restarted(name, boot):
+        # restarted faster than it was found down: fail it over first, then take it back like any
+        # returning store (what an unsynced log tail lost must not come back as committed)
         await svc.health.mark_down(name, reason="restarted")
-    svc.cluster.on_register(name, address, site, inventory, confirmed=confirmed)
+    svc.cluster.on_register(name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot)
     return web.json_response({"message": "Store registered successfully", "name": name,
                               "cluster_id": svc.cluster.cluster_id, "epoch": svc.cluster.slotmap.epoch})
 

@@ -209,10 +209,19 @@ class Cluster:
             self.on_connection_lost(name)
 
     # -- registration and bootstrap -------------------------------------------------------------
+    def restarted(self, name: str, boot: str) -> bool:
+        """Whether `boot` is a new incarnation of a store we know as up and holding data: it may have
+        lost an unsynced log tail, so it must be failed over before it serves (not only confirmed)."""
+        node = self.registry.get(name)
+        return (node is not None and bool(node.boot) and bool(boot) and boot != node.boot
+                and node.status != DOWN and self.holds_anything(name))
+
     def on_register(self, name: str, address: str, site: str, inventory: list[list[Any]],
-                    confirmed: bool = False) -> None:
+                    confirmed: bool = False, boot: str = "") -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
         node, changed = self.registry.register(name, address, site, inventory)
+        if boot:
+            node.boot = boot
         if not confirmed:
             node.confirmed = False
         self._last_registration = time.monotonic()

@@ -78,6 +78,9 @@ class HealthMonitor:
                 self._checking.pop(name, None)
                 self.check_soon(name)
             return
+        if cluster.restarted(name, stats.get("boot", "")):
+            await self.mark_down(name, reason="restarted")  # it registers again as a returning store
+            return
         previous_ops = sum(node.stats.get("ops", {}).values()) if node.stats else None
         elapsed = max(time.monotonic() - node.last_ok, 1e-3)
         node.stats = stats

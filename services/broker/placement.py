@@ -97,9 +97,12 @@ def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) 
     nodes: {name: site} of the stores that are up. A slot whose primary is down is promoted to an
     in-sync replica that is up (rule 1: only ISR members); with none up it is left as it is, to come
     back when a copy returns. Down replicas leave the slot; missing copies are added site-aware on
-    the least loaded nodes (they join the ISR after a full sync from the primary).
+    the least loaded nodes (they join the ISR after a full sync from the primary). Copies crowded on
+    one site (after a whole site was down) get one more copy on the returned site, and the surplus
+    copy leaves only once the in-sync copies span the sites again.
     """
     copies = max(1, min(replication_factor, len(nodes)))
+    want_sites = min(copies, len(set(nodes.values())))
     load: dict[str, int] = {n: 0 for n in nodes}
     for e in slotmap.entries:
         for r in e.replicas:
@@ -124,6 +127,24 @@ def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) 
             for r in extra:
                 load[r] += 1
             replicas += extra
+        elif len(replicas) + 1 == copies and len(_sites(nodes, [primary, *replicas])) < want_sites:
+            # a whole site was down: one copy more on a site without one; the surplus leaves once in sync
+            extra = [r for r in pick_replicas(primary, nodes, copies + 1, load, existing=tuple(replicas))
+                     if nodes[r] not in _sites(nodes, [primary, *replicas])]
+            for r in extra:
+                load[r] += 1
+            replicas += extra
+        elif len(replicas) + 1 > copies and len(_sites(nodes, [primary, *isr])) >= want_sites:
+            for r in sorted(replicas, key=lambda n: (n in isr, n)):  # out-of-sync copies leave first
+                others = [primary, *(x for x in isr if x != r)]
+                if len(replicas) + 1 > copies and len(_sites(nodes, others)) >= want_sites:
+                    replicas.remove(r)
+                    if r in isr:
+                        isr.remove(r)
         if (primary, replicas, isr) != (e.primary, e.replicas, e.isr):
             changes.append(Change(slot, primary, replicas, isr))
     return changes, promoted
+
+
+def _sites(nodes: Mapping[str, str], names: list[str]) -> set[str]:
+    return {nodes[n] for n in names if n in nodes}

@@ -25,6 +25,7 @@ class Node:
     refused: int = 0  # consecutive refused connections
     draining: bool = False
     confirmed: bool = False  # has acknowledged a full push of what it owns since it registered
+    boot: str = ""  # the store process's incarnation, from registration
 
     @property
     def up(self) -> bool:

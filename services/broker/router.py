@@ -69,8 +69,10 @@ class Router:
                     raise
                 last = exc
                 if exc.invalid_metadata:
-                    # the store has not heard of this epoch yet (a push in flight), or lost its assignment
-                    if exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3:
+                    # the store has not heard of this epoch yet (a push in flight), or lost its assignment;
+                    # a restarted store comes back through registration, never through a push from here
+                    if not exc.detail.get("unconfirmed") and (
+                            exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3):
                         cluster.push_all(target)
                 else:
                     failed.add(target)

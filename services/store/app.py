@@ -131,7 +131,7 @@ class StoreService:
     async def register_once(self) -> None:
         assert self._session is not None
         body = {"name": self.name, "ip_address": self.address, "site": self.site,
-                "inventory": self.node.inventory(), "confirmed": self.node.confirmed}
+                "inventory": self.node.inventory(), "confirmed": self.node.confirmed, "boot": self.node.boot}
         headers = {"Authorization": f"Bearer {self.settings.cluster_token}"} if self.settings.cluster_token else {}
         async with self._session.post(self.settings.broker_url, json=body, headers=headers,
                                       timeout=aiohttp.ClientTimeout(total=3)) as resp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ def now_ms() -> int:
 class StoreNode:
     def __init__(self, name: str, engine: Engine, wal: walmod.Wal | None) -> None:
         self.name = name
+        self.boot = os.urandom(8).hex()  # this incarnation: the broker fails over a store that restarted
         self.engine = engine
         self.wal = wal
         self.assignments: dict[int, Assignment] = {}
@@ -82,7 +84,10 @@ class StoreNode:
     # -- ownership ------------------------------------------------------------------------------
     def owned(self, slot: int, epoch: int) -> Assignment:
         a = self.assignments.get(slot)
-        if a is None or a.role != PRIMARY or not self.confirmed:
+        if not self.confirmed:  # restarted: registration, not a push, brings us back (rule 3)
+            raise errors.WrongOwner(f"{self.name} has not been confirmed since it started", slot=slot,
+                                    unconfirmed=True)
+        if a is None or a.role != PRIMARY:
             raise errors.WrongOwner(f"{self.name} is not primary for slot {slot}", slot=slot,
                                     epoch=a.epoch if a else 0)
         if a.epoch != epoch:
@@ -220,7 +225,9 @@ class StoreNode:
             if out.done():
                 return
             if f.cancelled() or f.exception() is not None:
-                out.set_exception(errors.Unavailable("write did not commit"))
+                exc = None if f.cancelled() else f.exception()
+                out.set_exception(exc if isinstance(exc, errors.SnapkvError)
+                                  else errors.Unavailable("write did not commit"))
             else:
                 out.set_result(then())
 
@@ -265,6 +272,8 @@ class StoreNode:
 
     def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
         previous = self.assignments.get(slot)
+        if previous is not None and previous.role == PRIMARY and (assignment is None or assignment.role != PRIMARY):
+            self.fail_waiters(slot)  # those commits will not happen here: the router retries elsewhere
         if assignment is None:
             self.assignments.pop(slot, None)
             self.engine.drop(slot)
@@ -317,7 +326,7 @@ class StoreNode:
             data = self.engine.slots.get(slot)
             if data is not None:
                 keys[a.role] = keys.get(a.role, 0) + len(data.entries)
-        return {"name": self.name, "slots": roles, "keys": keys, "ops": dict(self.ops)}
+        return {"name": self.name, "boot": self.boot, "slots": roles, "keys": keys, "ops": dict(self.ops)}
 
 
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:

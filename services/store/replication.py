@@ -144,7 +144,8 @@ class Replicator:
         log.info("event=replica_failed slot=%d replica=%s error=%s", slot, name, code)
         # a frame of an older epoch refused (stale_epoch: the replica heard of our new epoch first)
         # says nothing against the replica at this epoch: resync it, do not drop it
-        if name in a.isr and (frame_epoch is None or frame_epoch == a.epoch):
+        stale_frame = isinstance(exc, errors.StaleEpoch) and frame_epoch is not None and frame_epoch != a.epoch
+        if name in a.isr and not stale_frame:
             self._request_isr(slot, a.epoch, "remove", name)
         self._schedule_sync(name, slot)
 

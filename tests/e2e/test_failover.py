@@ -146,3 +146,20 @@ def test_async_replication_still_copies_everything(local_cluster):
     local_cluster.stores["s1"].kill()
     for key, value in items.items():
         assert http("GET", f"{local_cluster.url}/get?key={key}")[1]["value"] == value
+
+
+def test_store_restarted_before_it_was_found_down_is_failed_over_first(local_cluster):
+    start_four(local_cluster)
+    http("POST", f"{local_cluster.url}/v1/mset", {"items": {f"boot:{i}": f"v{i}" for i in range(100)}})
+    s1 = next(s for s in http("GET", f"{local_cluster.url}/stores/list")[1] if s["name"] == "s1")
+    assert s1["slots"]["primary"] > 0
+    # what a new incarnation of s1 says at start, before any health check noticed the old one gone
+    status, _, _ = http("POST", f"{local_cluster.url}/register",
+                        {"name": "s1", "ip_address": s1["address"], "site": "a", "boot": "new-incarnation"})
+    assert status == 200
+    wait_copies(local_cluster, 10)
+    listed = {s["name"]: s for s in http("GET", f"{local_cluster.url}/stores/list")[1]}
+    assert listed["s1"]["slots"]["primary"] == 0  # its slots were promoted elsewhere, not handed back
+    for i in range(0, 100, 3):
+        assert http("GET", f"{local_cluster.url}/get?key=boot:{i}")[1]["value"] == f"v{i}"
+    assert "event=node_down node=s1 reason=restarted" in local_cluster.broker.log_text()

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from snapkv.broker import placement
-from snapkv.broker.slotmap import SlotMap
+from snapkv.broker.slotmap import Change, SlotMap
 from snapkv.common.slots import SLOTS
 
 
@@ -74,3 +74,35 @@ def test_from_claims_prefers_highest_epoch_then_seq():
     assert changes[1].primary == "s2" and changes[1].isr == []  # s1's history diverged: not in sync
     assert changes[2].primary == "s2" and changes[2].replicas == ["s1"] and changes[2].isr == []
     assert 3 not in changes
+
+
+def test_repair_promotes_isr_replica_and_restores_copies_site_aware():
+    nodes = {"s1": "a", "s2": "a", "s3": "b", "s4": "b"}
+    m = build(nodes)
+    up = {n: s for n, s in nodes.items() if n != "s1"}
+    changes, promoted = placement.repair(m, up, 2)
+    assert promoted == sum(1 for e in m.entries if e.primary == "s1")
+    m.apply(changes)
+    for e in m.entries:
+        assert "s1" not in e.members() and len(e.members()) == 2
+        assert {up[n] for n in e.members()} == {"a", "b"}
+
+
+def test_repair_leaves_a_slot_with_no_copy_up_alone():
+    m = build({"s1": "a", "s2": "b"})
+    changes, promoted = placement.repair(m, {}, 2)
+    assert changes == [] and promoted == 0
+
+
+def test_repair_brings_copies_back_to_a_returned_site():
+    nodes = {"s1": "a", "s2": "a", "s3": "b", "s4": "b"}
+    m = build(nodes)
+    site_a = {"s1": "a", "s2": "a"}
+    m.apply(placement.repair(m, site_a, 2)[0])  # site b down: everything on site a
+    m.apply([Change(s, e.primary, e.replicas, list(e.replicas)) for s, e in enumerate(m.entries)])
+    assert all({nodes[n] for n in e.members()} == {"a"} for e in m.entries)
+    m.apply(placement.repair(m, nodes, 2)[0])  # site b back: a third copy there, first
+    assert all(len(e.replicas) == 2 and "b" in {nodes[n] for n in e.replicas} for e in m.entries)
+    m.apply([Change(s, e.primary, e.replicas, list(e.replicas)) for s, e in enumerate(m.entries)])  # synced
+    m.apply(placement.repair(m, nodes, 2)[0])  # then the surplus same-site copy leaves
+    assert all(len(e.replicas) == 1 and {nodes[n] for n in e.members()} == {"a", "b"} for e in m.entries)

@@ -126,3 +126,15 @@ async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
         repl.op_replicate([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]])  # missed 2..8
     assert node.engine.get(SLOT, b"k", 0)[0] == b"v"
     assert wire.OP_REPLICATE == "repl"
+
+
+async def test_demoted_primary_fails_pending_reads_so_the_router_retries_elsewhere():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
+    read = node.op_get([SLOT, 3, b"k"])
+    node.op_assign({"slots": [[SLOT, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], [], 4]]})
+    await asyncio.sleep(0)
+    with pytest.raises(errors.WrongOwner):
+        await read
+    assert not write.done() or write.exception() is not None
