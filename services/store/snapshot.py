@@ -292,8 +292,6 @@ def _child(path: str, header: dict[str, Any], engine: Engine, error_fd: int) -> 
         gc.disable()
         try:
             os.nice(CHILD_NICE)
-            if os.environ.get("SNAPKV_EXPERIMENT_IDLE"):
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError:
             pass
         write_file(path, header, engine)
