@@ -133,7 +133,7 @@ def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
     (hlen,) = U32.unpack_from(data, pos)
     try:
         header = msgpack.unpackb(view[pos + U32.size: pos + U32.size + hlen], raw=False, strict_map_key=False)
-    except Exception as exc:
+    except Exception as exc:  # any decoding failure means corrupt
         raise CorruptSnapshot(f"{path}: bad header: {exc!r}") from None
     version = header.get("format") if isinstance(header, dict) else None
     if version != FORMAT_VERSION:
@@ -317,14 +317,14 @@ async def _wait_child(pid: int) -> int:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)  # it has exited: reaping does not block
     return os.waitstatus_to_exitcode(status)
 
 
 async def _poll_child(pid: int) -> int:
     delay = 0.002
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)  # never blocks
         if done:
             return os.waitstatus_to_exitcode(status)
         await asyncio.sleep(delay)
