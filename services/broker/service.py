@@ -61,6 +61,9 @@ class BrokerService:
             raise errors.Unavailable("no store has registered yet")
 
         async def one(name: str) -> dict[str, Any]:
+            if not self.cluster.registry.is_up(name):  # answer at once: a down store cannot save
+                return {"name": name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
+                        "error": "store is down"}
             try:
                 return await self.cluster.conn(name).call(wire.OP_SNAPSHOT, None, timeout=SNAPSHOT_TIMEOUT)
             except errors.SnapkvError as exc:

@@ -196,7 +196,7 @@ class StoreService:
 
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response({"name": self.name, "address": self.address, "site": self.site,
-                                  "ready": self.ready, **self.node.op_stats()})
+                                  "ready": self.ready, **self.node.stats()})
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

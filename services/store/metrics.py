@@ -42,7 +42,7 @@ class _StateCollector(Collector):
             for seconds in wal.fsync_seconds:
                 svc.metrics.wal_fsync_seconds.observe(seconds)
             wal.fsync_seconds.clear()
-        stats = node.op_stats()
+        stats = node.stats()
         keys = GaugeMetricFamily("snapkv_store_keys", "Keys held, by role", labels=["role"])
         for role, count in stats["keys"].items():
             keys.add_metric([role], count)

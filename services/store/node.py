@@ -319,6 +319,12 @@ class StoreNode:
 
     # -- stats ----------------------------------------------------------------------------------
     def op_stats(self, _: Any = None) -> dict[str, Any]:
+        if self.wal is not None and getattr(self.wal, "failed", None) is not None:
+            # a store that cannot log cannot take writes: fail health checks so its slots fail over
+            raise errors.Unavailable(f"{self.name}: write-ahead log failed: {self.wal.failed}")
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
         roles = {PRIMARY: 0, REPLICA: 0}
         keys = {PRIMARY: 0, REPLICA: 0}
         for slot, a in self.assignments.items():

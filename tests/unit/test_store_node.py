@@ -138,3 +138,15 @@ async def test_demoted_primary_fails_pending_reads_so_the_router_retries_elsewhe
     with pytest.raises(errors.WrongOwner):
         await read
     assert not write.done() or write.exception() is not None
+
+
+async def test_a_store_whose_log_failed_fails_its_health_checks():
+    node = primary_node()
+
+    class FailedLog:
+        failed = OSError(5, "Input/output error")
+
+    node.wal = FailedLog()  # type: ignore[assignment]
+    with pytest.raises(errors.Unavailable):
+        node.op_stats()
+    assert node.stats()["name"] == "s1"  # metrics and /info still answer
