@@ -53,22 +53,10 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 async def get_all(request: web.Request) -> web.Response:
-    svc = _svc(request)
-    limit = inputs.limit(request.query.get("limit"))
-    after = inputs.decode_cursor(request.query.get("cursor"))
-    prefix = request.query.get("prefix", "").encode("utf-8")
-    items, position = await svc.router.scan(after, prefix, limit, with_values=True)
-    out: dict[str, str] = {}
-    binary = []
-    for _slot, key, value in items:
-        text, is_binary = inputs.text_of(value)
-        name = key.decode("utf-8", "replace")
-        out[name] = text
-        if is_binary:
-            binary.append(name)
-    body: dict[str, Any] = {"items": out, "count": len(out), "cursor": inputs.encode_cursor(position)}
-    if binary:
-        body["base64_keys"] = binary
+    after, prefix, limit = inputs.scan_query(request.query)
+    items, position = await _svc(request).router.scan(after, prefix, limit, with_values=True)
+    body = inputs.json_values((key.decode("utf-8", "replace"), value) for _slot, key, value in items)
+    body.update({"count": len(body["items"]), "cursor": inputs.encode_cursor(position)})
     return web.json_response(body)
 
 

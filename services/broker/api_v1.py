@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
@@ -62,20 +61,8 @@ async def mget(request: web.Request) -> web.Response:
         raise errors.BadRequest(f"'keys' must be a list of at most {MAX_BATCH} strings")
     keys = [inputs.key_from_json(k, "keys[]") for k in names]
     found = await _svc(request).router.mget(keys)
-    items: dict[str, Any] = {}
-    binary = []
-    for name, key in zip(names, keys):
-        entry = found[key]
-        if entry is None:
-            items[name] = None
-            continue
-        items[name], is_binary = inputs.text_of(entry[0])
-        if is_binary:
-            binary.append(name)
-    out: dict[str, Any] = {"items": items}
-    if binary:
-        out["base64_keys"] = binary
-    return web.json_response(out)
+    return web.json_response(inputs.json_values(
+        (name, None if found[key] is None else found[key][0]) for name, key in zip(names, keys)))
 
 
 async def mset(request: web.Request) -> web.Response:
@@ -115,11 +102,8 @@ async def mset(request: web.Request) -> web.Response:
 
 
 async def keys(request: web.Request) -> web.Response:
-    svc = _svc(request)
-    limit = inputs.limit(request.query.get("limit"))
-    after = inputs.decode_cursor(request.query.get("cursor"))
-    prefix = request.query.get("prefix", "").encode("utf-8")
-    items, position = await svc.router.scan(after, prefix, limit, with_values=False)
+    after, prefix, limit = inputs.scan_query(request.query)
+    items, position = await _svc(request).router.scan(after, prefix, limit, with_values=False)
     return web.json_response({"keys": [key.decode("utf-8", "replace") for _slot, key in items],
                               "cursor": inputs.encode_cursor(position)})
 

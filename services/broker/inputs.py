@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -135,3 +136,25 @@ def text_of(value: bytes) -> tuple[str, bool]:
         return value.decode("utf-8"), False
     except UnicodeDecodeError:
         return base64.b64encode(value).decode(), True
+
+
+def scan_query(query: Mapping[str, str]) -> tuple[tuple[int, bytes] | None, bytes, int]:
+    """?cursor=&prefix=&limit= of a scan route -> (after, prefix, limit)."""
+    return decode_cursor(query.get("cursor")), query.get("prefix", "").encode("utf-8"), limit(query.get("limit"))
+
+
+def json_values(pairs: Iterable[tuple[str, bytes | None]]) -> dict[str, Any]:
+    """{"items": {name: text or None}} plus "base64_keys" naming the values sent as base64."""
+    items: dict[str, Any] = {}
+    binary = []
+    for name, value in pairs:
+        if value is None:
+            items[name] = None
+            continue
+        items[name], is_binary = text_of(value)
+        if is_binary:
+            binary.append(name)
+    out: dict[str, Any] = {"items": items}
+    if binary:
+        out["base64_keys"] = binary
+    return out
