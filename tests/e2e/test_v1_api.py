@@ -138,3 +138,18 @@ def test_primary_deletes_expired_keys_and_replicas_follow(cluster3):
     while time.monotonic() < deadline and held() > before - 100:
         time.sleep(0.2)
     assert held() <= before - 100  # 50 primaries and 50 replicas gone from memory, not only hidden
+
+
+def test_binary_values_come_back_as_base64_on_json_routes(cluster3):
+    import base64
+
+    url = cluster3.url
+    raw = b"\xff\xfe\x00bin"
+    http("PUT", kv(url, "bin:1"), raw=raw)
+    encoded = base64.b64encode(raw).decode()
+    body = http("GET", f"{url}/get?key=bin:1")[1]
+    assert body["value"] == encoded and body["encoding"] == "base64"
+    body = http("GET", f"{url}/getall?prefix=bin:")[1]
+    assert body["items"] == {"bin:1": encoded} and body["base64_keys"] == ["bin:1"]
+    body = http("POST", f"{url}/v1/mget", {"keys": ["bin:1", "bin:none"]})[1]
+    assert body == {"items": {"bin:1": encoded, "bin:none": None}, "base64_keys": ["bin:1"]}
