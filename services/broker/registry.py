@@ -18,7 +18,6 @@ class Node:
     site: str = ""
     status: str = UP
     last_ok: float = field(default_factory=time.monotonic)
-    registered_at: float = field(default_factory=time.time)
     inventory: list[list[Any]] = field(default_factory=list)  # [slot, role, seq, data_epoch, epoch]
     stats: dict[str, Any] = field(default_factory=dict)
     load: float = 0.0

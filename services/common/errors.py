@@ -62,10 +62,6 @@ class ValueTooLarge(SnapkvError):
     status, code = 413, "value_too_large"
 
 
-class SnapshotFailed(SnapkvError):
-    status, code = 502, "snapshot_failed"
-
-
 class Unavailable(SnapkvError):
     status, code, retriable, retry_after = 503, "unavailable", True, 1.0
 

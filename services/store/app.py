@@ -56,6 +56,7 @@ class StoreService:
         self.engine = Engine()
         self.node = StoreNode(self.name, self.engine, None)
         self.metrics = StoreMetrics(self)
+        self.node.observe = lambda op, seconds: self.metrics.op_seconds.labels(op).observe(seconds)
         self.recovered = False
         self.registered = False
         self.last_snapshot_at = 0.0

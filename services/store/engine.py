@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..common import errors
-from ..common.slots import SLOTS
 from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
 Entry = tuple[bytes, int, int]  # value, version, expires_at_ms (0 = never)
@@ -183,10 +182,6 @@ class Engine:
             self.bytes -= _size(old)
         self.bytes += _size(data)
         self.slots[slot] = data
-
-
-def all_slots() -> range:
-    return range(SLOTS)
 
 
 def _size(data: SlotData) -> int:

@@ -18,7 +18,8 @@ class StoreMetrics:
     def __init__(self, service: StoreService) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.op_seconds = Histogram("snapkv_store_op_seconds", "Time to commit a write or answer a read",
+        self.op_seconds = Histogram("snapkv_store_op_seconds", "Time from applying a write to its commit "
+                                    "(log written, in-sync replicas acknowledged)",
                                     ["op"], registry=self.registry,
                                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
         self.snapshot_seconds = Histogram("snapkv_store_snapshot_seconds", "Time to write a snapshot",

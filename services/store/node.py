@@ -60,6 +60,7 @@ class StoreNode:
         self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._promoted: set[int] = set()
         self.replicator: Any = None  # set by the app once replication is wired
+        self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
         self.ops: dict[str, int] = {}
         self.dirty = False  # something changed since the last snapshot
         self._handlers = {
@@ -163,6 +164,8 @@ class StoreNode:
         result: asyncio.Future[Any] = loop.create_future()
         parts = [f for f in (durable, acked) if f is not None]
 
+        started = time.perf_counter()
+
         def finished(_: Any = None) -> None:
             if result.done():
                 return
@@ -173,6 +176,8 @@ class StoreNode:
             if all(part.done() for part in parts):
                 self.mark_committed(slot, seq)
                 result.set_result(outcome)
+                if self.observe is not None:
+                    self.observe("write", time.perf_counter() - started)
 
         if not parts:
             finished()

@@ -117,8 +117,11 @@ def test_health_ready_metrics(cluster3):
         assert name in text
     assert 'snapkv_broker_slots{state="ok"} 4096.0' in text
     store = cluster3.stores["store1"]
+    http("POST", f"{url}/v1/mset", {"items": {f"metrics:{i}": "x" for i in range(30)}})
     status, text, _ = http("GET", f"{store.url}/metrics")
     text = text.decode()
+    written = [line for line in text.splitlines() if line.startswith('snapkv_store_op_seconds_count{op="write"}')]
+    assert written and float(written[0].split()[-1]) > 0
     for name in ("snapkv_store_keys", "snapkv_store_bytes", "snapkv_store_ops_total",
                  "snapkv_store_replication_lag_seq", "snapkv_store_last_snapshot_timestamp_seconds",
                  "snapkv_store_wal_fsync_seconds", "snapkv_store_op_seconds", "snapkv_store_snapshot_seconds"):
