@@ -277,6 +277,8 @@ class StoreNode:
 
     def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
         previous = self.assignments.get(slot)
+        # a repeated push (re-confirmation) changes nothing on disk: no log record, no snapshot due
+        changed = previous != assignment
         if previous is not None and previous.role == PRIMARY and (assignment is None or assignment.role != PRIMARY):
             self.fail_waiters(slot)  # those commits will not happen here: the router retries elsewhere
         if assignment is None:
@@ -284,7 +286,7 @@ class StoreNode:
             self.engine.drop(slot)
             self.committed.pop(slot, None)
             self.fail_waiters(slot)
-            if log_it and self.wal is not None:
+            if log_it and changed and self.wal is not None:
                 self.wal.append(walmod.DROP, slot)
         else:
             self.assignments[slot] = assignment
@@ -292,7 +294,7 @@ class StoreNode:
             became_primary = assignment.role == PRIMARY and (previous is None or previous.role != PRIMARY)
             if became_primary:
                 self._promoted.add(slot)
-            if log_it and self.wal is not None:
+            if log_it and changed and self.wal is not None:
                 self.wal.append(walmod.ASSIGN, [slot, *assignment.to_wire()])
         if self.replicator is not None:
             self.replicator.assignment_changed(slot, previous, assignment)
@@ -306,7 +308,8 @@ class StoreNode:
                 self.mark_committed(slot, seq)
             else:
                 acked.add_done_callback(lambda f, s=slot, q=seq: self._committed_if_ok(f, s, q))
-        self.dirty = True
+        if changed:
+            self.dirty = True
 
     def recovered(self) -> None:
         """After start-up recovery: what the log and snapshots hold is as committed as it gets (the

@@ -150,3 +150,13 @@ async def test_a_store_whose_log_failed_fails_its_health_checks():
     with pytest.raises(errors.Unavailable):
         node.op_stats()
     assert node.stats()["name"] == "s1"  # metrics and /info still answer
+
+
+async def test_a_repeated_push_is_no_change_and_makes_no_snapshot_due():
+    node = primary_node()
+    frame = [SLOT, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]
+    node.dirty = False
+    node.op_assign({"slots": [frame], "confirm": True, "full": True})
+    assert node.dirty is False
+    node.op_assign({"slots": [[SLOT, 4, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], [], 3]], "confirm": True})
+    assert node.dirty is True
