@@ -60,15 +60,16 @@ class BrokerService:
         if not nodes:
             raise errors.Unavailable("no store has registered yet")
 
+        def failed(name: str, error: str) -> dict[str, Any]:
+            return {"name": name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None, "error": error}
+
         async def one(name: str) -> dict[str, Any]:
             if not self.cluster.registry.is_up(name):  # answer at once: a down store cannot save
-                return {"name": name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
-                        "error": "store is down"}
+                return failed(name, "store is down")
             try:
                 return await self.cluster.conn(name).call(wire.OP_SNAPSHOT, None, timeout=SNAPSHOT_TIMEOUT)
             except errors.SnapkvError as exc:
-                return {"name": name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
-                        "error": exc.message}
+                return failed(name, exc.message)
 
         return list(await asyncio.gather(*(one(n) for n in nodes)))
 

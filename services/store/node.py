@@ -104,8 +104,7 @@ class StoreNode:
             if a is None or a.epoch != epoch or not self.confirmed:
                 raise errors.WrongOwner(f"{self.name} does not hold slot {slot} at epoch {epoch}", slot=slot,
                                         epoch=a.epoch if a else 0)
-            entry = self.engine.get(slot, key, now_ms())
-            return None if entry is None else list(entry)
+            return self._read_again(slot, key)
         self.owned(slot, epoch)
         entry = self.engine.get(slot, key, now_ms())
         if entry is None:
@@ -120,6 +119,7 @@ class StoreNode:
         return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
 
     def _read_again(self, slot: int, key: bytes) -> Any:
+        """The entry as a wire list, read now (again, after a wait for a commit)."""
         entry = self.engine.get(slot, key, now_ms())
         return None if entry is None else list(entry)
 
@@ -140,7 +140,7 @@ class StoreNode:
                  if (seq := self.engine.slot(s).seq) > self.committed.get(s, 0)]
         if not waits:
             return scan()
-        return _all_then(waits, scan)
+        return when_all(waits, scan)
 
     # -- writes ---------------------------------------------------------------------------------
     def op_write(self, args: list[Any]) -> Any:
@@ -160,30 +160,15 @@ class StoreNode:
         self.dirty = True
         durable = self.wal.durable(self.wal.append(walmod.MUTATION, mutation)) if self.wal else None
         acked = self.replicator.replicate(mutation) if self.replicator is not None else None
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Any] = loop.create_future()
-        parts = [f for f in (durable, acked) if f is not None]
-
         started = time.perf_counter()
 
-        def finished(_: Any = None) -> None:
-            if result.done():
-                return
-            for part in parts:
-                if part.done() and part.exception() is not None:
-                    result.set_exception(part.exception())  # type: ignore[arg-type]
-                    return
-            if all(part.done() for part in parts):
-                self.mark_committed(slot, seq)
-                result.set_result(outcome)
-                if self.observe is not None:
-                    self.observe("write", time.perf_counter() - started)
+        def committed() -> Any:
+            self.mark_committed(slot, seq)
+            if self.observe is not None:
+                self.observe("write", time.perf_counter() - started)
+            return outcome
 
-        if not parts:
-            finished()
-        for part in parts:
-            part.add_done_callback(finished)
-        return result
+        return when_all([f for f in (durable, acked) if f is not None], committed)
 
     def expire(self, limit: int = 1000) -> int:
         """Delete expired keys of our primary slots as replicated deletes (rule 9); returns how many."""
@@ -348,8 +333,8 @@ def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _all_then(futs: list[Any], make: Any) -> asyncio.Future[Any]:
-    """A future for make() once every one of `futs` is done."""
+def when_all(futs: list[Any], make: Any) -> asyncio.Future[Any]:
+    """A future for make() once every one of `futs` is done; the first error fails it at once."""
     out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     remaining = [len(futs)]
 
@@ -357,11 +342,15 @@ def _all_then(futs: list[Any], make: Any) -> asyncio.Future[Any]:
         remaining[0] -= 1
         if out.done():
             return
-        if not f.cancelled() and f.exception() is not None:
+        if f.cancelled():
+            out.set_exception(errors.Unavailable("cancelled"))
+        elif f.exception() is not None:
             out.set_exception(f.exception())  # type: ignore[arg-type]
         elif remaining[0] == 0:
             out.set_result(make())
 
+    if not futs:
+        out.set_result(make())
     for f in futs:
         f.add_done_callback(one_done)
     return out
@@ -369,15 +358,4 @@ def _all_then(futs: list[Any], make: Any) -> asyncio.Future[Any]:
 
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
     """A future for `value` once `fut` is done (or its error)."""
-    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def done(f: asyncio.Future[None]) -> None:
-        if out.done():
-            return
-        if f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
-        else:
-            out.set_result(value)
-
-    fut.add_done_callback(done)
-    return out
+    return when_all([fut], lambda: value)
