@@ -17,7 +17,7 @@ from ..common import errors, rpc, wire
 from ..common.config import Settings
 from ..common.slots import SLOTS
 from . import placement, state
-from .registry import DOWN, Registry
+from .registry import DOWN, UP, Registry
 from .slotmap import Change, SlotMap
 
 log = logging.getLogger("snapkv.cluster")
@@ -108,27 +108,24 @@ class Cluster:
         if not push:
             self.changed()
             return len(changed)
-        touched: dict[str, tuple[list[int], list[int]]] = {}
+        touched: dict[str, list[int]] = {}  # every store that holds or held a changed slot
         for c in changed:
-            for name in self.slotmap.entry(c.slot).members():
-                touched.setdefault(name, ([], []))[0].append(c.slot)
-            for name in before[c.slot]:
-                if name not in self.slotmap.entry(c.slot).members():
-                    touched.setdefault(name, ([], []))[1].append(c.slot)
-        for name, (slots, drop) in touched.items():
+            for name in {*before[c.slot], *self.slotmap.entry(c.slot).members()}:
+                touched.setdefault(name, []).append(c.slot)
+        for name, slots in touched.items():
             if self.registry.is_up(name):
-                self._push_later(name, slots, drop)
+                self._push_later(name, slots)
         self.changed()
         return len(changed)
 
-    def _push_later(self, name: str, slots: list[int], drop: list[int]) -> None:
+    def _push_later(self, name: str, slots: list[int]) -> None:
         """Push in the background, in order per store (a dying store must not hold up the map)."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
 
         async def push() -> None:
             async with lock:
                 try:
-                    await self._push(name, slots, drop)
+                    await self._push(name, slots)
                 except errors.SnapkvError:
                     pass  # the store is failing: health checks decide; a returning store gets push_all
 
@@ -145,11 +142,11 @@ class Cluster:
         members = [[m, self.registry.address(m)] for m in e.members()]
         return [slot, e.epoch, role, members, list(e.isr), e.leader_epoch]
 
-    async def _push(self, name: str, slots: list[int], drop: list[int], confirm: bool = False) -> None:
-        """Assignments for `slots` as the map has them now; with confirm, the store's whole assignment
-        (it drops the rest). Slots the store has left since the push was planned are dropped."""
-        keep = sorted({s for s in [*slots, *drop] if name in self.slotmap.entry(s).members()})
-        drop = sorted({s for s in [*slots, *drop] if name not in self.slotmap.entry(s).members()})
+    async def _push(self, name: str, slots: list[int], confirm: bool = False) -> None:
+        """What the map says now about `slots` for this store: an assignment where it is a member, a
+        drop where it is not (any more); with confirm, its whole assignment (it drops the rest)."""
+        keep = sorted({s for s in slots if name in self.slotmap.entry(s).members()})
+        drop = sorted({s for s in slots if name not in self.slotmap.entry(s).members()})
         frames = [self.assignment_frame(name, s) for s in keep]
         try:
             await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
@@ -181,7 +178,7 @@ class Cluster:
             try:
                 async with lock:  # read the map under the lock: no later push may overtake this one
                     held = self.slotmap.slots_of(name)
-                    await self._push(name, sorted(held["primary"] + held["replica"]), [], confirm=True)
+                    await self._push(name, sorted(held["primary"] + held["replica"]), confirm=True)
                 node.confirmed = True
                 self.changed()
                 return
@@ -235,7 +232,7 @@ class Cluster:
             return
         if changed or node.status == DOWN or not node.confirmed:
             if node.status == DOWN:
-                node.status = "up"
+                node.status = UP
                 node.last_ok = time.monotonic()
             self.push_all(name)
         if changed:
