@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..common import errors
-from ..common.httpjson import read_json_object, require_token
+from ..common.httpjson import read_json_object, require_cluster_access
 from ..common.slots import key_slot
 from . import inputs
 from .service import SERVICE, BrokerService
@@ -29,7 +29,7 @@ async def set_key(request: web.Request) -> web.Response:
 
 async def get_key(request: web.Request) -> web.Response:
     svc = _svc(request)
-    text = request.query.get("key")
+    text = inputs.query(request.rel_url.raw_query_string).get("key")
     key = inputs.key_from_json(text)
     entry = await svc.router.get(key)
     if entry is None:
@@ -44,7 +44,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def delete_key(request: web.Request) -> web.Response:
     svc = _svc(request)
-    text: Any = request.query.get("key")
+    text: Any = inputs.query(request.rel_url.raw_query_string).get("key")
     if text is None and request.can_read_body:
         text = (await read_json_object(request)).get("key")
     key = inputs.key_from_json(text)
@@ -53,7 +53,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 async def get_all(request: web.Request) -> web.Response:
-    after, prefix, limit = inputs.scan_query(request.query)
+    after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
     items, position = await _svc(request).router.scan(after, prefix, limit, with_values=True)
     body = inputs.json_values((key.decode("utf-8", "replace"), value) for _slot, key, value in items)
     body.update({"count": len(body["items"]), "cursor": inputs.encode_cursor(position)})
@@ -73,7 +73,7 @@ async def list_stores(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     svc = _svc(request)
-    require_token(request, svc.settings.cluster_token)
+    require_cluster_access(request, svc.settings.cluster_token)
     body = await read_json_object(request)
     name, address = body.get("name"), body.get("ip_address")
     if not isinstance(name, str) or not name.strip() or len(name) > 253:
@@ -81,11 +81,9 @@ async def register(request: web.Request) -> web.Response:
     if not isinstance(address, str) or not _host_port(address):
         raise errors.BadRequest("'ip_address' must be host:port")
     site = body.get("site") or ""
-    inventory = body.get("inventory") or []
-    if not isinstance(site, str) or not isinstance(inventory, list):
-        raise errors.BadRequest("'site' must be a string and 'inventory' a list")
-    if any(not isinstance(i, list) or len(i) != 5 for i in inventory):
-        raise errors.BadRequest("'inventory' items must be [slot, role, seq, data_epoch, epoch]")
+    if not isinstance(site, str):
+        raise errors.BadRequest("'site' must be a string")
+    inventory = inputs.inventory(body.get("inventory"))
     boot = body.get("boot") or ""
     if not isinstance(boot, str):
         raise errors.BadRequest("'boot' must be a string")
@@ -101,12 +99,11 @@ async def register(request: web.Request) -> web.Response:
 async def isr_change(request: web.Request) -> web.Response:
     """Internal: a primary asks to add a caught-up replica to, or drop a failing one from, the ISR."""
     svc = _svc(request)
-    require_token(request, svc.settings.cluster_token)
+    require_cluster_access(request, svc.settings.cluster_token)
     body = await read_json_object(request)
-    store, changes = body.get("store"), body.get("changes")
-    if not isinstance(store, str) or not isinstance(changes, list) or any(
-            not isinstance(c, list) or len(c) != 4 or c[2] not in ("add", "remove") for c in changes):
-        raise errors.BadRequest("expected {store, changes: [[slot, epoch, add|remove, replica], ...]}")
+    store, changes = body.get("store"), inputs.isr_changes(body.get("changes"))
+    if not isinstance(store, str):
+        raise errors.BadRequest("'store' must be a store name")
     results = await svc.failover.isr_change(store, changes)
     return web.json_response({"results": results, "epoch": svc.cluster.slotmap.epoch})
 

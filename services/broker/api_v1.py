@@ -39,7 +39,7 @@ async def kv_put(request: web.Request) -> web.Response:
     svc = _svc(request)
     key = inputs.key_from_path(request.raw_path, KV_PREFIX)
     cond = inputs.condition(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
-    ttl = inputs.ttl_ms(request.query.get("ttl"))
+    ttl = inputs.ttl_ms(inputs.query(request.rel_url.raw_query_string).get("ttl"))
     value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
     version, existed = await svc.router.write(key_slot(key), [[key, value, ttl]], [cond])
     return web.json_response({"key": key.decode(), "version": version}, status=200 if existed[0] else 201,
@@ -102,7 +102,7 @@ async def mset(request: web.Request) -> web.Response:
 
 
 async def keys(request: web.Request) -> web.Response:
-    after, prefix, limit = inputs.scan_query(request.query)
+    after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
     items, position = await _svc(request).router.scan(after, prefix, limit, with_values=False)
     return web.json_response({"keys": [key.decode("utf-8", "replace") for _slot, key in items],
                               "cursor": inputs.encode_cursor(position)})

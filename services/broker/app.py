@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..common.config import Settings
-from ..common.httpjson import json_errors, require_token
+from ..common.httpjson import json_errors, require_token, warn_no_cluster_token
 from . import api_seed, api_v1
 from .service import SERVICE, BrokerService
 
+log = logging.getLogger("snapkv.broker")
 BODY_ROOM = 64 * 1024  # JSON framing around the largest value
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register", "/internal/isr")  # internal: cluster token
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register", "/internal/isr")  # internal: cluster token (or loopback)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,6 +54,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(settings: Settings) -> web.Application:
     service = BrokerService(settings)
+    warn_no_cluster_token(log, settings.cluster_token, "/register,/internal/isr")
     app = web.Application(
         middlewares=[service.metrics.middleware, json_errors, _api_token(settings.api_token)],
         client_max_size=2 * settings.max_value_bytes + BODY_ROOM)

@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 import msgpack
 
 from ..common import errors
-from ..common.slots import MAX_KEY_BYTES
+from ..common.slots import MAX_KEY_BYTES, SLOTS
 from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
 DEFAULT_PAGE = 1000
@@ -65,7 +65,31 @@ def key_from_path(raw_path: str, prefix: str) -> bytes:
     path = raw_path.split("?", 1)[0]
     if not path.startswith(prefix):
         raise errors.BadRequest("malformed key path")
-    return key_bytes(unquote_to_bytes(path[len(prefix):]))
+    try:
+        raw = unquote_to_bytes(path[len(prefix):])
+    except UnicodeEncodeError:  # a raw non-UTF-8 byte the pure-Python HTTP parser kept as a surrogate
+        raise errors.BadRequest("key must be valid UTF-8") from None
+    return key_bytes(raw)
+
+
+def query(raw: str) -> dict[str, str]:
+    """A raw query string -> {name: first value}, as request.query but invalid UTF-8 is a 400, not U+FFFD."""
+    params: dict[str, str] = {}
+    for field in raw.split("&"):
+        if not field:
+            continue
+        raw_name, _, raw_value = field.partition("=")
+        name = _query_text(raw_name, f"query parameter name {raw_name!r}")
+        value = _query_text(raw_value, f"query parameter {name!r}")
+        params.setdefault(name, value)
+    return params
+
+
+def _query_text(part: str, what: str) -> str:
+    try:  # '+' is a space in a query, as in parse_qsl; a surrogate (raw non-UTF-8 byte) fails the encode
+        return unquote_to_bytes(part.replace("+", " ")).decode("utf-8")
+    except UnicodeError:
+        raise errors.BadRequest(f"{what} is not valid UTF-8") from None
 
 
 def ttl_ms(value: Any) -> int:
@@ -158,3 +182,27 @@ def json_values(pairs: Iterable[tuple[str, bytes | None]]) -> dict[str, Any]:
     if binary:
         out["base64_keys"] = binary
     return out
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def inventory(value: Any) -> list[list[Any]]:
+    """A registration's inventory: [[slot, role, seq, data_epoch, epoch], ...], each field typed."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(
+            not isinstance(i, list) or len(i) != 5 or not _count(i[0]) or i[0] >= SLOTS
+            or i[1] not in ("primary", "replica") or not all(_count(x) for x in i[2:]) for i in value):
+        raise errors.BadRequest("'inventory' must be a list of [slot, role, seq, data_epoch, epoch]")
+    return value
+
+
+def isr_changes(value: Any) -> list[list[Any]]:
+    """ISR requests of a primary: [[slot, epoch, "add"|"remove", replica], ...]."""
+    if not isinstance(value, list) or any(
+            not isinstance(c, list) or len(c) != 4 or not _count(c[0]) or c[0] >= SLOTS or not _count(c[1])
+            or c[2] not in ("add", "remove") or not isinstance(c[3], str) for c in value):
+        raise errors.BadRequest("expected {store, changes: [[slot, epoch, add|remove, replica], ...]}")
+    return value

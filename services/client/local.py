@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,8 +34,32 @@ def _die_with_parent() -> None:
         pass
 
 
+def _cluster_token(env: dict[str, str], data_dir: str) -> str | None:
+    """A user-set token is used as is; else a fresh one, saved 0600 for the user's own tools."""
+    path = os.path.join(data_dir, "cluster-token")
+    if env.get("SNAPKV_CLUSTER_TOKEN"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale file from an earlier run would not match
+        return None
+    env["SNAPKV_CLUSTER_TOKEN"] = secrets.token_urlsafe(32)
+    _write_private(path, env["SNAPKV_CLUSTER_TOKEN"] + "\n")
+    return path
+
+
+def _write_private(path: str, text: str) -> None:
+    """Created 0600 from the start (never readable by others, even briefly), then renamed in place."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: str | None) -> int:
     env = dict(os.environ)
+    token_file = _cluster_token(env, data_dir)
     broker_url = f"http://127.0.0.1:{port}"
     env["BROKER_URL"] = f"{broker_url}/register"
     env.setdefault("SNAPKV_MIN_STORES", str(stores))
@@ -66,6 +92,8 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
         print(f"snapkv: broker listening on {broker_url} with {stores} stores "
               f"({'ready' if ok else 'not ready yet'}); data in {os.path.abspath(data_dir)}; Ctrl-C stops",
               flush=True)
+        if token_file:
+            print(f"  cluster token (internal routes) in {os.path.abspath(token_file)}", flush=True)
         print(f"  try: curl -X POST {broker_url}/set -H 'Content-Type: application/json' "
               "-d '{\"key\": \"k1\", \"value\": \"v1\"}'", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,19 +67,57 @@ def require_token(request: web.Request, token: str) -> None:
         raise errors.Unauthorized("missing or wrong bearer token")
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
+NO_TOKEN_HINT = ("set SNAPKV_CLUSTER_TOKEN (one shared secret) on the broker and every store "
+                 "to accept internal traffic from other hosts")
+
+
+def is_loopback(host: str | None) -> bool:
     try:
-        body = await request.json(loads=_loads)
-    except ValueError as exc:
-        raise errors.BadRequest(f"malformed JSON: {exc}") from None
+        addr = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return addr.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def require_cluster_access(request: web.Request, token: str) -> None:
+    """Internal routes: the cluster token when one is set, else (protected mode) loopback peers only."""
+    if token:
+        require_token(request, token)
+        return
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    host = peer[0] if isinstance(peer, tuple) and peer else None
+    if not is_loopback(host):
+        raise errors.Unauthorized(f"{request.path} accepts only loopback peers when no cluster token is set; "
+                                  f"{NO_TOKEN_HINT}", peer=host or "unknown")
+
+
+def warn_no_cluster_token(logger: logging.Logger, token: str, routes: str) -> None:
+    if not token:
+        logger.warning("event=no_cluster_token routes=%s mode=protected "
+                       "msg='internal routes accept only loopback peers' hint='%s'", routes, NO_TOKEN_HINT)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = _loads(await request.read(), request.charset or "utf-8")
     if not isinstance(body, dict):
         raise errors.BadRequest("body must be a JSON object")
     return body
 
 
-def _loads(text: str) -> Any:
-    import json
-
+def _loads(raw: bytes, charset: str) -> Any:
+    """Body bytes -> JSON; every way a client can get this wrong is a BadRequest, never a 500."""
+    try:
+        text = raw.decode(charset)
+    except LookupError:
+        raise errors.BadRequest(f"unknown charset {charset!r}") from None
+    except UnicodeError:  # not only UnicodeDecodeError: some codecs (idna) raise the base class
+        raise errors.BadRequest(f"body is not valid {charset} text") from None
     if not text.strip():
-        raise ValueError("empty body")
-    return json.loads(text)
+        raise errors.BadRequest("malformed JSON: empty body")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise errors.BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:  # the C parser gives up near the interpreter's recursion limit
+        raise errors.BadRequest("malformed JSON: nested too deeply") from None

@@ -38,6 +38,16 @@ from support.procs import http
     ("POST", "/v1/mset", {"body": {"items": []}}, 400, "bad_request"),
     ("POST", "/v1/mset", {"body": {"items": {}}}, 400, "bad_request"),
     ("POST", "/register", {"body": {"name": "x"}}, 400, "bad_request"),
+    # well-formed JSON of the wrong shape on the internal routes (loopback, so no token needed)
+    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
+                                    "inventory": [[[[[1]]], "primary", 1, 1, 1]]}}, 400, "bad_request"),
+    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
+                                    "inventory": [["x", [[1]], "s", None, 1]]}}, 400, "bad_request"),
+    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
+                                    "inventory": [[99999, "primary", 1, 1, 1]]}}, 400, "bad_request"),
+    ("POST", "/internal/isr", {"body": {"store": "p", "changes": [[[[[1]]], [[1]], "add", [[1]]]]}},
+     400, "bad_request"),
+    ("POST", "/internal/isr", {"body": {"store": ["p"], "changes": []}}, 400, "bad_request"),
 ])
 def test_bad_request_answers_json_error(cluster3, method, path, kwargs, status, code):
     got, body, headers = http(method, cluster3.url + path, **kwargs)
@@ -71,3 +81,89 @@ def test_bad_requests_leave_cluster_state_alone(cluster3):
     assert http("GET", f"{url}/get?key=keep")[1]["value"] == "original"
     after = http("GET", f"{url}/v1/cluster")[1]
     assert after["epoch"] == before["epoch"] and after["summary"] == before["summary"]
+
+
+JSON_ROUTES = [("POST", "/set"), ("POST", "/delete"), ("DELETE", "/delete"), ("POST", "/v1/mget"),
+               ("POST", "/v1/mset"), ("POST", "/register"), ("POST", "/internal/isr")]
+DEEP = 50_000
+BAD_BODIES = {
+    "open_arrays": b"[" * 100_000,
+    "deep_array_value": b'{"key": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+    "deep_objects": b'{"a": ' * DEEP + b"1" + b"}" * DEEP,
+    "utf8_ff": b'{"key": "\xff", "keys": ["\xff"], "name": "\xff"}',
+    "utf8_fe": b'{"key": "\xfe"}',
+    "utf8_truncated": b'{"key": "\xc3\x28"}',
+}
+JSON = {"Content-Type": "application/json"}
+
+
+def assert_json_error(got, body, headers, status=400, code="bad_request"):
+    assert got == status, body
+    assert headers["Content-Type"].startswith("application/json")
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+@pytest.mark.parametrize("name", BAD_BODIES)
+@pytest.mark.parametrize("method, path", JSON_ROUTES)
+def test_nested_or_non_utf8_json_body_is_400_on_every_json_route(cluster3, method, path, name):
+    seen = len(cluster3.broker.log_text())
+    assert_json_error(*http(method, cluster3.url + path, raw=BAD_BODIES[name], headers=JSON))
+    assert "event=unhandled_error" not in cluster3.broker.log_text()[seen:]
+
+
+@pytest.mark.parametrize("method, path", JSON_ROUTES)
+def test_unknown_charset_is_400(cluster3, method, path):
+    headers = {"Content-Type": "application/json; charset=no-such-charset"}
+    assert_json_error(*http(method, cluster3.url + path, raw=b'{"key": "k"}', headers=headers))
+
+
+QUERY_ROUTES = [("GET", "/get?key={}"), ("DELETE", "/delete?key={}"), ("POST", "/delete?key={}"),
+                ("GET", "/getall?prefix={}"), ("GET", "/getall?cursor={}"), ("GET", "/getall?limit={}"),
+                ("GET", "/v1/keys?prefix={}"), ("GET", "/v1/keys?cursor={}"), ("GET", "/v1/keys?limit={}"),
+                ("PUT", "/v1/kv/utf8-probe?ttl={}")]
+
+
+@pytest.mark.parametrize("bad", ["%FF", "%FE", "%C3%28"])
+@pytest.mark.parametrize("method, path", QUERY_ROUTES)
+def test_invalid_utf8_query_parameter_is_400_naming_it(cluster3, method, path, bad):
+    param = path.rsplit("?", 1)[1].split("=", 1)[0]
+    got, body, headers = http(method, cluster3.url + path.format(bad), raw=b"v" if method == "PUT" else None)
+    assert_json_error(got, body, headers)
+    assert body["error"]["message"] == f"query parameter {param!r} is not valid UTF-8"
+    assert http("GET", f"{cluster3.url}/v1/kv/utf8-probe")[0] == 404
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_invalid_utf8_key_path_is_400(cluster3, method):
+    assert_json_error(*http(method, f"{cluster3.url}/v1/kv/%FF", raw=b"v" if method == "PUT" else None))
+
+
+def test_invalid_utf8_does_not_reach_the_replacement_char_key(cluster3):
+    url = cluster3.url
+    assert http("POST", f"{url}/set", {"key": "\ufffd", "value": "replacement"})[0] == 200
+    assert http("GET", f"{url}/get?key=%EF%BF%BD")[1]["value"] == "replacement"
+    for method, path in [("GET", "/get?key=%FF"), ("DELETE", "/delete?key=%FF"), ("POST", "/delete?key=%FE"),
+                         ("GET", "/getall?prefix=%FF"), ("GET", "/v1/keys?prefix=%FF"), ("GET", "/v1/kv/%FF"),
+                         ("DELETE", "/v1/kv/%FF"), ("PUT", "/v1/kv/%FF")]:
+        assert_json_error(*http(method, url + path, raw=b"v" if method == "PUT" else None))
+    assert http("GET", f"{url}/get?key=%EF%BF%BD")[1]["value"] == "replacement"
+    assert http("GET", f"{url}/v1/kv/%EF%BF%BD")[1] == b"replacement"
+
+
+@pytest.mark.parametrize("key, query", [("a/b", "a%2Fb"), ("%", "%25"), ("\u00e9t\u00e9", "%C3%A9t%C3%A9"),
+                                        ("a b", "a+b"), ("a+b", "a%2Bb"), ("\ufffd", "%EF%BF%BD")])
+def test_valid_query_keys_still_work(cluster3, key, query):
+    url = cluster3.url
+    assert http("POST", f"{url}/set", {"key": key, "value": f"v-{key}"})[0] == 200
+    status, body, _ = http("GET", f"{url}/get?key={query}")
+    assert status == 200 and body["key"] == key and body["value"] == f"v-{key}"
+    assert key in http("GET", f"{url}/v1/keys?prefix={query}")[1]["keys"]
+    assert http("GET", f"{url}/getall?prefix={query}")[1]["items"][key] == f"v-{key}"
+    assert http("DELETE", f"{url}/delete?key={query}")[0] == 200
+    assert http("GET", f"{url}/get?key={query}")[0] == 404
+
+
+def test_valid_ttl_query_still_works(cluster3):
+    status, _, _ = http("PUT", f"{cluster3.url}/v1/kv/ttl-probe?ttl=60&x=%C3%A9", raw=b"v")
+    assert status == 201
+    assert "X-Expires-At-Ms" in http("GET", f"{cluster3.url}/v1/kv/ttl-probe")[2]
