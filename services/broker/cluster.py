@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -17,7 +17,8 @@ from ..common import errors, rpc, wire
 from ..common.config import Settings
 from ..common.slots import SLOTS
 from . import placement, state
-from .registry import DOWN, UP, Registry
+from .clock import RunningClock
+from .registry import DOWN, UP, Node, Registry
 from .slotmap import Change, SlotMap
 
 log = logging.getLogger("snapkv.cluster")
@@ -28,6 +29,7 @@ class Cluster:
         self.settings = settings
         self.data_dir = data_dir
         self.registry = Registry()
+        self.clock = RunningClock()  # silence of stores is measured without the broker's own stalls
         self.slotmap = SlotMap(SLOTS)
         self.cluster_id = uuid.uuid4().hex
         self.loaded_state = False
@@ -42,24 +44,30 @@ class Cluster:
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
         self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
+        # set by failover: hand a copy that may be behind over to an in-sync replica (rule 2)
+        self.catch_up: Callable[[str], Awaitable[None]] | None = None
         self.failovers = 0
         self.slot_moves = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self.started_at = time.monotonic()
+        await self.clock.start()
         self._session = aiohttp.ClientSession()
         saved = state.load(self.data_dir)
         if saved is not None:
             self.cluster_id = saved["cluster_id"]
             self.slotmap = SlotMap.from_json(saved["map"])
             for name, info in saved.get("nodes", {}).items():
-                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [])
+                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [],
+                                                 self.clock.now())
                 node.status = DOWN  # until it registers or answers a health check
+                node.trusted_boot = info.get("boot", "")
             self.loaded_state = True
             log.info("event=state_loaded epoch=%d nodes=%d", self.slotmap.epoch, len(self.registry.nodes))
 
     async def stop(self) -> None:
+        await self.clock.stop()
         for task in [self._bootstrap_task, *self._pushes.values(), *self._background]:
             if task is not None:
                 task.cancel()
@@ -85,7 +93,8 @@ class Cluster:
             pass
 
     def snapshot_state(self) -> dict[str, Any]:
-        nodes = {n.name: {"address": n.address, "site": n.site} for n in self.registry.nodes.values()}
+        nodes = {n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot}
+                 for n in self.registry.nodes.values()}
         return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
 
     async def persist(self) -> None:
@@ -146,7 +155,12 @@ class Cluster:
         """What the map says now about `slots` for this store: an assignment where it is a member, a
         drop where it is not (any more); with confirm, its whole assignment (it drops the rest)."""
         keep = sorted({s for s in slots if name in self.slotmap.entry(s).members()})
-        drop = sorted({s for s in slots if name not in self.slotmap.entry(s).members()})
+        gone = {s for s in slots if name not in self.slotmap.entry(s).members()}
+        node = self.registry.get(name)
+        if confirm and node is not None and node.positions:  # what it reported and no longer holds
+            gone |= {s for s in node.positions if name not in self.slotmap.entry(s).members()}
+        # each drop names who holds the slot now: a store never drops the only in-sync copy it knows
+        drop = [[s, self.slotmap.entry(s).epoch, self.slotmap.entry(s).primary] for s in sorted(gone)]
         frames = [self.assignment_frame(name, s) for s in keep]
         try:
             await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
@@ -174,16 +188,42 @@ class Cluster:
         if node is None:
             return
         lock = self._push_locks.setdefault(name, asyncio.Lock())
+        if self.catch_up is not None:
+            await self.catch_up(name)  # before it serves: a copy that may be behind hands over first
         for attempt in range(20):
             try:
                 async with lock:  # read the map under the lock: no later push may overtake this one
                     held = self.slotmap.slots_of(name)
                     await self._push(name, sorted(held["primary"] + held["replica"]), confirm=True)
                 node.confirmed = True
+                self._trust(node)
                 self.changed()
                 return
             except errors.SnapkvError:
                 await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+
+    def _trust(self, node: Node) -> None:
+        """Its copies now hold what they acknowledged: remember this incarnation across restarts."""
+        if node.boot and node.trusted_boot != node.boot:
+            node.trusted_boot = node.boot
+            self._spawn(self.persist())
+
+    def catch_up_plan(self, name: str) -> list[Change]:
+        """What catching up `name` takes now (placement.catch_up): slots it should hand over."""
+        node = self.registry.get(name)
+        if node is None:
+            return []
+        nodes = self.registry.nodes.values()
+        trusted = {n.name for n in nodes if n.trusted_boot and n.boot == n.trusted_boot}
+        frozen = {n.name for n in nodes if not n.confirmed}
+        return placement.catch_up(self.slotmap, name, {n.name: n.positions for n in nodes}, trusted,
+                                  self.registry.sites(), node.restarted, frozen)
+
+    def fail_pending(self, name: str, reason: str) -> None:
+        """Requests waiting on a store just found down retry elsewhere now, not at their timeout."""
+        conn = self._conns.get(name)
+        if conn is not None:
+            conn.fail_pending(errors.NodeUnreachable(f"store {name} is down ({reason})"))
 
     # -- connections ----------------------------------------------------------------------------
     def conn(self, name: str) -> rpc.RpcClient:
@@ -216,9 +256,9 @@ class Cluster:
     def on_register(self, name: str, address: str, site: str, inventory: list[list[Any]],
                     confirmed: bool = False, boot: str = "") -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
-        node, changed = self.registry.register(name, address, site, inventory)
-        if boot:
-            node.boot = boot
+        node, changed = self.registry.register(name, address, site, inventory, self.clock.now())
+        node.new_boot(boot)
+        node.report(inventory)
         if not confirmed:
             node.confirmed = False
         self._last_registration = time.monotonic()
@@ -233,8 +273,10 @@ class Cluster:
         if changed or node.status == DOWN or not node.confirmed:
             if node.status == DOWN:
                 node.status = UP
-                node.last_ok = time.monotonic()
+                node.last_ok = self.clock.now()
             self.push_all(name)
+        elif self.catch_up is not None and not node.restarted and self.catch_up_plan(name):
+            self._spawn(self.catch_up(name))  # its fresh report is behind an in-sync replica's
         if changed:
             self._spawn(self.persist())  # remember the node's address
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import placement
 from .cluster import Cluster
+from .registry import DOWN
 from .slotmap import Change
 
 log = logging.getLogger("snapkv.failover")
@@ -25,6 +26,7 @@ class Failover:
         self.cluster = cluster
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        cluster.catch_up = self.catch_up
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -66,6 +68,24 @@ class Failover:
             if promoted:
                 log.warning("event=failover reason=%s promoted=%d slots_changed=%d", reason, promoted, changed)
             return changed
+
+    async def catch_up(self, name: str) -> None:
+        """Before a store serves (again), and when its report is behind: let an in-sync replica that
+        holds more take its primaries, and a restarted replica leave the ISR (placement.catch_up)."""
+        cluster = self.cluster
+        # right after a broker restart every store counts as down until it answers: wait for the
+        # others, so that a trusted copy that is merely not heard from yet is not passed over
+        while self.in_grace() and any(n.status == DOWN for n in cluster.registry.nodes.values()):
+            await asyncio.sleep(0.05)
+        async with self.lock:
+            changes = cluster.catch_up_plan(name)
+            if not changes:
+                return
+            promoted = sum(1 for c in changes if c.primary != name and cluster.slotmap.entry(c.slot).primary == name)
+            changed = await cluster.apply(changes, f"catch_up:{name}")
+            cluster.failovers += promoted
+            log.warning("event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d", name,
+                        cluster.registry.nodes[name].restarted, promoted, changed)
 
     async def isr_change(self, store: str, requests: list[list[Any]]) -> list[bool]:
         """Apply ISR changes a primary asks for, when it is still the primary at that epoch."""

@@ -59,34 +59,44 @@ class HealthMonitor:
         if node is None:
             return
         settings = cluster.settings
+        clock = cluster.clock
         started = time.monotonic()
+        timeout = settings.failure_timeout / 2
+        if node.status == SUSPECT:  # the answer that would save it must come before failure_timeout
+            timeout = min(timeout, max(0.05, node.last_ok + settings.failure_timeout - clock.now()))
         try:
-            stats = await cluster.conn(name).call(wire.OP_STATS, None, timeout=settings.failure_timeout / 2)
+            stats = await cluster.conn(name).call(wire.OP_STATS, None, timeout=timeout)
         except errors.SnapkvError as exc:
             if exc.detail.get("refused"):
                 node.refused += 1
             if node.status == DOWN:
                 return
-            silent = time.monotonic() - node.last_ok
-            if node.refused >= 2 or silent >= settings.failure_timeout:
+            silent = clock.now() - node.last_ok  # the broker's own stalls are not the store's silence
+            if exc.detail.get("log_failed"):
+                await self.mark_down(name, reason="log_failed")  # it says it cannot take writes: no wait
+            elif node.refused >= 2 or silent >= settings.failure_timeout:
                 await self.mark_down(name, reason="refused" if node.refused >= 2 else "timeout")
-            elif node.status == UP:
-                node.status = SUSPECT
-                log.info("event=node_suspect node=%s error=%s", name, exc.code)
-                # check again soon rather than at the next heartbeat
+            else:
+                if node.status == UP:
+                    node.status = SUSPECT
+                    log.info("event=node_suspect node=%s error=%s", name, exc.code)
+                # probe again at once rather than at the next heartbeat
                 await asyncio.sleep(min(settings.heartbeat_interval, 0.02))
                 self._checking.pop(name, None)
                 self.check_soon(name)
             return
-        if cluster.restarted(name, stats.get("boot", "")):
-            await self.mark_down(name, reason="restarted")  # it registers again as a returning store
+        boot = stats.get("boot", "")
+        if cluster.restarted(name, boot):
+            await self.mark_down(name, reason="restarted")  # it comes back as a returning store
             return
+        node.new_boot(boot)
+        now = clock.now()
         previous_ops = sum(node.stats.get("ops", {}).values()) if node.stats else None
-        elapsed = max(time.monotonic() - node.last_ok, 1e-3)
+        elapsed = max(now - node.last_ok, 1e-3)
         node.stats = stats
         if previous_ops is not None:
             node.load = max(0.0, (sum(stats.get("ops", {}).values()) - previous_ops) / elapsed)
-        node.last_ok = time.monotonic()
+        node.last_ok = now
         node.refused = 0
         if node.status in (SUSPECT, DOWN):
             was = node.status
@@ -103,6 +113,7 @@ class HealthMonitor:
         node.status = DOWN
         node.confirmed = False
         log.warning("event=node_down node=%s reason=%s", name, reason)
+        self.cluster.fail_pending(name, reason)
         self.cluster.changed()
         if self.on_down is not None:
             await self.on_down(name)

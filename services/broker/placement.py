@@ -7,10 +7,10 @@ such node, keeping runs of consecutive slots on the same replica.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from itertools import zip_longest
 
-from .slotmap import Change, SlotMap
+from .slotmap import Change, SlotEntry, SlotMap
 
 
 def interleave_sites(nodes: Mapping[str, str]) -> list[str]:
@@ -148,3 +148,52 @@ def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) 
 
 def _sites(nodes: Mapping[str, str], names: list[str]) -> set[str]:
     return {nodes[n] for n in names if n in nodes}
+
+
+Position = tuple[int, int, int]  # (data_epoch, seq, assignment epoch) a copy reported for a slot
+
+
+def catch_up(slotmap: SlotMap, name: str, positions: Mapping[str, Mapping[int, Position] | None],
+             trusted: Collection[str], up: Collection[str], restarted: bool,
+             frozen: Collection[str] = ()) -> list[Change]:
+    """Slots where the copy on `name` may hold less than it acknowledged or than an in-sync replica
+    holds: a plan that never lets such a copy overwrite a newer one (rule 2).
+
+    As primary: an up ISR member takes over and `name` becomes a replica synced from it. After a
+    restart (an unsynced log tail may be gone) any up ISR member in `trusted` (it did not restart,
+    so it holds every committed write) qualifies; otherwise one whose position, reported under the
+    current leadership, is ahead of what `name` reports. As a restarted ISR replica: it leaves the
+    slot (a copy is added back and fully synced) unless the primary is `frozen` (not serving since
+    it reported) and `name` reported at least the primary's position.
+    """
+    mine = positions.get(name)
+    changes: list[Change] = []
+    for slot, e in enumerate(slotmap.entries):
+        own = mine.get(slot, (0, 0, 0))[:2] if mine is not None else None
+        if e.primary == name:
+            successor = _successor(e, slot, own, positions, trusted, up, restarted)
+            if successor is not None:
+                replicas = [r for r in e.replicas if r != successor] + [name]
+                changes.append(Change(slot, successor, replicas, [r for r in e.isr if r != successor]))
+        elif restarted and name in e.isr and e.primary is not None:
+            primary_at = (positions.get(e.primary) or {}).get(slot) if e.primary in frozen else None
+            if own is None or primary_at is None or own < primary_at[:2]:
+                changes.append(Change(slot, e.primary, [r for r in e.replicas if r != name],
+                                      [r for r in e.isr if r != name]))
+    return changes
+
+
+def _successor(e: SlotEntry, slot: int, own: tuple[int, int] | None,
+               positions: Mapping[str, Mapping[int, Position] | None], trusted: Collection[str],
+               up: Collection[str], restarted: bool) -> str | None:
+    best: tuple[tuple[bool, tuple[int, int]], str] | None = None
+    for r in e.isr:
+        reported = (positions.get(r) or {}).get(slot)
+        at = reported[:2] if reported is not None and reported[2] >= e.leader_epoch else None
+        ahead = own is not None and at is not None and at > own
+        if r not in up or not (ahead or (restarted and r in trusted)):
+            continue
+        rank = (r in trusted, at or (0, 0))
+        if best is None or rank > best[0]:
+            best = (rank, r)
+    return None if best is None else best[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +16,41 @@ class Node:
     address: str
     site: str = ""
     status: str = UP
-    last_ok: float = field(default_factory=time.monotonic)
+    last_ok: float = 0.0  # on the broker's running clock (clock.py)
     inventory: list[list[Any]] = field(default_factory=list)  # [slot, role, seq, data_epoch, epoch]
     stats: dict[str, Any] = field(default_factory=dict)
     load: float = 0.0
     refused: int = 0  # consecutive refused connections
     draining: bool = False
     confirmed: bool = False  # has acknowledged a full push of what it owns since it registered
-    boot: str = ""  # the store process's incarnation, from registration
+    boot: str = ""  # the store process's incarnation, as it last told us
+    # the incarnation whose copies hold every write they acknowledged (persisted): a store whose
+    # boot differs restarted since and may have lost an unsynced log tail (fsync everysec)
+    trusted_boot: str = ""
+    # slot -> (data_epoch, seq, assignment epoch) of its copies, from its last registration since
+    # this broker started (None until then): how far each copy got
+    positions: dict[int, tuple[int, int, int]] | None = None
 
     @property
     def up(self) -> bool:
         return self.status in (UP, SUSPECT, DRAINING, DRAINED)
+
+    @property
+    def restarted(self) -> bool:
+        """A new incarnation since its copies were last trusted."""
+        return bool(self.trusted_boot) and bool(self.boot) and self.boot != self.trusted_boot
+
+    def report(self, inventory: list[list[Any]]) -> None:
+        """Positions from a registration's inventory [slot, role, seq, data_epoch, epoch]."""
+        self.inventory = inventory
+        self.positions = {int(slot): (data_epoch, seq, epoch) for slot, _role, seq, data_epoch, epoch in inventory}
+
+    def new_boot(self, boot: str) -> None:
+        """The store told us its incarnation: positions of an older one say nothing of this one."""
+        if boot and boot != self.boot:
+            if self.boot:
+                self.positions = None
+            self.boot = boot
 
 
 class Registry:
@@ -41,14 +63,15 @@ class Registry:
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
 
-    def register(self, name: str, address: str, site: str, inventory: list[list[Any]]) -> tuple[Node, bool]:
+    def register(self, name: str, address: str, site: str, inventory: list[list[Any]],
+                 now: float) -> tuple[Node, bool]:
         """Add or refresh a node; (node, changed) where changed means new or moved to a new address.
 
         The same name at a new address is accepted only when the old one is down (else 409).
         """
         node = self.nodes.get(name)
         if node is None:
-            node = self.nodes[name] = Node(name, address, site, inventory=inventory)
+            node = self.nodes[name] = Node(name, address, site, last_ok=now, inventory=inventory)
             return node, True
         changed = node.address != address
         if changed and node.status in (UP, DRAINING, DRAINED):
@@ -56,7 +79,7 @@ class Registry:
                                    address=node.address)
         was_down = node.status == DOWN
         node.address, node.site, node.inventory = address, site, inventory
-        node.last_ok = time.monotonic()
+        node.last_ok = now
         if changed or was_down:
             node.confirmed = False
         return node, changed or was_down

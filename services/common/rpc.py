@@ -107,6 +107,13 @@ class RpcClient:
             timer.cancel()
             self._pending.pop(msg_id, None)
 
+    def fail_pending(self, exc: Exception) -> None:
+        """Fail every call waiting for an answer (the peer was found down); the connection stays."""
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
     def _expire(self, msg_id: int, op: str) -> None:
         fut = self._pending.pop(msg_id, None)
         if fut is not None and not fut.done():

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..common import errors, rpc, wire
 from ..common.config import Settings
-from ..common.httpjson import json_errors, require_token
+from ..common.httpjson import json_errors, require_cluster_access, warn_no_cluster_token
 from . import recovery, snapshot
 from .engine import Engine
 from .metrics import StoreMetrics
@@ -64,6 +64,7 @@ class StoreService:
         self._lock_fd: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._internal: set[web.WebSocketResponse] = set()
+        self._register_now = asyncio.Event()
         self.site = settings.site
 
     @property
@@ -107,6 +108,7 @@ class StoreService:
         replicator = Replicator(self.node, self._session, broker_base, self.settings.cluster_token,
                                 self.settings.replication)
         self.node.replicator = replicator
+        replicator.on_behind = self.register_soon
         self.node.add_handler(wire.OP_REPLICATE, replicator.op_replicate)
         self.node.add_handler(wire.OP_SYNC, replicator.op_sync)
         self.snapshots = snapshot.Snapshotter(self)
@@ -149,13 +151,21 @@ class StoreService:
         while True:
             await asyncio.sleep(0.05 if self.node.expire(EXPIRE_BATCH) >= EXPIRE_BATCH else EXPIRE_INTERVAL)
 
+    def register_soon(self) -> None:
+        """Tell the broker our positions now rather than at the next interval."""
+        self._register_now.set()
+
     async def register_loop(self) -> None:
         failures = 0
         while True:
             try:
+                self._register_now.clear()
                 await self.register_once()
                 failures = 0
-                await asyncio.sleep(self.settings.register_interval)
+                try:
+                    await asyncio.wait_for(self._register_now.wait(), self.settings.register_interval)
+                except TimeoutError:
+                    pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -167,7 +177,7 @@ class StoreService:
 
     # -- routes ---------------------------------------------------------------------------------
     async def internal(self, request: web.Request) -> web.StreamResponse:
-        require_token(request, self.settings.cluster_token)
+        require_cluster_access(request, self.settings.cluster_token)
         if not self.recovered:
             raise errors.NotReady("store is recovering")
         return await rpc.serve(request, self.node.handle, self._internal)
@@ -190,7 +200,7 @@ class StoreService:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def snapshot_route(self, request: web.Request) -> web.Response:
-        require_token(request, self.settings.cluster_token)
+        require_cluster_access(request, self.settings.cluster_token)
         assert self.snapshots is not None
         result = await self.snapshots.take(reason="manual")
         return web.json_response(result, status=200 if result["ok"] else 502)
@@ -222,6 +232,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 def make_app(settings: Settings) -> web.Application:
     service = StoreService(settings)
     service.open_data_dir()
+    warn_no_cluster_token(log, settings.cluster_token, "/internal/ws,/snapshot")
     app = web.Application(middlewares=[json_errors])
     app[SERVICE] = service
     app.router.add_get("/internal/ws", service.internal)

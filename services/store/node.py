@@ -247,11 +247,19 @@ class StoreNode:
                 stale.append(slot)  # an older push arriving late: what we hold is newer
                 continue
             self.apply_assignment(slot, assignment, log_it=True)
-        drop = set(args.get("drop", []))
+        # [slot, epoch, primary now] per drop (a bare slot from an older broker)
+        holders = {d[0]: (d[1], d[2]) if isinstance(d, list) else None for d in args.get("drop", [])}
         if args.get("full"):  # the broker's whole view of what we own: anything else is stale
-            drop |= set(self.assignments) - listed
-        for slot in sorted(drop):
+            holders.update({s: holders.get(s) for s in set(self.assignments) - listed})
+        refused = []
+        for slot, holder in sorted(holders.items()):
+            if self.only_copy(slot, holder):
+                refused.append(slot)
+                continue
             self.apply_assignment(slot, None, log_it=True)
+        if refused:
+            log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused),
+                      refused[0])
         if args.get("confirm"):
             self.confirmed = True
         if stale:
@@ -259,6 +267,15 @@ class StoreNode:
         if self.wal is None:
             return {"ok": True}
         return then(self.wal.durable(), {"ok": True})
+
+    def only_copy(self, slot: int, holder: tuple[int, str | None] | None) -> bool:
+        """Whether dropping `slot` could discard its last in-sync copy: we are its primary with no
+        in-sync replica, and the drop does not name another primary at a newer epoch."""
+        a = self.assignments.get(slot)
+        data = self.engine.slots.get(slot)
+        if a is None or a.role != PRIMARY or a.isr or data is None or not data.seq:
+            return False
+        return holder is None or holder[0] <= a.epoch or holder[1] in (None, self.name)
 
     def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
         previous = self.assignments.get(slot)
@@ -314,7 +331,7 @@ class StoreNode:
     def op_stats(self, _: Any = None) -> dict[str, Any]:
         if self.wal is not None and getattr(self.wal, "failed", None) is not None:
             # a store that cannot log cannot take writes: fail health checks so its slots fail over
-            raise errors.Unavailable(f"{self.name}: write-ahead log failed: {self.wal.failed}")
+            raise errors.Unavailable(f"{self.name}: write-ahead log failed: {self.wal.failed}", log_failed=True)
         return self.stats()
 
     def stats(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -28,6 +29,7 @@ log = logging.getLogger("snapkv.replication")
 
 REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
 SYNC_TIMEOUT = 60.0
+NEWER = "newer"  # a full sync refused: this replica holds a newer in-sync copy of the slot
 SYNC_BATCH = 256  # slots per full-sync message
 ISR_COALESCE = 0.01  # seconds to gather ISR changes into one request (one epoch, one persist)
 
@@ -53,6 +55,10 @@ class Replicator:
         self._isr_inflight: set[tuple[int, str, str]] = set()
         self._isr_task: asyncio.Task[None] | None = None
         self._closed = False
+        # replica side: slot -> leader epoch our copy was last synced or streamed under; within one
+        # leadership a full sync never takes an in-sync copy back (the primary lost what it sent)
+        self._copied_under: dict[int, int] = {}
+        self.on_behind: Callable[[], None] | None = None  # a replica holds more than we do: re-register
 
     # -- peers ----------------------------------------------------------------------------------
     def peer(self, address: str) -> rpc.RpcClient:
@@ -222,7 +228,9 @@ class Replicator:
     async def _sync_worker(self, name: str) -> None:
         failures = 0
         await asyncio.sleep(0)  # let a burst of assignments queue up
-        while self._to_sync.get(name):
+        # an unconfirmed store (restarted) may hold less than its replicas: it copies nothing until
+        # the broker confirms what it owns; the confirming push schedules these syncs again
+        while self._to_sync.get(name) and self.node.confirmed:
             pending = self._to_sync[name]
             batch = sorted(pending)[:SYNC_BATCH]
             records, address = self._export(name, batch)
@@ -245,9 +253,11 @@ class Replicator:
                 a = self.node.assignments.get(slot)
                 if a is None or a.role != PRIMARY or name not in self.streaming.get(slot, ()):
                     continue
-                if not ok:
+                if ok is not True:
                     self.streaming[slot].discard(name)
                     pending.add(slot)
+                    if ok == NEWER:
+                        self._replica_newer(slot, name)
                     continue
                 acks = self.acked.setdefault(slot, {})
                 acks[name] = max(acks.get(name, 0), record[2])
@@ -258,6 +268,11 @@ class Replicator:
                 self._check(slot)
             if any(not ok for ok in results):
                 await asyncio.sleep(0.2)
+
+    def _replica_newer(self, slot: int, name: str) -> None:
+        log.error("event=sync_refused slot=%d replica=%s reason=replica_holds_newer_copy action=report", slot, name)
+        if self.on_behind is not None:
+            self.on_behind()  # our fresh position lets the broker hand the slot to that replica
 
     def _export(self, name: str, slots: list[int]) -> tuple[list[list[Any]], str]:
         """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""
@@ -336,9 +351,18 @@ class Replicator:
         if seq != data.seq + 1:
             raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
         node.engine.apply(mutation)
+        self._copied_under[slot] = a.leader_epoch
         node.dirty = True
         assert node.wal is not None
         return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
+
+    def _would_go_back(self, slot: int, a: Assignment, record: list[Any]) -> bool:
+        """A full sync older in (data_epoch, seq) than our in-sync copy, from the same leadership our
+        copy came from: only a primary that lost writes sends that (rule 2)."""
+        data = self.node.engine.slots.get(slot)
+        if data is None or self.node.name not in a.isr or self._copied_under.get(slot) != a.leader_epoch:
+            return False
+        return (record[1], record[2]) < (data.data_epoch, data.seq)
 
     def op_sync(self, records: list[list[Any]]) -> Any:
         node = self.node
@@ -348,6 +372,12 @@ class Replicator:
             if a is None or a.role != REPLICA or epoch < a.leader_epoch:
                 results.append(False)
                 continue
+            if self._would_go_back(slot, a, record):
+                log.error("event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s", slot,
+                          (node.engine.slot(slot).data_epoch, node.engine.slot(slot).seq), (record[1], record[2]))
+                results.append(NEWER)
+                continue
+            self._copied_under[slot] = a.leader_epoch
             node.engine.import_slot(record)
             assert node.wal is not None
             node.wal.append(walmod.RESET, record)

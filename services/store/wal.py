@@ -241,7 +241,7 @@ class Wal:
     def _error(self) -> errors.SnapkvError:
         if self.failed is None:
             return errors.Unavailable("the store is shutting down")
-        return errors.Unavailable(f"write-ahead log failed: {self.failed}")
+        return errors.Unavailable(f"write-ahead log failed: {self.failed}", log_failed=True)
 
     def _wake(self) -> None:
         if not self._waiters:

@@ -17,6 +17,7 @@ class Workload:
     writers: int = 8
     readers: int = 4
     keys_per_writer: int = 50
+    prefix: str = "chaos"
     acked: dict[str, int] = field(default_factory=dict)  # key -> last acknowledged value
     attempted: dict[str, int] = field(default_factory=dict)  # key -> highest value sent
     write_errors: list[str] = field(default_factory=list)
@@ -28,7 +29,7 @@ class Workload:
     read_latency: list[float] = field(default_factory=list)
 
     def keys(self) -> list[str]:
-        return [f"chaos:{w}:{i}" for w in range(self.writers) for i in range(self.keys_per_writer)]
+        return [f"{self.prefix}:{w}:{i}" for w in range(self.writers) for i in range(self.keys_per_writer)]
 
     async def run(self, seconds: float) -> None:
         stop = time.monotonic() + seconds
@@ -40,7 +41,7 @@ class Workload:
     async def _writer(self, session: aiohttp.ClientSession, w: int, stop: float) -> None:
         rng = random.Random(w)
         counter = 0
-        keys = [f"chaos:{w}:{i}" for i in range(self.keys_per_writer)]
+        keys = [f"{self.prefix}:{w}:{i}" for i in range(self.keys_per_writer)]
         while time.monotonic() < stop:
             key = rng.choice(keys)
             counter += 1
