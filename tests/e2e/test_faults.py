@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 
 from snapkv.store import wal
 from support.chaos import Workload
@@ -121,6 +122,17 @@ def test_broker_pauses_never_fail_over_healthy_stores(local_cluster):
     assert asyncio.run(workload.verify()) == []
 
 
+def run_with_fault(workload: Workload, seconds: float, after: float,
+                   fault: Callable[[], Awaitable[object]]) -> None:
+    async def main() -> None:
+        runner = asyncio.ensure_future(workload.run(seconds))
+        await asyncio.sleep(after)
+        await fault()
+        await runner
+
+    asyncio.run(main())
+
+
 def _four(cluster: LocalCluster) -> None:
     cluster.start_broker(min_stores=4)
     for name, site in (("s1", "a"), ("s2", "a"), ("s3", "b"), ("s4", "b")):
@@ -133,13 +145,8 @@ def test_a_silent_primary_delays_writes_by_at_most_the_failure_timeout(local_clu
     workload = Workload(local_cluster.url, writers=8, readers=4, prefix="silent")
     victim = local_cluster.stores["s3"]
 
-    async def main() -> None:
-        runner = asyncio.ensure_future(workload.run(9.0))
-        await asyncio.sleep(2.0)
-        await asyncio.to_thread(_pause, victim, 5.0)  # SIGSTOP: it neither answers nor refuses
-        await runner
-
-    asyncio.run(main())
+    # SIGSTOP: it neither answers nor refuses
+    run_with_fault(workload, 9.0, 2.0, lambda: asyncio.to_thread(_pause, victim, 5.0))
     assert workload.write_errors == [], workload.write_errors[:5]
     assert workload.read_errors == [], workload.read_errors[:5]
     assert workload.stale_reads == [], workload.stale_reads[:5]
@@ -153,15 +160,12 @@ def test_a_store_whose_log_fails_hands_its_slots_over_at_once(local_cluster):
     workload = Workload(local_cluster.url, writers=8, readers=2, prefix="eio")
     victim = local_cluster.stores["s2"]
 
-    async def main() -> None:
-        runner = asyncio.ensure_future(workload.run(6.0))
-        await asyncio.sleep(1.5)
+    async def log_stops_growing() -> None:
         # the log can no longer grow (EFBIG, as a full disk gives ENOSPC): every write of it fails
         _path, size = newest_segment(victim)
         subprocess.run(["prlimit", f"--pid={victim.popen.pid}", f"--fsize={size + 1}"], check=True)
-        await runner
 
-    asyncio.run(main())
+    run_with_fault(workload, 6.0, 1.5, log_stops_growing)
     log = local_cluster.broker.log_text()
     assert "event=node_down node=s2 reason=log_failed" in log, local_cluster.logs()
     assert workload.write_errors == [], workload.write_errors[:5]

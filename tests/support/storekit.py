@@ -18,6 +18,20 @@ from snapkv.store.wal import Wal
 NOW_MS = 1_700_000_000_000
 
 
+class NoLog:
+    """A log that takes every record and is durable at once: for node tests that are not about it."""
+
+    failed = None
+
+    def append(self, kind: int, body: Any) -> int:
+        return 0
+
+    def durable(self, position: int | None = None) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
 class MiniStore:
     """What Snapshotter needs of StoreService, wired to a real node, engine and log."""
 

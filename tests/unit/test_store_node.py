@@ -8,6 +8,7 @@ from snapkv.common import errors, wire
 from snapkv.store.engine import Engine
 from snapkv.store.node import PRIMARY, REPLICA, StoreNode
 from snapkv.store.replication import Replicator
+from support.storekit import NoLog
 
 SLOT = 7
 
@@ -107,15 +108,6 @@ async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
     repl = Replicator(node, None, "", "")  # type: ignore[arg-type]
     # primary s1 took the slot at epoch 5; the ISR changed since (epoch 6)
     node.op_assign({"slots": [[SLOT, 6, REPLICA, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 5]]})
-
-    class NoLog:
-        def append(self, kind, body):
-            return 0
-
-        def durable(self, position=None):
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
 
     node.wal = NoLog()  # type: ignore[assignment]
     mutation = [SLOT, 5, 1, "r", [[b"k", b"v", 0]], 0]

@@ -1,26 +1,13 @@
 """A store's data path holds against valid but wrong frames: it never drops the only in-sync copy it
 knows of, and an in-sync replica never lets a full sync take its copy back in (epoch, seq)."""
 
-import asyncio
-
 from snapkv.common import errors
 from snapkv.store.engine import Engine
 from snapkv.store.node import PRIMARY, REPLICA, StoreNode
 from snapkv.store.replication import NEWER, Replicator
+from support.storekit import NoLog
 
 SLOT = 7
-
-
-class NoLog:
-    failed = None
-
-    def append(self, kind, body):
-        return 0
-
-    def durable(self, position=None):
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
 
 
 def store(name, frames):
