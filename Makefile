@@ -25,6 +25,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -62,7 +62,7 @@ async def mget(request: web.Request) -> web.Response:
     keys = [inputs.key_from_json(k, "keys[]") for k in names]
     found = await _svc(request).router.mget(keys)
     return web.json_response(inputs.json_values(
-        (name, None if found[key] is None else found[key][0]) for name, key in zip(names, keys)))
+        (name, None if (entry := found[key]) is None else entry[0]) for name, key in zip(names, keys)))
 
 
 async def mset(request: web.Request) -> web.Response:

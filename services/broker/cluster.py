@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -45,7 +45,7 @@ class Cluster:
         self._persist_lock = asyncio.Lock()
         self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
         # set by failover: hand a copy that may be behind over to an in-sync replica (rule 2)
-        self.catch_up: Callable[[str], Awaitable[None]] | None = None
+        self.catch_up: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self.failovers = 0
         self.slot_moves = 0
 

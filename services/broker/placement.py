@@ -75,8 +75,9 @@ def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> li
 def from_claims(claims: Mapping[int, list[tuple[str, str, int, int, int]]], slots: int) -> list[Change]:
     """Rebuild a map from stores' inventories [(name, role, seq, data_epoch, epoch)] per slot (rule 4).
 
-    The copy with the highest (epoch, data_epoch, seq) claiming primary wins, else the highest of any
-    role; the other copies that are at the same (data_epoch, seq) are in sync, the rest need a sync.
+    The copy with the highest (data_epoch, seq) wins, ties going to the newer assignment epoch and
+    then to the one claiming primary; the other copies at the same (data_epoch, seq) are in sync,
+    the rest need a sync.
     """
     changes = []
     for slot in range(slots):

@@ -7,6 +7,7 @@ change; reads of such a slot go to an in-sync replica at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 from collections.abc import Callable
@@ -112,8 +113,8 @@ class Router:
                 slot = run_end + 1
                 continue
             start_key = after[1] if after is not None and after[0] == slot else None
-            args = [run, slot, start_key, prefix, limit - len(items), with_values]
-            page, more, missing = await self.call(slot, wire.OP_SCAN, lambda _e, a=args: a, write=False,
+            args: list[Any] = [run, slot, start_key, prefix, limit - len(items), with_values]
+            page, more, missing = await self.call(slot, wire.OP_SCAN, functools.partial(_same, args), write=False,
                                                   allow_replica=False)
             if missing:  # ownership moved under us: read the map again and redo this run
                 await cluster.wait_changed(0.05)
@@ -127,3 +128,8 @@ class Router:
             last = items[-1]
             return items, (last[0], last[1])
         return items, None
+
+
+def _same(args: list[Any], _epoch: int) -> list[Any]:
+    """A scan's arguments do not depend on the epoch (the store answers what it owns)."""
+    return args

@@ -16,7 +16,7 @@ from .health import HealthMonitor
 from .metrics import BrokerMetrics
 from .router import Router
 
-SERVICE = web.AppKey("service", "BrokerService")
+SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
 SNAPSHOT_TIMEOUT = 120.0
 
 

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -101,21 +102,20 @@ def build_parser(prog: str, positional: tuple[str, ...] = ()) -> argparse.Argume
 
 
 def load(prog: str, argv: list[str] | None = None, positional: tuple[str, ...] = (),
-         defaults: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+         defaults: dict[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Parse flags, env and YAML into validated Settings; exit with one line on a bad setting.
 
     `defaults` are the program's own defaults (e.g. the store has no default port): lowest precedence.
     """
-    env = os.environ if env is None else env
     args = vars(build_parser(prog, positional).parse_args(argv))
     try:
-        return resolve(args, env, defaults or {})
+        return resolve(args, os.environ if env is None else env, defaults or {})
     except ValueError as exc:
         print(f"{prog}: invalid setting {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def resolve(args: dict[str, Any], env: dict[str, str] | os._Environ[str],
+def resolve(args: dict[str, Any], env: Mapping[str, str],
             defaults: dict[str, Any]) -> Settings:
     config_path = args.get("config") or env.get(env_name("config"), "")
     from_file: dict[str, Any] = {}

@@ -34,8 +34,8 @@ _HTTP_CODES = {400: errors.BadRequest, 401: errors.Unauthorized, 404: errors.Not
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.SnapkvError as err:
-        return error_response(err)
+    except errors.SnapkvError as known:
+        return error_response(known)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -7,6 +7,7 @@ A reader never waits on sending (rule 11): replies are queued and one writer tas
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -223,7 +224,7 @@ async def serve(request: web.Request, handler: Handler,
                     continue
                 if asyncio.isfuture(result) or asyncio.iscoroutine(result):
                     fut = asyncio.ensure_future(result)
-                    fut.add_done_callback(lambda f, i=msg_id: reply_later(i, f))
+                    fut.add_done_callback(functools.partial(reply_later, msg_id))
                 else:
                     outbox.put([msg_id, wire.OK, result])
     finally:

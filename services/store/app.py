@@ -23,12 +23,13 @@ from . import recovery, snapshot
 from .engine import Engine
 from .metrics import StoreMetrics
 from .node import StoreNode
+from .registration import Registrar
 from .replication import Replicator
 from .wal import Wal
 
 log = logging.getLogger("snapkv.store")
 
-SERVICE = web.AppKey("service", "StoreService")
+SERVICE: web.AppKey[StoreService] = web.AppKey("service")
 EXPIRE_INTERVAL = 1.0
 EXPIRE_BATCH = 1000
 
@@ -55,25 +56,21 @@ class StoreService:
         self.data_dir = settings.data_dir or os.path.join("data", settings.name)
         self.engine = Engine()
         self.node = StoreNode(self.name, self.engine, None)
-        self.metrics = StoreMetrics(self)
+        self.metrics = StoreMetrics(self.node, lambda: self.snapshots.last_at if self.snapshots else 0.0,
+                                    lambda: self.ready)
         self.node.observe = lambda op, seconds: self.metrics.op_seconds.labels(op).observe(seconds)
         self.recovered = False
-        self.registered = False
-        self.last_snapshot_at = 0.0
+        self.registrar = Registrar(self.node, settings.broker_url, settings.cluster_token,
+                                   settings.register_interval, self.address, settings.site)
         self.snapshots: snapshot.Snapshotter | None = None
         self._lock_fd: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._internal: set[web.WebSocketResponse] = set()
-        self._register_now = asyncio.Event()
         self.site = settings.site
 
     @property
     def ready(self) -> bool:
-        return self.recovered and self.registered
-
-    def replication_lag(self) -> float:
-        replicator = self.node.replicator
-        return float(replicator.lag()) if replicator is not None else 0.0
+        return self.recovered and self.registrar.registered
 
     # -- start-up -------------------------------------------------------------------------------
     def open_data_dir(self) -> None:
@@ -108,13 +105,14 @@ class StoreService:
         replicator = Replicator(self.node, self._session, broker_base, self.settings.cluster_token,
                                 self.settings.replication)
         self.node.replicator = replicator
-        replicator.on_behind = self.register_soon
+        replicator.on_behind = self.registrar.soon
         self.node.add_handler(wire.OP_REPLICATE, replicator.op_replicate)
         self.node.add_handler(wire.OP_SYNC, replicator.op_sync)
-        self.snapshots = snapshot.Snapshotter(self)
+        self.snapshots = snapshot.Snapshotter(self.name, self.data_dir, self.node, self.settings.snapshot_interval,
+                                              self.metrics.snapshot_seconds.observe)
         self.node.add_handler(wire.OP_SNAPSHOT, lambda _args: self.snapshots.take(reason="manual"))
         if result.snapshot_time:
-            self.last_snapshot_at = result.snapshot_time
+            self.snapshots.last_at = result.snapshot_time
         self.recovered = True
         log.info("event=recovered keys=%d slots=%d snapshot=%s replayed=%d seconds=%.3f", self.engine.key_count(),
                  len(self.node.assignments), result.snapshot_file or "-", result.replayed,
@@ -130,50 +128,10 @@ class StoreService:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
-    # -- registration ---------------------------------------------------------------------------
-    async def register_once(self) -> None:
-        assert self._session is not None
-        body = {"name": self.name, "ip_address": self.address, "site": self.site,
-                "inventory": self.node.inventory(), "confirmed": self.node.confirmed, "boot": self.node.boot}
-        headers = {"Authorization": f"Bearer {self.settings.cluster_token}"} if self.settings.cluster_token else {}
-        async with self._session.post(self.settings.broker_url, json=body, headers=headers,
-                                      timeout=aiohttp.ClientTimeout(total=3)) as resp:
-            if resp.status != 200:
-                text = await resp.text()
-                raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
-        if not self.registered:
-            log.info("event=registered broker=%s address=%s site=%s", self.settings.broker_url, self.address,
-                     self.site or "-")
-        self.registered = True
-
     async def expire_loop(self) -> None:
         """Primaries delete expired keys in the background, at most a bounded batch per turn."""
         while True:
             await asyncio.sleep(0.05 if self.node.expire(EXPIRE_BATCH) >= EXPIRE_BATCH else EXPIRE_INTERVAL)
-
-    def register_soon(self) -> None:
-        """Tell the broker our positions now rather than at the next interval."""
-        self._register_now.set()
-
-    async def register_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                self._register_now.clear()
-                await self.register_once()
-                failures = 0
-                try:
-                    await asyncio.wait_for(self._register_now.wait(), self.settings.register_interval)
-                except TimeoutError:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.settings.broker_url,
-                                failures, exc)
-                await asyncio.sleep(min(0.2 * failures, 2.0))
 
     # -- routes ---------------------------------------------------------------------------------
     async def internal(self, request: web.Request) -> web.StreamResponse:
@@ -191,7 +149,7 @@ class StoreService:
         return web.json_response({"status": "ok", "name": self.name})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        body = {"name": self.name, "recovered": self.recovered, "registered": self.registered,
+        body = {"name": self.name, "recovered": self.recovered, "registered": self.registrar.registered,
                 "confirmed": self.node.confirmed}
         return web.json_response(body, status=200 if self.ready else 503)
 
@@ -216,7 +174,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await service.start()
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(service.expire_loop())]
     if service.settings.broker_url:
-        tasks.append(asyncio.create_task(service.register_loop()))
+        tasks.append(asyncio.create_task(service.registrar.run(service._session)))
     else:
         log.warning("event=no_broker_url hint='set BROKER_URL, e.g. http://localhost:8080/register'")
     assert service.snapshots is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -11,11 +11,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .app import StoreService
+    from .node import StoreNode
 
 
 class StoreMetrics:
-    def __init__(self, service: StoreService) -> None:
+    """`last_snapshot` and `ready` are read at scrape time (unix time of the last snapshot; whether
+    the store is recovered and registered)."""
+
+    def __init__(self, node: StoreNode, last_snapshot: Callable[[], float], ready: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.op_seconds = Histogram("snapkv_store_op_seconds", "Time from applying a write to its commit "
@@ -28,20 +31,23 @@ class StoreMetrics:
         self.wal_fsync_seconds = Histogram("snapkv_store_wal_fsync_seconds", "Time of one log fsync",
                                            registry=self.registry,
                                            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
-        self.registry.register(_StateCollector(service))
+        self.registry.register(_StateCollector(self, node, last_snapshot, ready))
 
 
 class _StateCollector(Collector):
-    def __init__(self, service: StoreService) -> None:
-        self.service = service
+    def __init__(self, metrics: StoreMetrics, node: StoreNode, last_snapshot: Callable[[], float],
+                 ready: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        self.node = node
+        self.last_snapshot = last_snapshot
+        self.ready = ready
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        svc = self.service
-        node = svc.node
+        node = self.node
         wal = node.wal
         if wal is not None:
             for seconds in wal.fsync_seconds:
-                svc.metrics.wal_fsync_seconds.observe(seconds)
+                self.metrics.wal_fsync_seconds.observe(seconds)
             wal.fsync_seconds.clear()
         stats = node.stats()
         keys = GaugeMetricFamily("snapkv_store_keys", "Keys held, by role", labels=["role"])
@@ -59,9 +65,9 @@ class _StateCollector(Collector):
         yield ops
         yield GaugeMetricFamily("snapkv_store_replication_lag_seq",
                                 "Mutations not yet acknowledged by replicas, summed over slots",
-                                value=svc.replication_lag())
+                                value=float(node.replicator.lag()) if node.replicator is not None else 0.0)
         yield GaugeMetricFamily("snapkv_store_last_snapshot_timestamp_seconds",
                                 "Unix time of the last successful snapshot (0 = none yet)",
-                                value=svc.last_snapshot_at)
+                                value=self.last_snapshot())
         yield GaugeMetricFamily("snapkv_store_ready", "1 once recovered and registered",
-                                value=1.0 if svc.ready else 0.0)
+                                value=1.0 if self.ready() else 0.0)

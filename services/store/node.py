@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ class StoreNode:
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
         self.ops: dict[str, int] = {}
         self.dirty = False  # something changed since the last snapshot
-        self._handlers = {
+        self._handlers: dict[str, Callable[[Any], Any]] = {
             wire.OP_GET: self.op_get,
             wire.OP_WRITE: self.op_write,
             wire.OP_SCAN: self.op_scan,
@@ -125,6 +126,8 @@ class StoreNode:
 
     def op_scan(self, args: list[Any]) -> Any:
         slots, after_slot, after_key, prefix, limit, with_values = args
+        if not self.confirmed:  # restarted: what we hold may be older than a replica's (rule 3)
+            raise errors.WrongOwner(f"{self.name} has not been confirmed since it started", unconfirmed=True)
         owned = [s for s in slots if (a := self.assignments.get(s)) is not None and a.role == PRIMARY]
         after = (after_slot, after_key) if after_key is not None else None
         if after is None and after_slot:

@@ -54,8 +54,8 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
     start_segment: int | None = None
     for segment, path in reversed(snapshots):
         try:
-            header, records = snapshot.read_file(path)
-            for record in records:
+            header, slot_records = snapshot.read_file(path)
+            for record in slot_records:
                 node.engine.import_slot(record)
             assignments = [Assignment.from_wire(record) for record in header.get("assignments", [])]
         except (snapshot.CorruptSnapshot, ValueError, TypeError, KeyError, OSError) as exc:

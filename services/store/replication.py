@@ -366,7 +366,7 @@ class Replicator:
 
     def op_sync(self, records: list[list[Any]]) -> Any:
         node = self.node
-        results = []
+        results: list[bool | str] = []
         for slot, epoch, record in records:
             a = node.assignments.get(slot)
             if a is None or a.role != REPLICA or epoch < a.leader_epoch:

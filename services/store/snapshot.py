@@ -19,7 +19,7 @@ import struct
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -27,7 +27,7 @@ import msgpack
 from .engine import Engine
 
 if TYPE_CHECKING:
-    from .app import StoreService
+    from .node import StoreNode
 
 log = logging.getLogger("snapkv.snapshot")
 
@@ -167,15 +167,21 @@ class Snapshotter:
     acknowledged before it was asked); requests that queue up meanwhile share that next one.
     """
 
-    def __init__(self, service: StoreService) -> None:
-        self.service = service
+    def __init__(self, name: str, data_dir: str, node: StoreNode, interval: float,
+                 observe: Callable[[float], None] | None = None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.node = node
+        self.interval = interval  # seconds between periodic snapshots; 0 = none
+        self.observe = observe  # seconds each snapshot took, for the metrics
+        self.last_at = 0.0  # unix time of the last snapshot written (or recovered from)
         self._periodic_task: asyncio.Task[None] | None = None
         self._current: asyncio.Task[dict[str, Any]] | None = None
         self._next: asyncio.Task[dict[str, Any]] | None = None
 
     def start(self) -> None:
-        remove_temp_files(self.service.data_dir)
-        if self.service.settings.snapshot_interval > 0:
+        remove_temp_files(self.data_dir)
+        if self.interval > 0:
             self._periodic_task = asyncio.get_running_loop().create_task(self._periodic())
 
     async def stop(self) -> None:
@@ -187,14 +193,13 @@ class Snapshotter:
                 pass
         running = [t for t in (self._current, self._next) if t is not None]
         await asyncio.gather(*running, return_exceptions=True)  # never leave a child behind
-        if self.service.node.dirty:  # SIGTERM: leave a snapshot so the restart replays little
+        if self.node.dirty:  # SIGTERM: leave a snapshot so the restart replays little
             await self.take(reason="shutdown")
 
     async def _periodic(self) -> None:
-        interval = self.service.settings.snapshot_interval
         while True:
-            await asyncio.sleep(interval)
-            if self.service.node.dirty:
+            await asyncio.sleep(self.interval)
+            if self.node.dirty:
                 await self.take(reason="periodic")
 
     async def take(self, reason: str) -> dict[str, Any]:
@@ -216,20 +221,20 @@ class Snapshotter:
             return await self._take(reason)
         except Exception as exc:
             log.error("event=snapshot_failed reason=%s error=%s", reason, exc)
-            return {"name": self.service.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
+            return {"name": self.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
                     "error": str(exc)}
 
     async def _take(self, reason: str) -> dict[str, Any]:
-        svc = self.service
-        node = svc.node
+        node = self.node
+        engine = node.engine
         assert node.wal is not None
         started = time.perf_counter()
         segment = node.wal.rotate()
         node.dirty = False
-        path = os.path.join(svc.data_dir, snapshot_name(segment))
-        keys = svc.engine.key_count()
-        header = {"format": FORMAT_VERSION, "store": svc.name, "created": time.time(), "wal_segment": segment,
-                  "slots": len(svc.engine.slots), "keys": keys,
+        path = os.path.join(self.data_dir, snapshot_name(segment))
+        keys = engine.key_count()
+        header = {"format": FORMAT_VERSION, "store": self.name, "created": time.time(), "wal_segment": segment,
+                  "slots": len(engine.slots), "keys": keys,
                   "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())]}
         status, error = -1, ""
         try:
@@ -241,7 +246,7 @@ class Snapshotter:
                     warnings.simplefilter("ignore", DeprecationWarning)  # fork with helper threads: child does raw I/O
                     pid = os.fork()
                 if pid == 0:
-                    _child(path, header, svc.engine, write_fd)
+                    _child(path, header, engine, write_fd)
                 os.close(write_fd)
                 write_fd = -1
                 status = await _wait_child(pid)
@@ -261,27 +266,28 @@ class Snapshotter:
                                + (f": {error}" if error else ""))
         elapsed = time.perf_counter() - started
         size = os.path.getsize(path)
-        svc.last_snapshot_at = time.time()
-        svc.metrics.snapshot_seconds.observe(elapsed)
+        self.last_at = time.time()
+        if self.observe is not None:
+            self.observe(elapsed)
         try:
             self.prune()
         except OSError as exc:  # the snapshot itself is safe on disk; old files are removed next time
             log.warning("event=snapshot_prune_failed error=%r", exc)
         log.info("event=snapshot reason=%s file=%s keys=%d bytes=%d ms=%.0f", reason, path, keys, size,
                  elapsed * 1000)
-        return {"name": svc.name, "ok": True, "keys": keys, "bytes": size, "ms": round(elapsed * 1000, 1),
+        return {"name": self.name, "ok": True, "keys": keys, "bytes": size, "ms": round(elapsed * 1000, 1),
                 "file": os.path.basename(path), "error": None}
 
     def prune(self) -> None:
         """Keep the newest KEEP snapshots and the log segments back to the oldest of them."""
-        data_dir = self.service.data_dir
+        data_dir = self.data_dir
         snaps = list_snapshots(data_dir)
         for _, path in snaps[:-KEEP]:
             os.unlink(path)
         kept = snaps[-KEEP:]
         if kept:
-            assert self.service.node.wal is not None
-            self.service.node.wal.remove_before(kept[0][0])
+            assert self.node.wal is not None
+            self.node.wal.remove_before(kept[0][0])
         remove_temp_files(data_dir)
 
 
@@ -311,7 +317,11 @@ async def _wait_child(pid: int) -> int:
         return await _poll_child(pid)
     loop = asyncio.get_running_loop()
     exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, readable)
     try:
         await exited
     finally:

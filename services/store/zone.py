@@ -28,7 +28,8 @@ def lookup_zone(node_name: str) -> str | None:
         config.load_incluster_config()
         with client.ApiClient() as api:
             node = client.CoreV1Api(api).read_node(node_name, _request_timeout=REQUEST_TIMEOUT)
-        zone = (node.metadata.labels or {}).get(ZONE_LABEL) or None
+        labels = (node.metadata.labels if node.metadata is not None else None) or {}
+        zone = labels.get(ZONE_LABEL) or None
     except Exception as exc:
         log.warning("event=zone_lookup_failed node=%s error=%r", node_name, _one_line(exc))
         return None

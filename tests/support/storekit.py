@@ -33,7 +33,7 @@ class NoLog:
 
 
 class MiniStore:
-    """What Snapshotter needs of StoreService, wired to a real node, engine and log."""
+    """A store's durability parts: a real node, engine, log and Snapshotter, without the service."""
 
     def __init__(self, data_dir: str, fsync: str = "no", snapshot_interval: float = 0.0,
                  name: str = "mini") -> None:
@@ -42,8 +42,6 @@ class MiniStore:
         self.engine = Engine()
         self.node = StoreNode(name, self.engine, None)
         self.settings = SimpleNamespace(snapshot_interval=snapshot_interval, fsync=fsync)
-        self.metrics = SimpleNamespace(snapshot_seconds=SimpleNamespace(observe=lambda _s: None))
-        self.last_snapshot_at = 0.0
         self.recovered: recovery.Recovered | None = None
         self.snapshots: Snapshotter | None = None
 
@@ -52,7 +50,7 @@ class MiniStore:
         self.recovered = recovery.recover(self.data_dir, self.node)
         self.node.wal = Wal(self.data_dir, self.settings.fsync)
         self.node.wal.start()
-        self.snapshots = Snapshotter(self)  # type: ignore[arg-type]
+        self.snapshots = Snapshotter(self.name, self.data_dir, self.node, self.settings.snapshot_interval)
         self.snapshots.start()
         return self
 

@@ -10,6 +10,10 @@ from support.storekit import NoLog
 SLOT = 7
 
 
+class FailedLog(NoLog):
+    failed = OSError(28, "No space left on device")
+
+
 def store(name, frames):
     node = StoreNode(name, Engine(), None)
     node.wal = NoLog()  # type: ignore[assignment]
@@ -82,10 +86,6 @@ async def test_after_a_leader_change_or_outside_the_isr_the_primary_copy_wins():
 
 async def test_a_failed_log_says_so_to_the_health_check():
     node = store("s1", [])
-
-    class FailedLog(NoLog):
-        failed = OSError(5, "Input/output error")
-
     node.wal = FailedLog()  # type: ignore[assignment]
     try:
         node.op_stats()
@@ -93,3 +93,29 @@ async def test_a_failed_log_says_so_to_the_health_check():
         assert exc.detail.get("log_failed") is True
     else:
         raise AssertionError("a store whose log failed answered its health check")
+
+
+async def test_a_restarted_store_answers_no_scan_before_the_broker_confirms_it():
+    node = StoreNode("s1", Engine(), None)
+    node.op_assign({"slots": [[SLOT, 3, PRIMARY, [["s1", "a:1"]], [], 3]]})  # recovered, not confirmed
+    try:
+        node.op_scan([[SLOT], 0, None, b"", 10, False])
+    except errors.WrongOwner as exc:
+        assert exc.detail.get("unconfirmed") is True
+    else:
+        raise AssertionError("an unconfirmed store answered a scan")
+
+
+async def test_a_store_whose_log_failed_does_not_register_back_as_up():
+    from snapkv.store.registration import Registrar
+
+    node = store("s1", [])
+    node.wal = FailedLog()  # type: ignore[assignment]
+    registrar = Registrar(node, "http://127.0.0.1:1/register", "", 3.0, "127.0.0.1:2", "")
+    try:
+        await registrar.register_once(None)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        assert "log failed" in str(exc)
+    else:
+        raise AssertionError("registered with a failed log")
+    assert registrar.registered is False
