@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORES ?= 3
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install run test test-unit test-slow test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,12 @@ run: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(BIN)/pytest -m '' $(PYTEST_ARGS)

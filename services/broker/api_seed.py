@@ -8,7 +8,6 @@ from aiohttp import web
 
 from ..common import errors
 from ..common.httpjson import read_json_object, require_cluster_access
-from ..common.slots import key_slot
 from . import inputs
 from .service import SERVICE, BrokerService
 
@@ -23,7 +22,7 @@ async def set_key(request: web.Request) -> web.Response:
     key = inputs.key_from_json(body.get("key"))
     value = inputs.value_from_json(body.get("value"), svc.settings.max_value_bytes)
     ttl = inputs.ttl_ms(body.get("ttl"))
-    version, _ = await svc.router.write(key_slot(key), [[key, value, ttl]], [None])
+    version, _ = await svc.kv.put(key, value, ttl)
     return web.json_response({"message": "Set operation successful", "key": body["key"], "version": version})
 
 
@@ -31,12 +30,12 @@ async def get_key(request: web.Request) -> web.Response:
     svc = _svc(request)
     text = inputs.query(request.rel_url.raw_query_string).get("key")
     key = inputs.key_from_json(text)
-    entry = await svc.router.get(key)
+    entry = await svc.kv.get(key)
     if entry is None:
         raise errors.KeyNotFound(f"key {text!r} not found", key=text)
-    value, binary = inputs.text_of(entry[0])
+    value, binary = inputs.text_of(entry.value)
     body: dict[str, Any] = {"message": "Get operation successful", "key": text, "value": value,
-                            "version": entry[1]}
+                            "version": entry.version}
     if binary:
         body["encoding"] = "base64"
     return web.json_response(body)
@@ -48,13 +47,13 @@ async def delete_key(request: web.Request) -> web.Response:
     if text is None and request.can_read_body:
         text = (await read_json_object(request)).get("key")
     key = inputs.key_from_json(text)
-    await svc.router.write(key_slot(key), [[key, None, 0]], [None])
+    await svc.kv.delete(key)
     return web.json_response({"message": "Delete operation successful", "key": text, "deleted": True})
 
 
 async def get_all(request: web.Request) -> web.Response:
     after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
-    items, position = await _svc(request).router.scan(after, prefix, limit, with_values=True)
+    items, position = await _svc(request).kv.scan(after, prefix, limit, with_values=True)
     body = inputs.json_values((key.decode("utf-8", "replace"), value) for _slot, key, value in items)
     body.update({"count": len(body["items"]), "cursor": inputs.encode_cursor(position)})
     return web.json_response(body)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from ..common import errors
 from ..common.httpjson import error_response, read_json_object
-from ..common.slots import key_slot
 from . import inputs
 from .service import SERVICE, BrokerService
 
@@ -26,13 +23,13 @@ def _etag(version: int) -> dict[str, str]:
 
 async def kv_get(request: web.Request) -> web.Response:
     key = inputs.key_from_path(request.raw_path, KV_PREFIX)
-    entry = await _svc(request).router.get(key)
+    entry = await _svc(request).kv.get(key)
     if entry is None:
         raise errors.KeyNotFound("key not found", key=key.decode())
-    headers = _etag(entry[1])
-    if entry[2]:
-        headers["X-Expires-At-Ms"] = str(entry[2])
-    return web.Response(body=entry[0], content_type="application/octet-stream", headers=headers)
+    headers = _etag(entry.version)
+    if entry.expires_at_ms:
+        headers["X-Expires-At-Ms"] = str(entry.expires_at_ms)
+    return web.Response(body=entry.value, content_type="application/octet-stream", headers=headers)
 
 
 async def kv_put(request: web.Request) -> web.Response:
@@ -41,8 +38,8 @@ async def kv_put(request: web.Request) -> web.Response:
     cond = inputs.condition(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
     ttl = inputs.ttl_ms(inputs.query(request.rel_url.raw_query_string).get("ttl"))
     value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
-    version, existed = await svc.router.write(key_slot(key), [[key, value, ttl]], [cond])
-    return web.json_response({"key": key.decode(), "version": version}, status=200 if existed[0] else 201,
+    version, created = await svc.kv.put(key, value, ttl, cond)
+    return web.json_response({"key": key.decode(), "version": version}, status=201 if created else 200,
                              headers=_etag(version))
 
 
@@ -50,7 +47,7 @@ async def kv_delete(request: web.Request) -> web.Response:
     svc = _svc(request)
     key = inputs.key_from_path(request.raw_path, KV_PREFIX)
     cond = inputs.condition(request.headers.get("If-Match"), None)
-    await svc.router.write(key_slot(key), [[key, None, 0]], [cond])
+    await svc.kv.delete(key, cond)
     return web.json_response({"key": key.decode(), "deleted": True})
 
 
@@ -60,9 +57,9 @@ async def mget(request: web.Request) -> web.Response:
     if not isinstance(names, list) or len(names) > MAX_BATCH:
         raise errors.BadRequest(f"'keys' must be a list of at most {MAX_BATCH} strings")
     keys = [inputs.key_from_json(k, "keys[]") for k in names]
-    found = await _svc(request).router.mget(keys)
+    found = await _svc(request).kv.mget(keys)
     return web.json_response(inputs.json_values(
-        (name, None if (entry := found[key]) is None else entry[0]) for name, key in zip(names, keys)))
+        (name, None if (entry := found[key]) is None else entry.value) for name, key in zip(names, keys)))
 
 
 async def mset(request: web.Request) -> web.Response:
@@ -72,25 +69,11 @@ async def mset(request: web.Request) -> web.Response:
     if not isinstance(items, dict) or not items or len(items) > MAX_BATCH:
         raise errors.BadRequest(f"'items' must be an object of 1 to {MAX_BATCH} key: value pairs")
     ttl = inputs.ttl_ms(body.get("ttl"))
-    by_slot: dict[int, list[tuple[str, bytes, bytes]]] = {}
-    for name, value in items.items():  # check everything before writing anything
-        key = inputs.key_from_json(name)
-        data = inputs.value_from_json(value, svc.settings.max_value_bytes)
-        by_slot.setdefault(key_slot(key), []).append((name, key, data))
-    slots = list(by_slot)
-    outcomes = await asyncio.gather(
-        *(svc.router.write(s, [[k, v, ttl] for _, k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots),
-        return_exceptions=True)
-    versions: dict[str, int] = {}
-    failed: errors.SnapkvError | None = None
-    for slot, outcome in zip(slots, outcomes):
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, errors.SnapkvError):
-                raise outcome
-            failed = failed or outcome
-            continue
-        for name, _, _ in by_slot[slot]:
-            versions[name] = outcome[0]
+    # check everything before writing anything
+    pairs = [(inputs.key_from_json(name), inputs.value_from_json(value, svc.settings.max_value_bytes))
+             for name, value in items.items()]
+    written, failed = await svc.kv.mset(pairs, ttl)
+    versions = {key.decode(): version for key, version in written.items()}
     if failed is None:
         return web.json_response({"count": len(versions), "versions": versions})
     resp = error_response(failed)
@@ -103,7 +86,7 @@ async def mset(request: web.Request) -> web.Response:
 
 async def keys(request: web.Request) -> web.Response:
     after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
-    items, position = await _svc(request).router.scan(after, prefix, limit, with_values=False)
+    items, position = await _svc(request).kv.scan(after, prefix, limit, with_values=False)
     return web.json_response({"keys": [key.decode("utf-8", "replace") for _slot, key in items],
                               "cursor": inputs.encode_cursor(position)})
 

@@ -13,6 +13,7 @@ from ..common.config import Settings
 from .cluster import Cluster
 from .failover import Failover
 from .health import HealthMonitor
+from .kv import KeyValue
 from .metrics import BrokerMetrics
 from .router import Router
 
@@ -26,6 +27,7 @@ class BrokerService:
         self.data_dir = settings.data_dir or os.path.join("data", "broker")
         self.cluster = Cluster(settings, self.data_dir)
         self.router = Router(self.cluster)
+        self.kv = KeyValue(self.router)
         self.failover = Failover(self.cluster)
         self.health = HealthMonitor(self.cluster, on_down=self.failover.node_down)
         self.metrics = BrokerMetrics(self.cluster)

@@ -19,6 +19,7 @@ from typing import Any
 from ..common import errors, wire
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine, Mutation
+from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.store")
 
@@ -58,7 +59,7 @@ class StoreNode:
         self.assignments: dict[int, Assignment] = {}
         self.confirmed = False  # the broker has told us what we own since we started (rule 3)
         self.committed: dict[int, int] = {}  # slot -> last committed seq
-        self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._commit_waiters: dict[int, SeqWaiters] = {}  # slot -> reads and retries waiting for a commit
         self._promoted: set[int] = set()
         self.replicator: Any = None  # set by the app once replication is wired
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
@@ -196,22 +197,13 @@ class StoreNode:
             return
         self.committed[slot] = seq
         waiters = self._commit_waiters.get(slot)
-        if not waiters:
-            return
-        keep = []
-        for want, fut in waiters:
-            if want <= seq:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((want, fut))
-        self._commit_waiters[slot] = keep
+        if waiters:
+            waiters.reach(seq)
 
     def _after_commit(self, slot: int, seq: int, then: Any) -> Any:
         if seq <= self.committed.get(slot, 0):
             return then()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commit_waiters.setdefault(slot, []).append((seq, fut))
+        fut = self._commit_waiters.setdefault(slot, SeqWaiters()).wait(seq)
         out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[None]) -> None:
@@ -232,9 +224,9 @@ class StoreNode:
             self.mark_committed(slot, seq)
 
     def fail_waiters(self, slot: int) -> None:
-        for _, fut in self._commit_waiters.pop(slot, []):
-            if not fut.done():
-                fut.set_exception(errors.WrongOwner(f"slot {slot} moved", slot=slot))
+        waiters = self._commit_waiters.pop(slot, None)
+        if waiters is not None:
+            waiters.fail(errors.WrongOwner(f"slot {slot} moved", slot=slot))
 
     # -- assignments (rule 3) -------------------------------------------------------------------
     def op_assign(self, args: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from ..common import errors, rpc, wire
 from . import wal as walmod
 from .engine import Mutation
 from .node import PRIMARY, REPLICA, Assignment, then
+from .waiters import SeqWaiters
 
 if TYPE_CHECKING:
     from .node import StoreNode
@@ -48,7 +50,7 @@ class Replicator:
         # slot -> replica -> seq: synced replicas that commits already wait for; once a replica has
         # acknowledged up to that seq, it holds every committed write and may join the ISR
         self.joining: dict[int, dict[str, int]] = {}
-        self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: dict[int, SeqWaiters] = {}  # slot -> commits waiting for acknowledgements
         self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
         self._sync_tasks: dict[str, asyncio.Task[None]] = {}
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
@@ -106,8 +108,7 @@ class Replicator:
         a = self.node.assignments.get(slot)
         if a is None or not (a.isr or self.joining.get(slot)):
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(slot, []).append((seq, fut))
+        fut = self._waiters.setdefault(slot, SeqWaiters()).wait(seq)
         self._check(slot)
         return fut
 
@@ -164,20 +165,13 @@ class Replicator:
             return
         acks = self.acked.get(slot, {})
         required = set(a.isr) | set(self.joining.get(slot, ()))
-        low = min((acks.get(r, 0) for r in required), default=None)
-        keep = []
-        for seq, fut in waiters:
-            if low is None or seq <= low:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((seq, fut))
-        self._waiters[slot] = keep
+        # with nobody left to wait for (the ISR shrank to the primary) every waiting commit is done
+        waiters.reach(min((acks.get(r, 0) for r in required), default=sys.maxsize))
 
     def _fail_waiters(self, slot: int) -> None:
-        for _, fut in self._waiters.pop(slot, []):
-            if not fut.done():
-                fut.set_exception(errors.WrongOwner(f"slot {slot} moved before the write committed", slot=slot))
+        waiters = self._waiters.pop(slot, None)
+        if waiters is not None:
+            waiters.fail(errors.WrongOwner(f"slot {slot} moved before the write committed", slot=slot))
 
     # -- assignments ----------------------------------------------------------------------------
     def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:

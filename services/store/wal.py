@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from ..common import errors
+from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.wal")
 
@@ -108,7 +109,7 @@ class Wal:
         self._queued = 0  # records appended
         self._synced = 0  # records known fsynced
         self._sync_task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters = SeqWaiters()  # by log position
         self._ticker: asyncio.Task[None] | None = None
         self.failed: OSError | None = None
         self.closed = False
@@ -157,14 +158,15 @@ class Wal:
 
     def durable(self, position: int | None = None) -> asyncio.Future[None]:
         """A future done once the record at `position` (default: the last one) may be acknowledged."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         position = self._queued if position is None else position
-        if self._done_upto() >= position:
-            fut.set_result(None)
-        elif self.failed is not None or self.closed:
-            fut.set_exception(self._error())
-        else:
-            self._waiters.append((position, fut))
+        done = self._done_upto()
+        if done < position and (self.failed is not None or self.closed):
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(self._error())
+            return refused
+        fut = self._waiters.wait(position)
+        if done >= position:
+            self._waiters.reach(done)
         return fut
 
     def _done_upto(self) -> int:
@@ -233,10 +235,7 @@ class Wal:
         self._fail_waiters()
 
     def _fail_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for _, fut in waiters:
-            if not fut.done():
-                fut.set_exception(self._error())
+        self._waiters.fail(self._error())
 
     def _error(self) -> errors.SnapkvError:
         if self.failed is None:
@@ -244,17 +243,8 @@ class Wal:
         return errors.Unavailable(f"write-ahead log failed: {self.failed}", log_failed=True)
 
     def _wake(self) -> None:
-        if not self._waiters:
-            return
-        done = self._done_upto()
-        keep = []
-        for position, fut in self._waiters:
-            if position <= done:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((position, fut))
-        self._waiters = keep
+        if self._waiters:
+            self._waiters.reach(self._done_upto())
 
     def rotate(self) -> int:
         """Start a new segment (at a snapshot point); returns the new segment's number.

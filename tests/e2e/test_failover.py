@@ -4,6 +4,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from support.chaos import Workload, copies_ok
 from support.procs import LocalCluster, http
 
@@ -28,6 +30,7 @@ def wait_copies(cluster: LocalCluster, timeout: float) -> float:
                          f"{http('GET', f'{cluster.url}/v1/cluster')[1]['summary']}\n{cluster.logs()}")
 
 
+@pytest.mark.slow  # about 60 s: .ci/run runs it after the default suite (make test-slow)
 def test_chaos_kill_and_restart_stores(local_cluster):
     start_four(local_cluster)
     workload = Workload(local_cluster.url)

@@ -139,14 +139,19 @@ class LocalCluster:
                 last = (view, listed)
                 up = [s for s in listed if s["status"] == "up"]
                 if status == 200 and view["summary"]["ok"] == view["slots"] and len(up) >= want:
-                    ready = all(http("GET", f"{p.url}/readyz", timeout=2)[0] == 200
-                                for p in self.stores.values() if p.alive)
+                    ready = all(self._confirmed(p) for p in self.stores.values() if p.alive)
                     if ready:
                         return view
             except OSError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"cluster not ready after {timeout}s: {str(last)[:1500]}\n{self.logs()}")
+
+    @staticmethod
+    def _confirmed(store: Proc) -> bool:
+        """Ready, and told by the broker what it owns since it started (a returning store drops the rest)."""
+        status, body, _ = http("GET", f"{store.url}/readyz", timeout=2)
+        return status == 200 and bool(body.get("confirmed"))
 
     def logs(self, tail: int = 30) -> str:
         out = []

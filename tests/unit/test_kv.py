@@ -1,0 +1,50 @@
+"""The broker's key-value layer: typed results, one write per slot, partial failures reported."""
+
+from snapkv.broker.kv import Entry, KeyValue, Written
+from snapkv.common import errors
+from snapkv.common.slots import key_slot
+
+
+class FakeRouter:
+    """Answers like the router: writes return [version, existed per op]; one slot can be made to fail."""
+
+    def __init__(self, failing_slot: int | None = None) -> None:
+        self.writes: list[tuple[int, list[list[object]]]] = []
+        self.failing_slot = failing_slot
+        self.data: dict[bytes, list[object]] = {}
+
+    async def write(self, slot, ops, conditions):
+        if slot == self.failing_slot:
+            raise errors.SlotUnavailable(f"slot {slot} is unavailable", slot=slot)
+        self.writes.append((slot, ops))
+        version = (1 << 40) | len(self.writes)
+        existed = [op[0] in self.data for op in ops]
+        for key, value, ttl in ops:
+            self.data[key] = [value, version, ttl]
+        return [version, existed]
+
+    async def get(self, key):
+        return self.data.get(key)
+
+    async def mget(self, keys):
+        return {k: self.data.get(k) for k in keys}
+
+
+async def test_mset_writes_once_per_slot_and_reports_what_was_written():
+    keys = [b"{a}1", b"{a}2", b"{b}1", b"{c}1"]
+    router = FakeRouter(failing_slot=key_slot(b"{c}1"))
+    result = await KeyValue(router).mset([(k, b"v") for k in keys])  # type: ignore[arg-type]
+    assert sorted(slot for slot, _ in router.writes) == sorted({key_slot(b"{a}1"), key_slot(b"{b}1")})
+    assert set(result.versions) == {b"{a}1", b"{a}2", b"{b}1"}
+    assert result.versions[b"{a}1"] == result.versions[b"{a}2"]  # one atomic write for the slot
+    assert isinstance(result.failed, errors.SlotUnavailable)
+
+
+async def test_typed_results():
+    kv = KeyValue(FakeRouter())  # type: ignore[arg-type]
+    first = await kv.put(b"k", b"v", ttl_ms=0)
+    assert isinstance(first, Written) and first.created
+    assert (await kv.put(b"k", b"w")).created is False
+    entry = await kv.get(b"k")
+    assert isinstance(entry, Entry) and entry.value == b"w" and entry.expires_at_ms == 0
+    assert (await kv.mget([b"k", b"nope"])) == {b"k": entry, b"nope": None}
