@@ -31,6 +31,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
 	$(BIN)/mypy
 
 bench: install

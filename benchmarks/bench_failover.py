@@ -115,8 +115,12 @@ def main() -> None:
         finally:
             cluster.stop()
     figures = [
-        {"name": "failover_write_resume_median", "value": round(statistics.median(times), 3), "unit": "s",
-         "target": "<= 1"},
+        {
+            "name": "failover_write_resume_median",
+            "value": round(statistics.median(times), 3),
+            "unit": "s",
+            "target": "<= 1",
+        },
         {"name": "failover_write_resume_max", "value": round(max(times), 3), "unit": "s", "target": "<= 3"},
         {"name": "read_p99_baseline", "value": round(p99(base) * 1000, 2), "unit": "ms"},
         {"name": "read_p99_during_failover", "value": round(p99(during) * 1000, 2), "unit": "ms"},

@@ -45,8 +45,14 @@ TARGETS = {"snapshot_save_seconds": 3.0, "recover_seconds": 3.0, "get_p99_snapsh
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> None:
     target = TARGETS.get(name)
-    line = {"name": name, "value": round(value, 4), "unit": unit, "target": target,
-            "ok": None if target is None else value <= target, **extra}
+    line = {
+        "name": name,
+        "value": round(value, 4),
+        "unit": unit,
+        "target": target,
+        "ok": None if target is None else value <= target,
+        **extra,
+    }
     print(json.dumps(line), flush=True)
 
 
@@ -57,7 +63,7 @@ def dataset(count: int) -> dict[int, list[list[Any]]]:
     by_slot: dict[int, list[list[Any]]] = {}
     for i in range(count):
         key = b"key:%012d" % i
-        by_slot.setdefault(key_slot(key), []).append([key, blob[i * VALUE_BYTES:(i + 1) * VALUE_BYTES], 0])
+        by_slot.setdefault(key_slot(key), []).append([key, blob[i * VALUE_BYTES : (i + 1) * VALUE_BYTES], 0])
     return by_slot
 
 
@@ -88,9 +94,17 @@ async def save_and_recover(by_slot: dict[int, list[list[Any]]], data_dir: str, r
         result = await snapshots.take(reason="bench")
         assert result["ok"], result
         seconds.append(result["ms"] / 1000)
-    emit("snapshot_save_seconds", sorted(seconds)[len(seconds) // 2], "s", keys=keys, bytes=result["bytes"],
-         rounds=rounds, first=round(seconds[0], 3), worst=round(max(seconds), 3),
-         loadavg=round(os.getloadavg()[0], 1))
+    emit(
+        "snapshot_save_seconds",
+        sorted(seconds)[len(seconds) // 2],
+        "s",
+        keys=keys,
+        bytes=result["bytes"],
+        rounds=rounds,
+        first=round(seconds[0], 3),
+        worst=round(max(seconds), 3),
+        loadavg=round(os.getloadavg()[0], 1),
+    )
     assert service.node.wal is not None
     await service.node.wal.stop()
     del service, snapshots, engine
@@ -112,9 +126,24 @@ def start_store(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     sock.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_") and k != "BROKER_URL"}
     env["SNAPKV_LOG_LEVEL"] = "warning"
-    proc = subprocess.Popen([sys.executable, "-m", "snapkv.store", "bench", str(port), "--host", "127.0.0.1",
-                             "--data-dir", data_dir, "--snapshot-interval", "0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snapkv.store",
+            "bench",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            data_dir,
+            "--snapshot-interval",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -131,8 +160,9 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def get_loops(client: rpc.RpcClient, keys: list[tuple[int, bytes]], concurrency: int,
-                    until: asyncio.Future[Any] | float) -> list[float]:
+async def get_loops(
+    client: rpc.RpcClient, keys: list[tuple[int, bytes]], concurrency: int, until: asyncio.Future[Any] | float
+) -> list[float]:
     """Closed-loop GETs until a future is done (or for `until` seconds); each one's latency."""
     latencies: list[float] = []
     stop_at = time.monotonic() + until if isinstance(until, float) else None
@@ -153,8 +183,9 @@ async def get_loops(client: rpc.RpcClient, keys: list[tuple[int, bytes]], concur
     return latencies
 
 
-async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir: str, rounds: int,
-                                  concurrency: int) -> None:
+async def latency_during_snapshot(
+    by_slot: dict[int, list[list[Any]]], data_dir: str, rounds: int, concurrency: int
+) -> None:
     proc, port = start_store(data_dir)
     try:
         async with aiohttp.ClientSession() as session:
@@ -175,8 +206,9 @@ async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir:
             ratios, snapshot_seconds = [], []
             for round_ in range(rounds):
                 baseline = await get_loops(client, keys, concurrency, 3.0)
-                snap = asyncio.ensure_future(session.post(f"http://127.0.0.1:{port}/snapshot",
-                                                          timeout=aiohttp.ClientTimeout(total=120)))
+                snap = asyncio.ensure_future(
+                    session.post(f"http://127.0.0.1:{port}/snapshot", timeout=aiohttp.ClientTimeout(total=120))
+                )
                 during = await get_loops(client, keys, concurrency, snap)
                 resp = await snap
                 result = await resp.json()
@@ -185,16 +217,34 @@ async def latency_during_snapshot(by_slot: dict[int, list[list[Any]]], data_dir:
                 ratio = p99(during) / p99(baseline)
                 ratios.append(ratio)
                 snapshot_seconds.append(result["ms"] / 1000)
-                print(json.dumps({"round": round_ + 1, "p99_baseline_ms": round(p99(baseline) * 1000, 3),
-                                  "p99_during_ms": round(p99(during) * 1000, 3), "ratio": round(ratio, 3),
-                                  "gets_baseline": len(baseline), "gets_during": len(during),
-                                  "snapshot_ms": result["ms"], "keys": result["keys"]}), file=sys.stderr)
+                print(
+                    json.dumps(
+                        {
+                            "round": round_ + 1,
+                            "p99_baseline_ms": round(p99(baseline) * 1000, 3),
+                            "p99_during_ms": round(p99(during) * 1000, 3),
+                            "ratio": round(ratio, 3),
+                            "gets_baseline": len(baseline),
+                            "gets_during": len(during),
+                            "snapshot_ms": result["ms"],
+                            "keys": result["keys"],
+                        }
+                    ),
+                    file=sys.stderr,
+                )
             await client.close()
-        emit("get_p99_snapshot_ratio", sorted(ratios)[len(ratios) // 2], "ratio", rounds=len(ratios),
-             worst=round(max(ratios), 3), concurrency=concurrency, keys=len(keys),
-             load_seconds=round(load_seconds, 1),
-             snapshot_seconds_under_load=round(sorted(snapshot_seconds)[len(snapshot_seconds) // 2], 2),
-             loadavg=round(os.getloadavg()[0], 1))
+        emit(
+            "get_p99_snapshot_ratio",
+            sorted(ratios)[len(ratios) // 2],
+            "ratio",
+            rounds=len(ratios),
+            worst=round(max(ratios), 3),
+            concurrency=concurrency,
+            keys=len(keys),
+            load_seconds=round(load_seconds, 1),
+            snapshot_seconds_under_load=round(sorted(snapshot_seconds)[len(snapshot_seconds) // 2], 2),
+            loadavg=round(os.getloadavg()[0], 1),
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -213,8 +263,7 @@ def main() -> None:
         if args.only in (None, "save"):
             asyncio.run(save_and_recover(by_slot, os.path.join(root, "inproc"), args.rounds))
         if args.only in (None, "latency"):
-            asyncio.run(latency_during_snapshot(by_slot, os.path.join(root, "store"), args.rounds,
-                                                args.concurrency))
+            asyncio.run(latency_during_snapshot(by_slot, os.path.join(root, "store"), args.rounds, args.concurrency))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -30,8 +30,13 @@ def main() -> int:
         if args.pattern not in bench.name:
             continue
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, str(bench)], check=False, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL if args.quiet else None, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(bench)],
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if args.quiet else None,
+            text=True,
+        )
         for line in proc.stdout.splitlines():
             try:
                 figure = json.loads(line)

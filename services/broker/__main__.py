@@ -11,8 +11,9 @@ from .app import make_app
 def main(argv: list[str] | None = None) -> None:
     settings = config.load("snapkv-broker", argv, defaults={"name": "broker"})
     logsetup.setup("broker", settings.log_level)
-    web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None,
-                shutdown_timeout=10.0, access_log=None)
+    web.run_app(
+        make_app(settings), host=settings.host, port=settings.port, print=None, shutdown_timeout=10.0, access_log=None
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,12 @@ async def get_key(request: web.Request) -> web.Response:
     if entry is None:
         raise errors.KeyNotFound(f"key {text!r} not found", key=text)
     value, binary = inputs.text_of(entry.value)
-    body: dict[str, Any] = {"message": "Get operation successful", "key": text, "value": value,
-                            "version": entry.version}
+    body: dict[str, Any] = {
+        "message": "Get operation successful",
+        "key": text,
+        "value": value,
+        "version": entry.version,
+    }
     if binary:
         body["encoding"] = "base64"
     return web.json_response(body)
@@ -91,8 +95,14 @@ async def register(request: web.Request) -> web.Response:
         # returning store (what an unsynced log tail lost must not come back as committed)
         await svc.health.mark_down(name, reason="restarted")
     svc.cluster.on_register(name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot)
-    return web.json_response({"message": "Store registered successfully", "name": name,
-                              "cluster_id": svc.cluster.cluster_id, "epoch": svc.cluster.slotmap.epoch})
+    return web.json_response(
+        {
+            "message": "Store registered successfully",
+            "name": name,
+            "cluster_id": svc.cluster.cluster_id,
+            "epoch": svc.cluster.slotmap.epoch,
+        }
+    )
 
 
 async def isr_change(request: web.Request) -> web.Response:

@@ -39,8 +39,9 @@ async def kv_put(request: web.Request) -> web.Response:
     ttl = inputs.ttl_ms(inputs.query(request.rel_url.raw_query_string).get("ttl"))
     value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
     version, created = await svc.kv.put(key, value, ttl, cond)
-    return web.json_response({"key": key.decode(), "version": version}, status=201 if created else 200,
-                             headers=_etag(version))
+    return web.json_response(
+        {"key": key.decode(), "version": version}, status=201 if created else 200, headers=_etag(version)
+    )
 
 
 async def kv_delete(request: web.Request) -> web.Response:
@@ -58,8 +59,11 @@ async def mget(request: web.Request) -> web.Response:
         raise errors.BadRequest(f"'keys' must be a list of at most {MAX_BATCH} strings")
     keys = [inputs.key_from_json(k, "keys[]") for k in names]
     found = await _svc(request).kv.mget(keys)
-    return web.json_response(inputs.json_values(
-        (name, None if (entry := found[key]) is None else entry.value) for name, key in zip(names, keys)))
+    return web.json_response(
+        inputs.json_values(
+            (name, None if (entry := found[key]) is None else entry.value) for name, key in zip(names, keys)
+        )
+    )
 
 
 async def mset(request: web.Request) -> web.Response:
@@ -70,8 +74,10 @@ async def mset(request: web.Request) -> web.Response:
         raise errors.BadRequest(f"'items' must be an object of 1 to {MAX_BATCH} key: value pairs")
     ttl = inputs.ttl_ms(body.get("ttl"))
     # check everything before writing anything
-    pairs = [(inputs.key_from_json(name), inputs.value_from_json(value, svc.settings.max_value_bytes))
-             for name, value in items.items()]
+    pairs = [
+        (inputs.key_from_json(name), inputs.value_from_json(value, svc.settings.max_value_bytes))
+        for name, value in items.items()
+    ]
     written, failed = await svc.kv.mset(pairs, ttl)
     versions = {key.decode(): version for key, version in written.items()}
     if failed is None:
@@ -80,15 +86,17 @@ async def mset(request: web.Request) -> web.Response:
     body_out = failed.to_json()
     body_out["error"]["message"] = f"{len(versions)} of {len(items)} keys written: {failed.message}"
     body_out.update({"written": sorted(versions), "versions": versions, "count": len(versions)})
-    return web.json_response(body_out, status=resp.status,
-                             headers={k: v for k, v in resp.headers.items() if k == "Retry-After"})
+    return web.json_response(
+        body_out, status=resp.status, headers={k: v for k, v in resp.headers.items() if k == "Retry-After"}
+    )
 
 
 async def keys(request: web.Request) -> web.Response:
     after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
     items, position = await _svc(request).kv.scan(after, prefix, limit, with_values=False)
-    return web.json_response({"keys": [key.decode("utf-8", "replace") for _slot, key in items],
-                              "cursor": inputs.encode_cursor(position)})
+    return web.json_response(
+        {"keys": [key.decode("utf-8", "replace") for _slot, key in items], "cursor": inputs.encode_cursor(position)}
+    )
 
 
 async def cluster(request: web.Request) -> web.Response:

@@ -30,14 +30,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[SERVICE].metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(request.app[SERVICE].metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 def _api_token(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def check(request: web.Request,
-                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if token and request.path not in OPEN_PATHS:
             require_token(request, token)
         return await handler(request)
@@ -57,7 +59,8 @@ def make_app(settings: Settings) -> web.Application:
     warn_no_cluster_token(log, settings.cluster_token, "/register,/internal/isr")
     app = web.Application(
         middlewares=[service.metrics.middleware, json_errors, _api_token(settings.api_token)],
-        client_max_size=2 * settings.max_value_bytes + BODY_ROOM)
+        client_max_size=2 * settings.max_value_bytes + BODY_ROOM,
+    )
     app[SERVICE] = service
     api_seed.add_routes(app)
     api_v1.add_routes(app)

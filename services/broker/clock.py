@@ -19,8 +19,9 @@ STALL = 0.25  # a gap this long between two looks is a stall of the broker itsel
 
 
 class RunningClock:
-    def __init__(self, tick: float = TICK, stall: float = STALL,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, tick: float = TICK, stall: float = STALL, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.tick = tick
         self.stall = stall
         self._monotonic = monotonic

@@ -59,8 +59,7 @@ class Cluster:
             self.cluster_id = saved["cluster_id"]
             self.slotmap = SlotMap.from_json(saved["map"])
             for name, info in saved.get("nodes", {}).items():
-                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [],
-                                                 self.clock.now())
+                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [], self.clock.now())
                 node.status = DOWN  # until it registers or answers a health check
                 node.trusted_boot = info.get("boot", "")
             self.loaded_state = True
@@ -93,8 +92,9 @@ class Cluster:
             pass
 
     def snapshot_state(self) -> dict[str, Any]:
-        nodes = {n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot}
-                 for n in self.registry.nodes.values()}
+        nodes = {
+            n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot} for n in self.registry.nodes.values()
+        }
         return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
 
     async def persist(self) -> None:
@@ -163,11 +163,18 @@ class Cluster:
         drop = [[s, self.slotmap.entry(s).epoch, self.slotmap.entry(s).primary] for s in sorted(gone)]
         frames = [self.assignment_frame(name, s) for s in keep]
         try:
-            await self.conn(name).call(wire.OP_ASSIGN, {"slots": frames, "drop": drop, "confirm": confirm,
-                                                        "full": confirm,
-                                                        "cluster": self.cluster_id,
-                                                        "replication": self.settings.replication},
-                                       timeout=self.settings.request_deadline)
+            await self.conn(name).call(
+                wire.OP_ASSIGN,
+                {
+                    "slots": frames,
+                    "drop": drop,
+                    "confirm": confirm,
+                    "full": confirm,
+                    "cluster": self.cluster_id,
+                    "replication": self.settings.replication,
+                },
+                timeout=self.settings.request_deadline,
+            )
         except errors.SnapkvError as exc:
             log.warning("event=push_failed node=%s slots=%d error=%s", name, len(frames), exc.code)
             raise
@@ -216,8 +223,15 @@ class Cluster:
         nodes = self.registry.nodes.values()
         trusted = {n.name for n in nodes if n.trusted_boot and n.boot == n.trusted_boot}
         frozen = {n.name for n in nodes if not n.confirmed}
-        return placement.catch_up(self.slotmap, name, {n.name: n.positions for n in nodes}, trusted,
-                                  self.registry.sites(), node.restarted, frozen)
+        return placement.catch_up(
+            self.slotmap,
+            name,
+            {n.name: n.positions for n in nodes},
+            trusted,
+            self.registry.sites(),
+            node.restarted,
+            frozen,
+        )
 
     def fail_pending(self, name: str, reason: str) -> None:
         """Requests waiting on a store just found down retry elsewhere now, not at their timeout."""
@@ -237,8 +251,12 @@ class Cluster:
                 asyncio.get_running_loop().create_task(conn.close())
             assert self._session is not None
             conn = self._conns[name] = rpc.RpcClient(
-                self._session, url, token=self.settings.cluster_token or None,
-                on_lost=lambda: self._lost(name), connect_timeout=self.settings.heartbeat_interval * 2)
+                self._session,
+                url,
+                token=self.settings.cluster_token or None,
+                on_lost=lambda: self._lost(name),
+                connect_timeout=self.settings.heartbeat_interval * 2,
+            )
         return conn
 
     def _lost(self, name: str) -> None:
@@ -250,11 +268,18 @@ class Cluster:
         """Whether `boot` is a new incarnation of a store we know as up and holding data: it may have
         lost an unsynced log tail, so it must be failed over before it serves (not only confirmed)."""
         node = self.registry.get(name)
-        return (node is not None and bool(node.boot) and bool(boot) and boot != node.boot
-                and node.status != DOWN and self.holds_anything(name))
+        return (
+            node is not None
+            and bool(node.boot)
+            and bool(boot)
+            and boot != node.boot
+            and node.status != DOWN
+            and self.holds_anything(name)
+        )
 
-    def on_register(self, name: str, address: str, site: str, inventory: list[list[Any]],
-                    confirmed: bool = False, boot: str = "") -> None:
+    def on_register(
+        self, name: str, address: str, site: str, inventory: list[list[Any]], confirmed: bool = False, boot: str = ""
+    ) -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
         node, changed = self.registry.register(name, address, site, inventory, self.clock.now())
         node.new_boot(boot)
@@ -263,8 +288,13 @@ class Cluster:
             node.confirmed = False
         self._last_registration = time.monotonic()
         if changed or node.status == DOWN:
-            log.info("event=node_registered node=%s address=%s site=%s slots_on_disk=%d", name, address,
-                     site or "-", len(inventory))
+            log.info(
+                "event=node_registered node=%s address=%s site=%s slots_on_disk=%d",
+                name,
+                address,
+                site or "-",
+                len(inventory),
+            )
         node.refused = 0
         if not self.slotmap.assigned:
             if self._bootstrap_task is None or self._bootstrap_task.done():

@@ -59,8 +59,9 @@ class Failover:
         if self.in_grace():
             return 0
         async with self.lock:
-            changes, promoted = placement.repair(cluster.slotmap, cluster.registry.sites(),
-                                                 cluster.settings.replication_factor)
+            changes, promoted = placement.repair(
+                cluster.slotmap, cluster.registry.sites(), cluster.settings.replication_factor
+            )
             if not changes:
                 return 0
             changed = await cluster.apply(changes, reason)
@@ -84,8 +85,13 @@ class Failover:
             promoted = sum(1 for c in changes if c.primary != name and cluster.slotmap.entry(c.slot).primary == name)
             changed = await cluster.apply(changes, f"catch_up:{name}")
             cluster.failovers += promoted
-            log.warning("event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d", name,
-                        cluster.registry.nodes[name].restarted, promoted, changed)
+            log.warning(
+                "event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d",
+                name,
+                cluster.registry.nodes[name].restarted,
+                promoted,
+                changed,
+            )
 
     async def isr_change(self, store: str, requests: list[list[Any]]) -> list[bool]:
         """Apply ISR changes a primary asks for, when it is still the primary at that epoch."""

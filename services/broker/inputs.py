@@ -66,7 +66,7 @@ def key_from_path(raw_path: str, prefix: str) -> bytes:
     if not path.startswith(prefix):
         raise errors.BadRequest("malformed key path")
     try:
-        raw = unquote_to_bytes(path[len(prefix):])
+        raw = unquote_to_bytes(path[len(prefix) :])
     except UnicodeEncodeError:  # a raw non-UTF-8 byte the pure-Python HTTP parser kept as a surrogate
         raise errors.BadRequest("key must be valid UTF-8") from None
     return key_bytes(raw)
@@ -193,8 +193,14 @@ def inventory(value: Any) -> list[list[Any]]:
     if value is None:
         return []
     if not isinstance(value, list) or any(
-            not isinstance(i, list) or len(i) != 5 or not _count(i[0]) or i[0] >= SLOTS
-            or i[1] not in ("primary", "replica") or not all(_count(x) for x in i[2:]) for i in value):
+        not isinstance(i, list)
+        or len(i) != 5
+        or not _count(i[0])
+        or i[0] >= SLOTS
+        or i[1] not in ("primary", "replica")
+        or not all(_count(x) for x in i[2:])
+        for i in value
+    ):
         raise errors.BadRequest("'inventory' must be a list of [slot, role, seq, data_epoch, epoch]")
     return value
 
@@ -202,7 +208,14 @@ def inventory(value: Any) -> list[list[Any]]:
 def isr_changes(value: Any) -> list[list[Any]]:
     """ISR requests of a primary: [[slot, epoch, "add"|"remove", replica], ...]."""
     if not isinstance(value, list) or any(
-            not isinstance(c, list) or len(c) != 4 or not _count(c[0]) or c[0] >= SLOTS or not _count(c[1])
-            or c[2] not in ("add", "remove") or not isinstance(c[3], str) for c in value):
+        not isinstance(c, list)
+        or len(c) != 4
+        or not _count(c[0])
+        or c[0] >= SLOTS
+        or not _count(c[1])
+        or c[2] not in ("add", "remove")
+        or not isinstance(c[3], str)
+        for c in value
+    ):
         raise errors.BadRequest("expected {store, changes: [[slot, epoch, add|remove, replica], ...]}")
     return value

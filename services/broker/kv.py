@@ -58,9 +58,9 @@ class KeyValue:
             by_slot.setdefault(key_slot(key), []).append((key, value))
         slots = list(by_slot)
         outcomes = await asyncio.gather(
-            *(self.router.write(s, [[k, v, ttl_ms] for k, v in by_slot[s]], [None] * len(by_slot[s]))
-              for s in slots),
-            return_exceptions=True)
+            *(self.router.write(s, [[k, v, ttl_ms] for k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots),
+            return_exceptions=True,
+        )
         versions: dict[bytes, int] = {}
         failed: errors.SnapkvError | None = None
         for slot, outcome in zip(slots, outcomes):
@@ -73,7 +73,8 @@ class KeyValue:
                 versions[key] = outcome[0]
         return MsetResult(versions, failed)
 
-    async def scan(self, after: tuple[int, bytes] | None, prefix: bytes, limit: int,
-                   with_values: bool) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
+    async def scan(
+        self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool
+    ) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
         """One page of live entries in (slot, key) order and the position to continue from, or None."""
         return await self.router.scan(after, prefix, limit, with_values)

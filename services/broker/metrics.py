@@ -20,17 +20,25 @@ class BrokerMetrics:
     def __init__(self, cluster: Cluster) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.requests = Counter("snapkv_broker_requests", "HTTP requests by route and status code",
-                                ["route", "code"], registry=self.registry)
-        self.request_seconds = Histogram("snapkv_broker_request_seconds", "HTTP request latency", ["route"],
-                                         registry=self.registry,
-                                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                  0.5, 1, 2.5, 5))
+        self.requests = Counter(
+            "snapkv_broker_requests",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "snapkv_broker_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.registry.register(_ClusterCollector(cluster))
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         started = time.perf_counter()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         response = await handler(request)
@@ -61,7 +69,8 @@ class _ClusterCollector(Collector):
         for node in c.registry.nodes.values():
             load.add_metric([node.name], node.load)
         yield load
-        yield CounterMetricFamily("snapkv_broker_failovers", "Slot primaries promoted after a failure",
-                                  value=c.failovers)
+        yield CounterMetricFamily(
+            "snapkv_broker_failovers", "Slot primaries promoted after a failure", value=c.failovers
+        )
         yield CounterMetricFamily("snapkv_broker_slot_moves", "Slots moved between stores", value=c.slot_moves)
         yield GaugeMetricFamily("snapkv_broker_epoch", "Current cluster epoch", value=c.slotmap.epoch)

@@ -25,15 +25,20 @@ def interleave_sites(nodes: Mapping[str, str]) -> list[str]:
 BLOCK = 64  # replicas are chosen per block of consecutive slots: fewer, longer ranges
 
 
-def pick_replicas(primary: str, nodes: Mapping[str, str], copies: int, load: Mapping[str, int],
-                  exclude: tuple[str, ...] = (), existing: tuple[str, ...] = ()) -> list[str]:
+def pick_replicas(
+    primary: str,
+    nodes: Mapping[str, str],
+    copies: int,
+    load: Mapping[str, int],
+    exclude: tuple[str, ...] = (),
+    existing: tuple[str, ...] = (),
+) -> list[str]:
     """New replicas so that the slot has `copies` copies with the `existing` ones: nodes on sites
     without a copy first, least loaded first."""
     chosen: list[str] = []
     while len(existing) + len(chosen) < copies - 1:
         used_sites = {nodes.get(primary)} | {nodes.get(r) for r in (*existing, *chosen)}
-        candidates = [n for n in nodes if n != primary and n not in chosen and n not in existing
-                      and n not in exclude]
+        candidates = [n for n in nodes if n != primary and n not in chosen and n not in existing and n not in exclude]
         if not candidates:
             break
         pool = [n for n in candidates if nodes[n] not in used_sites] or candidates
@@ -65,7 +70,7 @@ def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> li
             replicas = [pool[i * len(pool) // len(range_slots)]] if pool and copies > 1 else []
             if copies > 2 and (i % BLOCK == 0 or replicas[0] in extra):
                 extra = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
-            replicas += [n for n in extra if n not in replicas][:copies - 1 - len(replicas)]
+            replicas += [n for n in extra if n not in replicas][: copies - 1 - len(replicas)]
             for r in replicas:
                 load[r] += 1
             changes.append(Change(slot, primary, replicas, list(replicas)))
@@ -130,8 +135,11 @@ def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) 
             replicas += extra
         elif len(replicas) + 1 == copies and len(_sites(nodes, [primary, *replicas])) < want_sites:
             # a whole site was down: one copy more on a site without one; the surplus leaves once in sync
-            extra = [r for r in pick_replicas(primary, nodes, copies + 1, load, existing=tuple(replicas))
-                     if nodes[r] not in _sites(nodes, [primary, *replicas])]
+            extra = [
+                r
+                for r in pick_replicas(primary, nodes, copies + 1, load, existing=tuple(replicas))
+                if nodes[r] not in _sites(nodes, [primary, *replicas])
+            ]
             for r in extra:
                 load[r] += 1
             replicas += extra
@@ -154,9 +162,15 @@ def _sites(nodes: Mapping[str, str], names: list[str]) -> set[str]:
 Position = tuple[int, int, int]  # (data_epoch, seq, assignment epoch) a copy reported for a slot
 
 
-def catch_up(slotmap: SlotMap, name: str, positions: Mapping[str, Mapping[int, Position] | None],
-             trusted: Collection[str], up: Collection[str], restarted: bool,
-             frozen: Collection[str] = ()) -> list[Change]:
+def catch_up(
+    slotmap: SlotMap,
+    name: str,
+    positions: Mapping[str, Mapping[int, Position] | None],
+    trusted: Collection[str],
+    up: Collection[str],
+    restarted: bool,
+    frozen: Collection[str] = (),
+) -> list[Change]:
     """Slots where the copy on `name` may hold less than it acknowledged or than an in-sync replica
     holds: a plan that never lets such a copy overwrite a newer one (rule 2).
 
@@ -179,14 +193,21 @@ def catch_up(slotmap: SlotMap, name: str, positions: Mapping[str, Mapping[int, P
         elif restarted and name in e.isr and e.primary is not None:
             primary_at = (positions.get(e.primary) or {}).get(slot) if e.primary in frozen else None
             if own is None or primary_at is None or own < primary_at[:2]:
-                changes.append(Change(slot, e.primary, [r for r in e.replicas if r != name],
-                                      [r for r in e.isr if r != name]))
+                changes.append(
+                    Change(slot, e.primary, [r for r in e.replicas if r != name], [r for r in e.isr if r != name])
+                )
     return changes
 
 
-def _successor(e: SlotEntry, slot: int, own: tuple[int, int] | None,
-               positions: Mapping[str, Mapping[int, Position] | None], trusted: Collection[str],
-               up: Collection[str], restarted: bool) -> str | None:
+def _successor(
+    e: SlotEntry,
+    slot: int,
+    own: tuple[int, int] | None,
+    positions: Mapping[str, Mapping[int, Position] | None],
+    trusted: Collection[str],
+    up: Collection[str],
+    restarted: bool,
+) -> str | None:
     best: tuple[tuple[bool, tuple[int, int]], str] | None = None
     for r in e.isr:
         reported = (positions.get(r) or {}).get(slot)

@@ -63,8 +63,7 @@ class Registry:
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
 
-    def register(self, name: str, address: str, site: str, inventory: list[list[Any]],
-                 now: float) -> tuple[Node, bool]:
+    def register(self, name: str, address: str, site: str, inventory: list[list[Any]], now: float) -> tuple[Node, bool]:
         """Add or refresh a node; (node, changed) where changed means new or moved to a new address.
 
         The same name at a new address is accepted only when the old one is down (else 409).
@@ -75,8 +74,7 @@ class Registry:
             return node, True
         changed = node.address != address
         if changed and node.status in (UP, DRAINING, DRAINED):
-            raise errors.NameTaken(f"store {name!r} is registered at {node.address} and up",
-                                   address=node.address)
+            raise errors.NameTaken(f"store {name!r} is registered at {node.address} and up", address=node.address)
         was_down = node.status == DOWN
         node.address, node.site, node.inventory = address, site, inventory
         node.last_ok = now
@@ -90,8 +88,11 @@ class Registry:
 
     def sites(self, names: list[str] | None = None) -> dict[str, str]:
         """{name: site} of up nodes (optionally of the given names), as placement wants it."""
-        return {n.name: n.site for n in self.nodes.values()
-                if n.up and not n.draining and (names is None or n.name in names)}
+        return {
+            n.name: n.site
+            for n in self.nodes.values()
+            if n.up and not n.draining and (names is None or n.name in names)
+        }
 
     def address(self, name: str) -> str:
         node = self.nodes.get(name)

@@ -31,8 +31,7 @@ class Router:
     def new_rid(self) -> str:
         return f"{self._rid_prefix}-{next(self._rids)}"
 
-    async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool,
-                   allow_replica: bool = True) -> Any:
+    async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool, allow_replica: bool = True) -> Any:
         """Send to the slot's primary; reads fall back to an in-sync replica at once when it fails."""
         cluster = self.cluster
         loop = asyncio.get_running_loop()
@@ -73,7 +72,8 @@ class Router:
                     # the store has not heard of this epoch yet (a push in flight), or lost its assignment;
                     # a restarted store comes back through registration, never through a push from here
                     if not exc.detail.get("unconfirmed") and (
-                            exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3):
+                        exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3
+                    ):
                         cluster.push_all(target)
                 else:
                     failed.add(target)
@@ -96,8 +96,9 @@ class Router:
         results = await asyncio.gather(*(self.get(k) for k in keys))
         return dict(zip(keys, results))
 
-    async def scan(self, after: tuple[int, bytes] | None, prefix: bytes, limit: int,
-                   with_values: bool) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
+    async def scan(
+        self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool
+    ) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
         """One page of live entries in (slot, key) order; the position to continue from, or None."""
         cluster = self.cluster
         slotmap = cluster.slotmap
@@ -114,8 +115,9 @@ class Router:
                 continue
             start_key = after[1] if after is not None and after[0] == slot else None
             args: list[Any] = [run, slot, start_key, prefix, limit - len(items), with_values]
-            page, more, missing = await self.call(slot, wire.OP_SCAN, functools.partial(_same, args), write=False,
-                                                  allow_replica=False)
+            page, more, missing = await self.call(
+                slot, wire.OP_SCAN, functools.partial(_same, args), write=False, allow_replica=False
+            )
             if missing:  # ownership moved under us: read the map again and redo this run
                 await cluster.wait_changed(0.05)
                 continue

@@ -49,12 +49,17 @@ class BrokerService:
         out = []
         for node in sorted(self.cluster.registry.nodes.values(), key=lambda n: n.name):
             keys = node.stats.get("keys", {}) if node.stats else {}
-            out.append({
-                "name": node.name, "address": node.address, "site": node.site, "status": node.status,
-                "slots": counts.get(node.name, {"primary": 0, "replica": 0}),
-                "keys": {"primary": keys.get("primary", 0), "replica": keys.get("replica", 0)},
-                "load": round(node.load, 3),
-            })
+            out.append(
+                {
+                    "name": node.name,
+                    "address": node.address,
+                    "site": node.site,
+                    "status": node.status,
+                    "slots": counts.get(node.name, {"primary": 0, "replica": 0}),
+                    "keys": {"primary": keys.get("primary", 0), "replica": keys.get("replica", 0)},
+                    "load": round(node.load, 3),
+                }
+            )
         return out
 
     async def snapshot_all(self) -> list[dict[str, Any]]:
@@ -77,7 +82,11 @@ class BrokerService:
 
     def cluster_view(self) -> dict[str, Any]:
         c = self.cluster
-        return {"cluster_id": c.cluster_id, "epoch": c.slotmap.epoch, "slots": len(c.slotmap),
-                "replication_factor": self.settings.replication_factor,
-                "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
-                "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted)}
+        return {
+            "cluster_id": c.cluster_id,
+            "epoch": c.slotmap.epoch,
+            "slots": len(c.slotmap),
+            "replication_factor": self.settings.replication_factor,
+            "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
+            "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
+        }

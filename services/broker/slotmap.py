@@ -115,13 +115,28 @@ class SlotMap:
         for slot, e in enumerate(self.entries):
             state = self.state(slot, is_up, copies_wanted)
             last = out[-1] if out else None
-            if (last is not None and last["to"] == slot - 1 and last["primary"] == e.primary
-                    and last["replicas"] == e.replicas and last["isr"] == e.isr and last["epoch"] == e.epoch
-                    and last["state"] == state):
+            if (
+                last is not None
+                and last["to"] == slot - 1
+                and last["primary"] == e.primary
+                and last["replicas"] == e.replicas
+                and last["isr"] == e.isr
+                and last["epoch"] == e.epoch
+                and last["state"] == state
+            ):
                 last["to"] = slot
             else:
-                out.append({"from": slot, "to": slot, "primary": e.primary, "replicas": list(e.replicas),
-                            "isr": list(e.isr), "epoch": e.epoch, "state": state})
+                out.append(
+                    {
+                        "from": slot,
+                        "to": slot,
+                        "primary": e.primary,
+                        "replicas": list(e.replicas),
+                        "isr": list(e.isr),
+                        "epoch": e.epoch,
+                        "state": state,
+                    }
+                )
         return out
 
     def to_json(self) -> dict[str, Any]:

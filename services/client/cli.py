@@ -13,8 +13,9 @@ from .local import run_local_cluster
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="snapkv", description="snapkv command line")
-    parser.add_argument("--url", default=os.environ.get("SNAPKV_URL", "http://localhost:8080"),
-                        help="broker URL (env SNAPKV_URL)")
+    parser.add_argument(
+        "--url", default=os.environ.get("SNAPKV_URL", "http://localhost:8080"), help="broker URL (env SNAPKV_URL)"
+    )
     parser.add_argument("--token", default=os.environ.get("SNAPKV_API_TOKEN"), help="API token")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a broker and N stores on this machine; Ctrl-C stops them")

@@ -36,8 +36,9 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
@@ -65,8 +66,7 @@ class Client:
                 return None
             raise
 
-    def put(self, key: str | bytes, value: bytes | str, ttl: float | None = None,
-            if_match: int | None = None) -> int:
+    def put(self, key: str | bytes, value: bytes | str, ttl: float | None = None, if_match: int | None = None) -> int:
         data = value.encode() if isinstance(value, str) else value
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
         query = f"?ttl={ttl}" if ttl else ""
@@ -135,8 +135,9 @@ class AsyncClient:
             await self._check(resp)
             return await resp.read()
 
-    async def put(self, key: str | bytes, value: bytes | str, ttl: float | None = None,
-                  if_match: int | None = None) -> int:
+    async def put(
+        self, key: str | bytes, value: bytes | str, ttl: float | None = None, if_match: int | None = None
+    ) -> int:
         data = value.encode() if isinstance(value, str) else value
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
         params = {"ttl": str(ttl)} if ttl else None

@@ -79,23 +79,57 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
                 p.kill()
 
     try:
-        procs.append(subprocess.Popen([py, "-m", "snapkv.broker", "--host", "127.0.0.1", "--port", str(port),
-                                       "--data-dir", os.path.join(data_dir, "broker")], env=env,
-                                      preexec_fn=_die_with_parent))
+        procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "snapkv.broker",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    os.path.join(data_dir, "broker"),
+                ],
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        )
         for i in range(1, stores + 1):
             site = f"site-{'abcdefgh'[(i - 1) % max(1, sites)]}"
-            procs.append(subprocess.Popen(
-                [py, "-m", "snapkv.store", f"store{i}", str(port + i), "--host", "127.0.0.1",
-                 "--data-dir", os.path.join(data_dir, f"store{i}"), "--site", site], env=env,
-                preexec_fn=_die_with_parent))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "snapkv.store",
+                        f"store{i}",
+                        str(port + i),
+                        "--host",
+                        "127.0.0.1",
+                        "--data-dir",
+                        os.path.join(data_dir, f"store{i}"),
+                        "--site",
+                        site,
+                    ],
+                    env=env,
+                    preexec_fn=_die_with_parent,
+                )
+            )
         ok = _wait_ready(f"{broker_url}/readyz", 30)
-        print(f"snapkv: broker listening on {broker_url} with {stores} stores "
-              f"({'ready' if ok else 'not ready yet'}); data in {os.path.abspath(data_dir)}; Ctrl-C stops",
-              flush=True)
+        print(
+            f"snapkv: broker listening on {broker_url} with {stores} stores "
+            f"({'ready' if ok else 'not ready yet'}); data in {os.path.abspath(data_dir)}; Ctrl-C stops",
+            flush=True,
+        )
         if token_file:
             print(f"  cluster token (internal routes) in {os.path.abspath(token_file)}", flush=True)
-        print(f"  try: curl -X POST {broker_url}/set -H 'Content-Type: application/json' "
-              "-d '{\"key\": \"k1\", \"value\": \"v1\"}'", flush=True)
+        print(
+            f"  try: curl -X POST {broker_url}/set -H 'Content-Type: application/json' "
+            '-d \'{"key": "k1", "value": "v1"}\'',
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

@@ -20,8 +20,9 @@ import yaml
 _PLAIN_ENV = {"broker_url": "BROKER_URL", "prometheus_url": "PROMETHEUS_URL"}
 
 
-def _opt(default: Any, help: str, *, choices: tuple[str, ...] = (), lo: float | None = None,
-         hi: float | None = None) -> Any:
+def _opt(
+    default: Any, help: str, *, choices: tuple[str, ...] = (), lo: float | None = None, hi: float | None = None
+) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi})
 
 
@@ -45,8 +46,9 @@ class Settings:
     drain_timeout: float = _opt(60.0, "seconds a draining store waits for its slots to move", lo=0)
     # broker
     replication_factor: int = _opt(2, "copies of each slot (primary + replicas)", lo=1, hi=3)
-    replication: str = _opt("sync", "acknowledge after replicas logged (sync) or at once (async)",
-                            choices=("sync", "async"))
+    replication: str = _opt(
+        "sync", "acknowledge after replicas logged (sync) or at once (async)", choices=("sync", "async")
+    )
     min_stores: int = _opt(1, "stores that must register before slots are first assigned", lo=1)
     settle_time: float = _opt(1.0, "seconds without new registrations before first assignment", lo=0)
     max_value_bytes: int = _opt(1024 * 1024, "largest value in bytes", lo=1)
@@ -96,13 +98,22 @@ def build_parser(prog: str, positional: tuple[str, ...] = ()) -> argparse.Argume
         if f.name in positional:
             continue
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None,
-                            help=f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})")
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            help=f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})",
+        )
     return parser
 
 
-def load(prog: str, argv: list[str] | None = None, positional: tuple[str, ...] = (),
-         defaults: dict[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load(
+    prog: str,
+    argv: list[str] | None = None,
+    positional: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
     """Parse flags, env and YAML into validated Settings; exit with one line on a bad setting.
 
     `defaults` are the program's own defaults (e.g. the store has no default port): lowest precedence.
@@ -115,8 +126,7 @@ def load(prog: str, argv: list[str] | None = None, positional: tuple[str, ...] =
         raise SystemExit(2) from None
 
 
-def resolve(args: dict[str, Any], env: Mapping[str, str],
-            defaults: dict[str, Any]) -> Settings:
+def resolve(args: dict[str, Any], env: Mapping[str, str], defaults: dict[str, Any]) -> Settings:
     config_path = args.get("config") or env.get(env_name("config"), "")
     from_file: dict[str, Any] = {}
     if config_path:
@@ -133,8 +143,7 @@ def resolve(args: dict[str, Any], env: Mapping[str, str],
             raise ValueError(f"config={config_path!r}: unknown settings {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        for source in (args.get(f.name), env.get(env_name(f.name)), from_file.get(f.name),
-                       defaults.get(f.name)):
+        for source in (args.get(f.name), env.get(env_name(f.name)), from_file.get(f.name), defaults.get(f.name)):
             if source is not None and source != "":
                 values[f.name] = _convert(f, source)
                 break

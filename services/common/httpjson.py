@@ -26,8 +26,13 @@ def error_response(err: errors.SnapkvError) -> web.Response:
     return web.json_response(err.to_json(), status=status, headers=headers)
 
 
-_HTTP_CODES = {400: errors.BadRequest, 401: errors.Unauthorized, 404: errors.NotFound,
-               405: errors.MethodNotAllowed, 413: errors.ValueTooLarge}
+_HTTP_CODES = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.ValueTooLarge,
+}
 
 
 @web.middleware
@@ -67,8 +72,10 @@ def require_token(request: web.Request, token: str) -> None:
         raise errors.Unauthorized("missing or wrong bearer token")
 
 
-NO_TOKEN_HINT = ("set SNAPKV_CLUSTER_TOKEN (one shared secret) on the broker and every store "
-                 "to accept internal traffic from other hosts")
+NO_TOKEN_HINT = (
+    "set SNAPKV_CLUSTER_TOKEN (one shared secret) on the broker and every store "
+    "to accept internal traffic from other hosts"
+)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -88,14 +95,20 @@ def require_cluster_access(request: web.Request, token: str) -> None:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     host = peer[0] if isinstance(peer, tuple) and peer else None
     if not is_loopback(host):
-        raise errors.Unauthorized(f"{request.path} accepts only loopback peers when no cluster token is set; "
-                                  f"{NO_TOKEN_HINT}", peer=host or "unknown")
+        raise errors.Unauthorized(
+            f"{request.path} accepts only loopback peers when no cluster token is set; {NO_TOKEN_HINT}",
+            peer=host or "unknown",
+        )
 
 
 def warn_no_cluster_token(logger: logging.Logger, token: str, routes: str) -> None:
     if not token:
-        logger.warning("event=no_cluster_token routes=%s mode=protected "
-                       "msg='internal routes accept only loopback peers' hint='%s'", routes, NO_TOKEN_HINT)
+        logger.warning(
+            "event=no_cluster_token routes=%s mode=protected "
+            "msg='internal routes accept only loopback peers' hint='%s'",
+            routes,
+            NO_TOKEN_HINT,
+        )
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

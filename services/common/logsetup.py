@@ -8,8 +8,9 @@ import sys
 
 def setup(node: str, level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"ts=%(asctime)s level=%(levelname)s node={node} logger=%(name)s %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(f"ts=%(asctime)s level=%(levelname)s node={node} logger=%(name)s %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -190,8 +190,9 @@ class RpcClient:
                 pass
 
 
-async def serve(request: web.Request, handler: Handler,
-                open_set: set[web.WebSocketResponse] | None = None) -> web.WebSocketResponse:
+async def serve(
+    request: web.Request, handler: Handler, open_set: set[web.WebSocketResponse] | None = None
+) -> web.WebSocketResponse:
     """Server side of an internal connection: dispatch every frame, reply as results arrive.
 
     `open_set` tracks live connections so that shutdown can close them.

@@ -26,8 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     except DataDirError as exc:
         print(f"snapkv-store: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=10.0,
-                access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10.0,
+        access_log=None,
+        handle_signals=True,
+    )
 
 
 if __name__ == "__main__":

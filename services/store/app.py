@@ -56,12 +56,19 @@ class StoreService:
         self.data_dir = settings.data_dir or os.path.join("data", settings.name)
         self.engine = Engine()
         self.node = StoreNode(self.name, self.engine, None)
-        self.metrics = StoreMetrics(self.node, lambda: self.snapshots.last_at if self.snapshots else 0.0,
-                                    lambda: self.ready)
+        self.metrics = StoreMetrics(
+            self.node, lambda: self.snapshots.last_at if self.snapshots else 0.0, lambda: self.ready
+        )
         self.node.observe = lambda op, seconds: self.metrics.op_seconds.labels(op).observe(seconds)
         self.recovered = False
-        self.registrar = Registrar(self.node, settings.broker_url, settings.cluster_token,
-                                   settings.register_interval, self.address, settings.site)
+        self.registrar = Registrar(
+            self.node,
+            settings.broker_url,
+            settings.cluster_token,
+            settings.register_interval,
+            self.address,
+            settings.site,
+        )
         self.snapshots: snapshot.Snapshotter | None = None
         self._lock_fd: int | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -102,21 +109,28 @@ class StoreService:
         self.node.wal.start()
         assert self._session is not None
         broker_base = self.settings.broker_url.rsplit("/register", 1)[0]
-        replicator = Replicator(self.node, self._session, broker_base, self.settings.cluster_token,
-                                self.settings.replication)
+        replicator = Replicator(
+            self.node, self._session, broker_base, self.settings.cluster_token, self.settings.replication
+        )
         self.node.replicator = replicator
         replicator.on_behind = self.registrar.soon
         self.node.add_handler(wire.OP_REPLICATE, replicator.op_replicate)
         self.node.add_handler(wire.OP_SYNC, replicator.op_sync)
-        self.snapshots = snapshot.Snapshotter(self.name, self.data_dir, self.node, self.settings.snapshot_interval,
-                                              self.metrics.snapshot_seconds.observe)
+        self.snapshots = snapshot.Snapshotter(
+            self.name, self.data_dir, self.node, self.settings.snapshot_interval, self.metrics.snapshot_seconds.observe
+        )
         self.node.add_handler(wire.OP_SNAPSHOT, lambda _args: self.snapshots.take(reason="manual"))
         if result.snapshot_time:
             self.snapshots.last_at = result.snapshot_time
         self.recovered = True
-        log.info("event=recovered keys=%d slots=%d snapshot=%s replayed=%d seconds=%.3f", self.engine.key_count(),
-                 len(self.node.assignments), result.snapshot_file or "-", result.replayed,
-                 time.perf_counter() - started)
+        log.info(
+            "event=recovered keys=%d slots=%d snapshot=%s replayed=%d seconds=%.3f",
+            self.engine.key_count(),
+            len(self.node.assignments),
+            result.snapshot_file or "-",
+            result.replayed,
+            time.perf_counter() - started,
+        )
 
     async def stop(self) -> None:
         if self.node.replicator is not None:
@@ -149,13 +163,16 @@ class StoreService:
         return web.json_response({"status": "ok", "name": self.name})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        body = {"name": self.name, "recovered": self.recovered, "registered": self.registrar.registered,
-                "confirmed": self.node.confirmed}
+        body = {
+            "name": self.name,
+            "recovered": self.recovered,
+            "registered": self.registrar.registered,
+            "confirmed": self.node.confirmed,
+        }
         return web.json_response(body, status=200 if self.ready else 503)
 
     async def metrics_route(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def snapshot_route(self, request: web.Request) -> web.Response:
         require_cluster_access(request, self.settings.cluster_token)
@@ -164,8 +181,9 @@ class StoreService:
         return web.json_response(result, status=200 if result["ok"] else 502)
 
     async def info(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": self.name, "address": self.address, "site": self.site,
-                                  "ready": self.ready, **self.node.stats()})
+        return web.json_response(
+            {"name": self.name, "address": self.address, "site": self.site, "ready": self.ready, **self.node.stats()}
+        )
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

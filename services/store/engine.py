@@ -22,7 +22,6 @@ SEQ_BITS = 40
 RECENT_IDS = 512  # request ids remembered per slot for idempotent retries (rule 7)
 
 
-
 def make_version(epoch: int, seq: int) -> int:
     return (epoch << SEQ_BITS) | seq
 
@@ -67,8 +66,9 @@ class Engine:
         data = self.slots.get(slot)
         return None if data is None else live(data.entries.get(key), now_ms)
 
-    def prepare(self, slot: int, epoch: int, rid: str, ops: list[list[Any]], conditions: list[int | None],
-                now_ms: int) -> Mutation:
+    def prepare(
+        self, slot: int, epoch: int, rid: str, ops: list[list[Any]], conditions: list[int | None], now_ms: int
+    ) -> Mutation:
         """Check every op's condition, then build the mutation; raises before anything is applied.
 
         ops come as [key, value or None, ttl_ms or 0]; the mutation carries absolute expiry times.
@@ -130,8 +130,15 @@ class Engine:
                     break
         return out
 
-    def scan(self, slots: Iterable[int], after: tuple[int, bytes] | None, prefix: bytes, limit: int,
-             now_ms: int, with_values: bool) -> tuple[list[list[Any]], bool]:
+    def scan(
+        self,
+        slots: Iterable[int],
+        after: tuple[int, bytes] | None,
+        prefix: bytes,
+        limit: int,
+        now_ms: int,
+        with_values: bool,
+    ) -> tuple[list[list[Any]], bool]:
         """Live entries of the given slots in (slot, key) order after `after`; (items, more_left)."""
         items: list[list[Any]] = []
         for slot in sorted(slots):

@@ -21,22 +21,32 @@ class StoreMetrics:
     def __init__(self, node: StoreNode, last_snapshot: Callable[[], float], ready: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.op_seconds = Histogram("snapkv_store_op_seconds", "Time from applying a write to its commit "
-                                    "(log written, in-sync replicas acknowledged)",
-                                    ["op"], registry=self.registry,
-                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
-        self.snapshot_seconds = Histogram("snapkv_store_snapshot_seconds", "Time to write a snapshot",
-                                          registry=self.registry,
-                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.wal_fsync_seconds = Histogram("snapkv_store_wal_fsync_seconds", "Time of one log fsync",
-                                           registry=self.registry,
-                                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+        self.op_seconds = Histogram(
+            "snapkv_store_op_seconds",
+            "Time from applying a write to its commit (log written, in-sync replicas acknowledged)",
+            ["op"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+        self.snapshot_seconds = Histogram(
+            "snapkv_store_snapshot_seconds",
+            "Time to write a snapshot",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.wal_fsync_seconds = Histogram(
+            "snapkv_store_wal_fsync_seconds",
+            "Time of one log fsync",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
         self.registry.register(_StateCollector(self, node, last_snapshot, ready))
 
 
 class _StateCollector(Collector):
-    def __init__(self, metrics: StoreMetrics, node: StoreNode, last_snapshot: Callable[[], float],
-                 ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, metrics: StoreMetrics, node: StoreNode, last_snapshot: Callable[[], float], ready: Callable[[], bool]
+    ) -> None:
         self.metrics = metrics
         self.node = node
         self.last_snapshot = last_snapshot
@@ -63,11 +73,16 @@ class _StateCollector(Collector):
         for op, count in sorted(node.ops.items()):
             ops.add_metric([op], count)
         yield ops
-        yield GaugeMetricFamily("snapkv_store_replication_lag_seq",
-                                "Mutations not yet acknowledged by replicas, summed over slots",
-                                value=float(node.replicator.lag()) if node.replicator is not None else 0.0)
-        yield GaugeMetricFamily("snapkv_store_last_snapshot_timestamp_seconds",
-                                "Unix time of the last successful snapshot (0 = none yet)",
-                                value=self.last_snapshot())
-        yield GaugeMetricFamily("snapkv_store_ready", "1 once recovered and registered",
-                                value=1.0 if self.ready() else 0.0)
+        yield GaugeMetricFamily(
+            "snapkv_store_replication_lag_seq",
+            "Mutations not yet acknowledged by replicas, summed over slots",
+            value=float(node.replicator.lag()) if node.replicator is not None else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "snapkv_store_last_snapshot_timestamp_seconds",
+            "Unix time of the last successful snapshot (0 = none yet)",
+            value=self.last_snapshot(),
+        )
+        yield GaugeMetricFamily(
+            "snapkv_store_ready", "1 once recovered and registered", value=1.0 if self.ready() else 0.0
+        )

@@ -88,14 +88,11 @@ class StoreNode:
     def owned(self, slot: int, epoch: int) -> Assignment:
         a = self.assignments.get(slot)
         if not self.confirmed:  # restarted: registration, not a push, brings us back (rule 3)
-            raise errors.WrongOwner(f"{self.name} has not been confirmed since it started", slot=slot,
-                                    unconfirmed=True)
+            raise errors.WrongOwner(f"{self.name} has not been confirmed since it started", slot=slot, unconfirmed=True)
         if a is None or a.role != PRIMARY:
-            raise errors.WrongOwner(f"{self.name} is not primary for slot {slot}", slot=slot,
-                                    epoch=a.epoch if a else 0)
+            raise errors.WrongOwner(f"{self.name} is not primary for slot {slot}", slot=slot, epoch=a.epoch if a else 0)
         if a.epoch != epoch:
-            raise errors.WrongOwner(f"slot {slot} is at epoch {a.epoch} here, not {epoch}", slot=slot,
-                                    epoch=a.epoch)
+            raise errors.WrongOwner(f"slot {slot} is at epoch {a.epoch} here, not {epoch}", slot=slot, epoch=a.epoch)
         return a
 
     # -- reads ----------------------------------------------------------------------------------
@@ -104,8 +101,9 @@ class StoreNode:
         if len(args) > 3 and args[3]:  # a replica read while the primary is failing (ISR members only)
             a = self.assignments.get(slot)
             if a is None or a.epoch != epoch or not self.confirmed:
-                raise errors.WrongOwner(f"{self.name} does not hold slot {slot} at epoch {epoch}", slot=slot,
-                                        epoch=a.epoch if a else 0)
+                raise errors.WrongOwner(
+                    f"{self.name} does not hold slot {slot} at epoch {epoch}", slot=slot, epoch=a.epoch if a else 0
+                )
             return self._read_again(slot, key)
         self.owned(slot, epoch)
         entry = self.engine.get(slot, key, now_ms())
@@ -140,8 +138,11 @@ class StoreNode:
             return [items, more, missing]
 
         # committed data only (rule 8): wait for writes in flight in these slots
-        waits = [self._after_commit(s, seq, lambda: None) for s in owned
-                 if (seq := self.engine.slot(s).seq) > self.committed.get(s, 0)]
+        waits = [
+            self._after_commit(s, seq, lambda: None)
+            for s in owned
+            if (seq := self.engine.slot(s).seq) > self.committed.get(s, 0)
+        ]
         if not waits:
             return scan()
         return when_all(waits, scan)
@@ -211,8 +212,9 @@ class StoreNode:
                 return
             if f.cancelled() or f.exception() is not None:
                 exc = None if f.cancelled() else f.exception()
-                out.set_exception(exc if isinstance(exc, errors.SnapkvError)
-                                  else errors.Unavailable("write did not commit"))
+                out.set_exception(
+                    exc if isinstance(exc, errors.SnapkvError) else errors.Unavailable("write did not commit")
+                )
             else:
                 out.set_result(then())
 
@@ -253,8 +255,7 @@ class StoreNode:
                 continue
             self.apply_assignment(slot, None, log_it=True)
         if refused:
-            log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused),
-                      refused[0])
+            log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused), refused[0])
         if args.get("confirm"):
             self.confirmed = True
         if stale:

@@ -72,8 +72,10 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
     if start_segment is None:
         start_segment = 1
         if segments and segments[0] != 1:
-            raise RecoveryError(f"no snapshot in {data_dir!r} verifies and the log before "
-                                f"{wal.segment_name(segments[0])} was pruned: the history cannot be rebuilt")
+            raise RecoveryError(
+                f"no snapshot in {data_dir!r} verifies and the log before "
+                f"{wal.segment_name(segments[0])} was pruned: the history cannot be rebuilt"
+            )
     segments = [s for s in segments if s >= start_segment]
     if not segments and result.snapshot_file:
         # a snapshot restored into an empty dir: the log must go on after it, not in an older segment
@@ -83,8 +85,10 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
     last = max(segments[-1:] + named, default=start_segment)
     if (segments or named) and segments != list(range(start_segment, last + 1)):
         missing = sorted(set(range(start_segment, last + 1)) - set(segments))
-        raise RecoveryError(f"log segment {wal.segment_name(missing[0])} in {data_dir!r} is missing "
-                            f"(replay starts at {wal.segment_name(start_segment)})")
+        raise RecoveryError(
+            f"log segment {wal.segment_name(missing[0])} in {data_dir!r} is missing "
+            f"(replay starts at {wal.segment_name(start_segment)})"
+        )
     for i, segment in enumerate(segments):
         path = os.path.join(data_dir, wal.segment_name(segment))
         final = i == len(segments) - 1

@@ -16,8 +16,7 @@ log = logging.getLogger("snapkv.store")
 
 
 class Registrar:
-    def __init__(self, node: StoreNode, broker_url: str, token: str, interval: float, address: str,
-                 site: str) -> None:
+    def __init__(self, node: StoreNode, broker_url: str, token: str, interval: float, address: str, site: str) -> None:
         self.node = node
         self.broker_url = broker_url
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -36,16 +35,22 @@ class Registrar:
         if node.wal is not None and node.wal.failed is not None:
             # a store that cannot log must not be taken back as up: it stays down until restarted
             raise RuntimeError(f"not registering: write-ahead log failed: {node.wal.failed}")
-        body = {"name": node.name, "ip_address": self.address, "site": self.site, "inventory": node.inventory(),
-                "confirmed": node.confirmed, "boot": node.boot}
-        async with session.post(self.broker_url, json=body, headers=self.headers,
-                                timeout=aiohttp.ClientTimeout(total=3)) as resp:
+        body = {
+            "name": node.name,
+            "ip_address": self.address,
+            "site": self.site,
+            "inventory": node.inventory(),
+            "confirmed": node.confirmed,
+            "boot": node.boot,
+        }
+        async with session.post(
+            self.broker_url, json=body, headers=self.headers, timeout=aiohttp.ClientTimeout(total=3)
+        ) as resp:
             if resp.status != 200:
                 text = await resp.text()
                 raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
         if not self.registered:
-            log.info("event=registered broker=%s address=%s site=%s", self.broker_url, self.address,
-                     self.site or "-")
+            log.info("event=registered broker=%s address=%s site=%s", self.broker_url, self.address, self.site or "-")
         self.registered = True
 
     async def run(self, session: aiohttp.ClientSession) -> None:
@@ -64,6 +69,5 @@ class Registrar:
             except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.broker_url, failures,
-                                exc)
+                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.broker_url, failures, exc)
                 await asyncio.sleep(min(0.2 * failures, 2.0))

@@ -37,8 +37,9 @@ ISR_COALESCE = 0.01  # seconds to gather ISR changes into one request (one epoch
 
 
 class Replicator:
-    def __init__(self, node: StoreNode, session: aiohttp.ClientSession, broker_base: str, token: str,
-                 mode: str = "sync") -> None:
+    def __init__(
+        self, node: StoreNode, session: aiohttp.ClientSession, broker_base: str, token: str, mode: str = "sync"
+    ) -> None:
         self.node = node
         self.session = session
         self.broker_base = broker_base.rstrip("/")
@@ -66,8 +67,9 @@ class Replicator:
     def peer(self, address: str) -> rpc.RpcClient:
         conn = self._peers.get(address)
         if conn is None:
-            conn = self._peers[address] = rpc.RpcClient(self.session, f"http://{address}/internal/ws",
-                                                         token=self.token or None)
+            conn = self._peers[address] = rpc.RpcClient(
+                self.session, f"http://{address}/internal/ws", token=self.token or None
+            )
         return conn
 
     def _replicas(self, a: Assignment) -> list[list[str]]:
@@ -113,8 +115,9 @@ class Replicator:
         return fut
 
     def _send(self, slot: int, name: str, address: str, mutation: Mutation) -> None:
-        call = asyncio.ensure_future(self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation],
-                                                             timeout=REPL_TIMEOUT))
+        call = asyncio.ensure_future(
+            self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation], timeout=REPL_TIMEOUT)
+        )
         call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f, mutation[1]))
 
     def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int) -> None:
@@ -301,9 +304,12 @@ class Replicator:
             batch, self._isr_queue = self._isr_queue, []
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
-                async with self.session.post(f"{self.broker_base}/internal/isr",
-                                             json={"store": self.node.name, "changes": batch}, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                async with self.session.post(
+                    f"{self.broker_base}/internal/isr",
+                    json={"store": self.node.name, "changes": batch},
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"broker answered {resp.status}: {(await resp.text())[:200]}")
                     results = (await resp.json()).get("results") or [True] * len(batch)
@@ -336,8 +342,9 @@ class Replicator:
         if a is None or a.role != REPLICA:
             raise errors.StaleEpoch(f"{node.name} is not a replica of slot {slot}", slot=slot)
         if epoch < a.leader_epoch:  # a deposed primary (rule 1); an older ISR epoch of ours is fine
-            raise errors.StaleEpoch(f"slot {slot} has had a new primary since epoch {a.leader_epoch}",
-                                    slot=slot, epoch=a.epoch)
+            raise errors.StaleEpoch(
+                f"slot {slot} has had a new primary since epoch {a.leader_epoch}", slot=slot, epoch=a.epoch
+            )
         data = node.engine.slot(slot)
         seq = mutation[2]
         if seq <= data.seq and mutation[1] == data.data_epoch:
@@ -367,8 +374,12 @@ class Replicator:
                 results.append(False)
                 continue
             if self._would_go_back(slot, a, record):
-                log.error("event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s", slot,
-                          (node.engine.slot(slot).data_epoch, node.engine.slot(slot).seq), (record[1], record[2]))
+                log.error(
+                    "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
+                    slot,
+                    (node.engine.slot(slot).data_epoch, node.engine.slot(slot).seq),
+                    (record[1], record[2]),
+                )
                 results.append(NEWER)
                 continue
             self._copied_under[slot] = a.leader_epoch
@@ -379,4 +390,3 @@ class Replicator:
         node.dirty = True
         assert node.wal is not None
         return then(node.wal.durable(), results)
-

@@ -92,7 +92,7 @@ def write_file(path: str, header: dict[str, Any], engine: Engine) -> int:
             size += len(data)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
 
         head = packer.pack(header)
         chunk += (MAGIC, pack_len(len(head)), head)
@@ -127,12 +127,12 @@ def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
     view = memoryview(data)
     end = len(data) - U32.size - len(TRAILER)
     (crc,) = U32.unpack_from(data, len(data) - U32.size)
-    if zlib.crc32(view[:-U32.size]) != crc or data[end:end + len(TRAILER)] != TRAILER:
+    if zlib.crc32(view[: -U32.size]) != crc or data[end : end + len(TRAILER)] != TRAILER:
         raise CorruptSnapshot(f"{path}: checksum mismatch")
     pos = len(MAGIC)
     (hlen,) = U32.unpack_from(data, pos)
     try:
-        header = msgpack.unpackb(view[pos + U32.size: pos + U32.size + hlen], raw=False, strict_map_key=False)
+        header = msgpack.unpackb(view[pos + U32.size : pos + U32.size + hlen], raw=False, strict_map_key=False)
     except Exception as exc:  # any decoding failure means corrupt
         raise CorruptSnapshot(f"{path}: bad header: {exc!r}") from None
     version = header.get("format") if isinstance(header, dict) else None
@@ -167,8 +167,9 @@ class Snapshotter:
     acknowledged before it was asked); requests that queue up meanwhile share that next one.
     """
 
-    def __init__(self, name: str, data_dir: str, node: StoreNode, interval: float,
-                 observe: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, name: str, data_dir: str, node: StoreNode, interval: float, observe: Callable[[float], None] | None = None
+    ) -> None:
         self.name = name
         self.data_dir = data_dir
         self.node = node
@@ -221,8 +222,7 @@ class Snapshotter:
             return await self._take(reason)
         except Exception as exc:
             log.error("event=snapshot_failed reason=%s error=%s", reason, exc)
-            return {"name": self.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None,
-                    "error": str(exc)}
+            return {"name": self.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None, "error": str(exc)}
 
     async def _take(self, reason: str) -> dict[str, Any]:
         node = self.node
@@ -233,9 +233,15 @@ class Snapshotter:
         node.dirty = False
         path = os.path.join(self.data_dir, snapshot_name(segment))
         keys = engine.key_count()
-        header = {"format": FORMAT_VERSION, "store": self.name, "created": time.time(), "wal_segment": segment,
-                  "slots": len(engine.slots), "keys": keys,
-                  "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())]}
+        header = {
+            "format": FORMAT_VERSION,
+            "store": self.name,
+            "created": time.time(),
+            "wal_segment": segment,
+            "slots": len(engine.slots),
+            "keys": keys,
+            "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())],
+        }
         status, error = -1, ""
         try:
             read_fd, write_fd = os.pipe()  # the child's error, if any, for the caller
@@ -262,8 +268,10 @@ class Snapshotter:
                 with contextlib.suppress(OSError):
                     os.unlink(path + TMP_SUFFIX)
         if status != 0:
-            raise RuntimeError(f"snapshot {os.path.basename(path)} failed (child exit status {status})"
-                               + (f": {error}" if error else ""))
+            raise RuntimeError(
+                f"snapshot {os.path.basename(path)} failed (child exit status {status})"
+                + (f": {error}" if error else "")
+            )
         elapsed = time.perf_counter() - started
         size = os.path.getsize(path)
         self.last_at = time.time()
@@ -273,10 +281,16 @@ class Snapshotter:
             self.prune()
         except OSError as exc:  # the snapshot itself is safe on disk; old files are removed next time
             log.warning("event=snapshot_prune_failed error=%r", exc)
-        log.info("event=snapshot reason=%s file=%s keys=%d bytes=%d ms=%.0f", reason, path, keys, size,
-                 elapsed * 1000)
-        return {"name": self.name, "ok": True, "keys": keys, "bytes": size, "ms": round(elapsed * 1000, 1),
-                "file": os.path.basename(path), "error": None}
+        log.info("event=snapshot reason=%s file=%s keys=%d bytes=%d ms=%.0f", reason, path, keys, size, elapsed * 1000)
+        return {
+            "name": self.name,
+            "ok": True,
+            "keys": keys,
+            "bytes": size,
+            "ms": round(elapsed * 1000, 1),
+            "file": os.path.basename(path),
+            "error": None,
+        }
 
     def prune(self) -> None:
         """Keep the newest KEEP snapshots and the log segments back to the oldest of them."""
@@ -317,6 +331,7 @@ async def _wait_child(pid: int) -> int:
         return await _poll_child(pid)
     loop = asyncio.get_running_loop()
     exited = loop.create_future()
+
     def readable() -> None:
         if not exited.done():
             exited.set_result(None)

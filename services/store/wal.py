@@ -86,8 +86,14 @@ def read_segment(path: str, *, repair: bool) -> tuple[list[tuple[int, Any]], boo
         pos = end
     cut = pos < size
     if cut:
-        log.warning("event=wal_tail_truncated file=%s offset=%d dropped_bytes=%d records_kept=%d repair=%s",
-                    path, pos, size - pos, len(records), repair)
+        log.warning(
+            "event=wal_tail_truncated file=%s offset=%d dropped_bytes=%d records_kept=%d repair=%s",
+            path,
+            pos,
+            size - pos,
+            len(records),
+            repair,
+        )
         if repair:
             with open(path, "r+b") as fh:
                 fh.truncate(pos)
@@ -117,8 +123,7 @@ class Wal:
         self.bytes_written = 0
 
     def _open(self, number: int) -> int:
-        return os.open(os.path.join(self.data_dir, segment_name(number)),
-                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        return os.open(os.path.join(self.data_dir, segment_name(number)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def start(self) -> None:
         if self.fsync == "everysec":
@@ -184,7 +189,7 @@ class Wal:
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(self._fd, view):]
+                        view = view[os.write(self._fd, view) :]
                 except OSError as exc:
                     self._fail("write", exc)
                     return
@@ -229,8 +234,9 @@ class Wal:
 
     def _fail(self, what: str, exc: OSError) -> None:
         if self.failed is None:
-            log.critical("event=wal_failed op=%s segment=%s error=%r action=refuse_writes", what,
-                         segment_name(self.segment), exc)
+            log.critical(
+                "event=wal_failed op=%s segment=%s error=%r action=refuse_writes", what, segment_name(self.segment), exc
+            )
         self.failed = exc
         self._fail_waiters()
 

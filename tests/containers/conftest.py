@@ -67,4 +67,3 @@ def cluster(docker_client: Any) -> Iterator[ContainerCluster]:
         yield c
     finally:
         c.close()
-

@@ -51,11 +51,15 @@ class ContainerCluster:
     # --- lifecycle -------------------------------------------------------------------------
     def start_broker(self, min_stores: int) -> None:
         self.network.create()
-        broker = self._container(BROKER_IMAGE, "broker", {
-            "SNAPKV_MIN_STORES": str(min_stores),
-            "SNAPKV_CLUSTER_TOKEN": TOKEN,
-            "SNAPKV_LOG_LEVEL": "info",
-        })
+        broker = self._container(
+            BROKER_IMAGE,
+            "broker",
+            {
+                "SNAPKV_MIN_STORES": str(min_stores),
+                "SNAPKV_CLUSTER_TOKEN": TOKEN,
+                "SNAPKV_LOG_LEVEL": "info",
+            },
+        )
         # Published on the loopback interface only, on a free port.
         broker.ports[f"{BROKER_PORT}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
         broker.start()
@@ -65,16 +69,20 @@ class ContainerCluster:
         volume = self.volume_name(name)
         if not self.client.volumes.list(filters={"name": f"^{volume}$"}):
             self.client.volumes.create(volume, labels=self.labels)
-        store = self._container(STORE_IMAGE, name, {
-            "SNAPKV_NAME": name,
-            "SNAPKV_PORT": str(STORE_PORT),
-            "SNAPKV_ADVERTISE": f"{name}:{STORE_PORT}",
-            "SNAPKV_SITE": site,
-            "BROKER_URL": f"http://broker:{BROKER_PORT}/register",
-            "SNAPKV_CLUSTER_TOKEN": TOKEN,
-            "SNAPKV_SNAPSHOT_INTERVAL": "2",
-            **env,
-        })
+        store = self._container(
+            STORE_IMAGE,
+            name,
+            {
+                "SNAPKV_NAME": name,
+                "SNAPKV_PORT": str(STORE_PORT),
+                "SNAPKV_ADVERTISE": f"{name}:{STORE_PORT}",
+                "SNAPKV_SITE": site,
+                "BROKER_URL": f"http://broker:{BROKER_PORT}/register",
+                "SNAPKV_CLUSTER_TOKEN": TOKEN,
+                "SNAPKV_SNAPSHOT_INTERVAL": "2",
+                **env,
+            },
+        )
         store.with_volume_mapping(volume, "/data", "rw")
         return store.start()
 
@@ -82,11 +90,13 @@ class ContainerCluster:
         return f"snapkv-test-{self.run_id}-{name}-data"
 
     def _container(self, image: str, name: str, env: dict[str, str]) -> DockerContainer:
-        container = (DockerContainer(image)
-                     .with_name(f"snapkv-test-{self.run_id}-{name}")
-                     .with_network(self.network)
-                     .with_network_aliases(name)
-                     .with_kwargs(labels=self.labels))
+        container = (
+            DockerContainer(image)
+            .with_name(f"snapkv-test-{self.run_id}-{name}")
+            .with_network(self.network)
+            .with_network_aliases(name)
+            .with_kwargs(labels=self.labels)
+        )
         for key, value in env.items():
             container.with_env(key, value)
         self.containers[name] = container
@@ -130,8 +140,9 @@ class ContainerCluster:
         assert not errors, "cleanup failed: " + "; ".join(errors)
 
     # --- talking to the broker ---------------------------------------------------------------
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 15.0,
-             raw: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, timeout: float = 15.0, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         """One HTTP request to the broker's published port -> (status, parsed JSON or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.broker_url + path, data=data, method=method)

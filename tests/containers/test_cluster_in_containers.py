@@ -46,8 +46,9 @@ def test_curl_tour(cluster: ContainerCluster) -> None:
         assert s["status"] == "up" and s["address"] == f"{s['name']}:8081", s
         assert s["slots"]["primary"] > 0 and s["slots"]["replica"] > 0, s
     # Key counts come from the stores' periodic reports: each holds some of the keys just written.
-    c.wait_for("every store to report keys",
-               lambda: all(s["keys"]["primary"] > 0 for s in c.stores().values()), timeout=15)
+    c.wait_for(
+        "every store to report keys", lambda: all(s["keys"]["primary"] > 0 for s in c.stores().values()), timeout=15
+    )
     assert {s["site"] for s in listed} == {"a", "b"}
 
     status, body = c.call("DELETE", "/delete?key=k1")
@@ -131,9 +132,11 @@ def test_restarted_store_gets_its_data_back_from_its_volume(cluster: ContainerCl
 def test_fourth_store_joins_and_is_listed(cluster: ContainerCluster) -> None:
     c = cluster
     c.start_store("store4", "b")
-    store4 = c.wait_for("store4 listed as up",
-                        lambda: c.stores().get("store4", {}).get("status") == "up" and c.stores()["store4"],
-                        timeout=30)
+    store4 = c.wait_for(
+        "store4 listed as up",
+        lambda: c.stores().get("store4", {}).get("status") == "up" and c.stores()["store4"],
+        timeout=30,
+    )
     assert store4["address"] == "store4:8081" and store4["site"] == "b", store4
     assert sorted(c.stores()) == ["store1", "store2", "store3", "store4"]
     _read_all(c)

@@ -5,50 +5,78 @@ import pytest
 from support.procs import http
 
 
-@pytest.mark.parametrize("method, path, kwargs, status, code", [
-    ("POST", "/set", {"raw": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
-    ("POST", "/set", {"raw": b"", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
-    ("POST", "/set", {"body": ["k", "v"]}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"value": "v"}}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"key": "", "value": "v"}}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"key": 12, "value": "v"}}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"key": "k"}}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"key": "k", "value": {"nested": 1}}}, 400, "bad_request"),
-    ("POST", "/set", {"body": {"key": "k" * 1025, "value": "v"}}, 413, "key_too_large"),
-    ("POST", "/set", {"body": {"key": "k", "value": "v", "ttl": "soon"}}, 400, "bad_request"),
-    ("POST", "/set", {"raw": b'{"key": "k", "value": "\xff"}', "headers": {"Content-Type": "application/json"}},
-     400, "bad_request"),
-    ("GET", "/get", {}, 400, "bad_request"),
-    ("GET", "/get?key=", {}, 400, "bad_request"),
-    ("GET", "/get?key=never-written", {}, 404, "key_not_found"),
-    ("GET", "/set", {}, 405, "method_not_allowed"),
-    ("PUT", "/get?key=k", {}, 405, "method_not_allowed"),
-    ("GET", "/delete?key=k", {}, 405, "method_not_allowed"),
-    ("DELETE", "/delete", {}, 400, "bad_request"),
-    ("GET", "/no/such/route", {}, 404, "not_found"),
-    ("GET", "/getall?limit=0", {}, 400, "bad_request"),
-    ("GET", "/getall?limit=abc", {}, 400, "bad_request"),
-    ("GET", "/getall?cursor=%%%", {}, 400, "bad_request"),
-    ("GET", "/v1/kv/%FF%FE", {}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k?ttl=abc", {"raw": b"v"}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k", {"raw": b"v", "headers": {"If-Match": "garbage"}}, 400, "bad_request"),
-    ("POST", "/v1/kv/k", {"raw": b"v"}, 405, "method_not_allowed"),
-    ("POST", "/v1/mget", {"body": {"keys": "k"}}, 400, "bad_request"),
-    ("POST", "/v1/mget", {"body": {"keys": ["ok", ""]}}, 400, "bad_request"),
-    ("POST", "/v1/mset", {"body": {"items": []}}, 400, "bad_request"),
-    ("POST", "/v1/mset", {"body": {"items": {}}}, 400, "bad_request"),
-    ("POST", "/register", {"body": {"name": "x"}}, 400, "bad_request"),
-    # well-formed JSON of the wrong shape on the internal routes (loopback, so no token needed)
-    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
-                                    "inventory": [[[[[1]]], "primary", 1, 1, 1]]}}, 400, "bad_request"),
-    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
-                                    "inventory": [["x", [[1]], "s", None, 1]]}}, 400, "bad_request"),
-    ("POST", "/register", {"body": {"name": "x", "ip_address": "127.0.0.1:1",
-                                    "inventory": [[99999, "primary", 1, 1, 1]]}}, 400, "bad_request"),
-    ("POST", "/internal/isr", {"body": {"store": "p", "changes": [[[[[1]]], [[1]], "add", [[1]]]]}},
-     400, "bad_request"),
-    ("POST", "/internal/isr", {"body": {"store": ["p"], "changes": []}}, 400, "bad_request"),
-])
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, code",
+    [
+        ("POST", "/set", {"raw": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
+        ("POST", "/set", {"raw": b"", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
+        ("POST", "/set", {"body": ["k", "v"]}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"value": "v"}}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"key": "", "value": "v"}}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"key": 12, "value": "v"}}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"key": "k"}}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"key": "k", "value": {"nested": 1}}}, 400, "bad_request"),
+        ("POST", "/set", {"body": {"key": "k" * 1025, "value": "v"}}, 413, "key_too_large"),
+        ("POST", "/set", {"body": {"key": "k", "value": "v", "ttl": "soon"}}, 400, "bad_request"),
+        (
+            "POST",
+            "/set",
+            {"raw": b'{"key": "k", "value": "\xff"}', "headers": {"Content-Type": "application/json"}},
+            400,
+            "bad_request",
+        ),
+        ("GET", "/get", {}, 400, "bad_request"),
+        ("GET", "/get?key=", {}, 400, "bad_request"),
+        ("GET", "/get?key=never-written", {}, 404, "key_not_found"),
+        ("GET", "/set", {}, 405, "method_not_allowed"),
+        ("PUT", "/get?key=k", {}, 405, "method_not_allowed"),
+        ("GET", "/delete?key=k", {}, 405, "method_not_allowed"),
+        ("DELETE", "/delete", {}, 400, "bad_request"),
+        ("GET", "/no/such/route", {}, 404, "not_found"),
+        ("GET", "/getall?limit=0", {}, 400, "bad_request"),
+        ("GET", "/getall?limit=abc", {}, 400, "bad_request"),
+        ("GET", "/getall?cursor=%%%", {}, 400, "bad_request"),
+        ("GET", "/v1/kv/%FF%FE", {}, 400, "bad_request"),
+        ("PUT", "/v1/kv/k?ttl=abc", {"raw": b"v"}, 400, "bad_request"),
+        ("PUT", "/v1/kv/k", {"raw": b"v", "headers": {"If-Match": "garbage"}}, 400, "bad_request"),
+        ("POST", "/v1/kv/k", {"raw": b"v"}, 405, "method_not_allowed"),
+        ("POST", "/v1/mget", {"body": {"keys": "k"}}, 400, "bad_request"),
+        ("POST", "/v1/mget", {"body": {"keys": ["ok", ""]}}, 400, "bad_request"),
+        ("POST", "/v1/mset", {"body": {"items": []}}, 400, "bad_request"),
+        ("POST", "/v1/mset", {"body": {"items": {}}}, 400, "bad_request"),
+        ("POST", "/register", {"body": {"name": "x"}}, 400, "bad_request"),
+        # well-formed JSON of the wrong shape on the internal routes (loopback, so no token needed)
+        (
+            "POST",
+            "/register",
+            {"body": {"name": "x", "ip_address": "127.0.0.1:1", "inventory": [[[[[1]]], "primary", 1, 1, 1]]}},
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/register",
+            {"body": {"name": "x", "ip_address": "127.0.0.1:1", "inventory": [["x", [[1]], "s", None, 1]]}},
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/register",
+            {"body": {"name": "x", "ip_address": "127.0.0.1:1", "inventory": [[99999, "primary", 1, 1, 1]]}},
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/internal/isr",
+            {"body": {"store": "p", "changes": [[[[[1]]], [[1]], "add", [[1]]]]}},
+            400,
+            "bad_request",
+        ),
+        ("POST", "/internal/isr", {"body": {"store": ["p"], "changes": []}}, 400, "bad_request"),
+    ],
+)
 def test_bad_request_answers_json_error(cluster3, method, path, kwargs, status, code):
     got, body, headers = http(method, cluster3.url + path, **kwargs)
     assert got == status, body
@@ -83,8 +111,15 @@ def test_bad_requests_leave_cluster_state_alone(cluster3):
     assert after["epoch"] == before["epoch"] and after["summary"] == before["summary"]
 
 
-JSON_ROUTES = [("POST", "/set"), ("POST", "/delete"), ("DELETE", "/delete"), ("POST", "/v1/mget"),
-               ("POST", "/v1/mset"), ("POST", "/register"), ("POST", "/internal/isr")]
+JSON_ROUTES = [
+    ("POST", "/set"),
+    ("POST", "/delete"),
+    ("DELETE", "/delete"),
+    ("POST", "/v1/mget"),
+    ("POST", "/v1/mset"),
+    ("POST", "/register"),
+    ("POST", "/internal/isr"),
+]
 DEEP = 50_000
 BAD_BODIES = {
     "open_arrays": b"[" * 100_000,
@@ -117,10 +152,18 @@ def test_unknown_charset_is_400(cluster3, method, path):
     assert_json_error(*http(method, cluster3.url + path, raw=b'{"key": "k"}', headers=headers))
 
 
-QUERY_ROUTES = [("GET", "/get?key={}"), ("DELETE", "/delete?key={}"), ("POST", "/delete?key={}"),
-                ("GET", "/getall?prefix={}"), ("GET", "/getall?cursor={}"), ("GET", "/getall?limit={}"),
-                ("GET", "/v1/keys?prefix={}"), ("GET", "/v1/keys?cursor={}"), ("GET", "/v1/keys?limit={}"),
-                ("PUT", "/v1/kv/utf8-probe?ttl={}")]
+QUERY_ROUTES = [
+    ("GET", "/get?key={}"),
+    ("DELETE", "/delete?key={}"),
+    ("POST", "/delete?key={}"),
+    ("GET", "/getall?prefix={}"),
+    ("GET", "/getall?cursor={}"),
+    ("GET", "/getall?limit={}"),
+    ("GET", "/v1/keys?prefix={}"),
+    ("GET", "/v1/keys?cursor={}"),
+    ("GET", "/v1/keys?limit={}"),
+    ("PUT", "/v1/kv/utf8-probe?ttl={}"),
+]
 
 
 @pytest.mark.parametrize("bad", ["%FF", "%FE", "%C3%28"])
@@ -142,16 +185,32 @@ def test_invalid_utf8_does_not_reach_the_replacement_char_key(cluster3):
     url = cluster3.url
     assert http("POST", f"{url}/set", {"key": "\ufffd", "value": "replacement"})[0] == 200
     assert http("GET", f"{url}/get?key=%EF%BF%BD")[1]["value"] == "replacement"
-    for method, path in [("GET", "/get?key=%FF"), ("DELETE", "/delete?key=%FF"), ("POST", "/delete?key=%FE"),
-                         ("GET", "/getall?prefix=%FF"), ("GET", "/v1/keys?prefix=%FF"), ("GET", "/v1/kv/%FF"),
-                         ("DELETE", "/v1/kv/%FF"), ("PUT", "/v1/kv/%FF")]:
+    for method, path in [
+        ("GET", "/get?key=%FF"),
+        ("DELETE", "/delete?key=%FF"),
+        ("POST", "/delete?key=%FE"),
+        ("GET", "/getall?prefix=%FF"),
+        ("GET", "/v1/keys?prefix=%FF"),
+        ("GET", "/v1/kv/%FF"),
+        ("DELETE", "/v1/kv/%FF"),
+        ("PUT", "/v1/kv/%FF"),
+    ]:
         assert_json_error(*http(method, url + path, raw=b"v" if method == "PUT" else None))
     assert http("GET", f"{url}/get?key=%EF%BF%BD")[1]["value"] == "replacement"
     assert http("GET", f"{url}/v1/kv/%EF%BF%BD")[1] == b"replacement"
 
 
-@pytest.mark.parametrize("key, query", [("a/b", "a%2Fb"), ("%", "%25"), ("\u00e9t\u00e9", "%C3%A9t%C3%A9"),
-                                        ("a b", "a+b"), ("a+b", "a%2Bb"), ("\ufffd", "%EF%BF%BD")])
+@pytest.mark.parametrize(
+    "key, query",
+    [
+        ("a/b", "a%2Fb"),
+        ("%", "%25"),
+        ("\u00e9t\u00e9", "%C3%A9t%C3%A9"),
+        ("a b", "a+b"),
+        ("a+b", "a%2Bb"),
+        ("\ufffd", "%EF%BF%BD"),
+    ],
+)
 def test_valid_query_keys_still_work(cluster3, key, query):
     url = cluster3.url
     assert http("POST", f"{url}/set", {"key": key, "value": f"v-{key}"})[0] == 200

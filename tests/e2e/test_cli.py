@@ -21,8 +21,12 @@ def test_up_then_cli_then_ctrl_c(tmp_path):
                 break
             except OSError:
                 port = free_port()
-    up = subprocess.Popen([*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         while not any("broker listening" in line for line in lines) and len(lines) < 200:
@@ -60,8 +64,11 @@ def test_up_then_cli_then_ctrl_c(tmp_path):
 
 def test_up_leaves_no_orphans_when_killed(tmp_path):
     port = free_port()
-    up = subprocess.Popen([*SNAPKV, "up", "--stores", "1", "--port", str(port), "--data-dir", str(tmp_path)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up = subprocess.Popen(
+        [*SNAPKV, "up", "--stores", "1", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -83,6 +90,7 @@ def test_up_leaves_no_orphans_when_killed(tmp_path):
 
 
 def test_cli_reports_unreachable_broker():
-    out = subprocess.run([*SNAPKV, "--url", f"http://127.0.0.1:{free_port()}", "get", "k"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*SNAPKV, "--url", f"http://127.0.0.1:{free_port()}", "get", "k"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 1 and "cannot reach" in out.stderr

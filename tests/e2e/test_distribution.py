@@ -10,6 +10,7 @@ from support.procs import http
 async def _write_and_read(url: str, n: int) -> None:
     sem = asyncio.Semaphore(64)
     async with aiohttp.ClientSession() as session:
+
         async def put(i: int) -> None:
             async with sem, session.post(f"{url}/set", json={"key": f"dist:{i}", "value": f"v{i}"}) as r:
                 assert r.status == 200, await r.text()

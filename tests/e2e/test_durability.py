@@ -30,8 +30,7 @@ class Ledger:
         self.ops = 0
         self.failures: list[str] = []
 
-    async def write(self, session: aiohttp.ClientSession, url: str, key: str, value: str | None,
-                    style: int) -> bool:
+    async def write(self, session: aiohttp.ClientSession, url: str, key: str, value: str | None, style: int) -> bool:
         self.pending.setdefault(key, set()).add(value)
         try:
             if value is None and style % 2:
@@ -73,8 +72,7 @@ async def bulk_writes(url: str, ledger: Ledger) -> None:
                 await ledger.write(session, url, key, None, i // 20)
 
     timeout = aiohttp.ClientTimeout(total=20)
-    async with aiohttp.ClientSession(timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=WORKERS)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=WORKERS)) as session:
         await asyncio.gather(*(worker(w, session) for w in range(WORKERS)))
 
 
@@ -96,7 +94,7 @@ async def read_all(url: str, keys: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for start in range(0, len(keys), 2000):
-            batch = keys[start:start + 2000]
+            batch = keys[start : start + 2000]
             async with session.post(f"{url}/v1/mget", json={"keys": batch}) as resp:
                 assert resp.status == 200, await resp.text()
                 out.update((await resp.json())["items"])
@@ -136,8 +134,11 @@ def test_kill_9_every_process_loses_no_acknowledged_write(local_cluster: LocalCl
     c.wait_ready(timeout=40)
     keys = sorted(set(ledger.acked) | set(ledger.pending))
     found = asyncio.run(read_all(c.url, keys))
-    wrong = [f"{k}: read {found.get(k)!r}, acknowledged {ledger.acked.get(k)!r}" for k in keys
-             if found.get(k) not in ledger.allowed(k)]
+    wrong = [
+        f"{k}: read {found.get(k)!r}, acknowledged {ledger.acked.get(k)!r}"
+        for k in keys
+        if found.get(k) not in ledger.allowed(k)
+    ]
     assert wrong == [], f"{len(wrong)} keys wrong, e.g. {wrong[:5]}"
     deleted = [k for k, v in ledger.acked.items() if v is None and k.startswith("dur:")]
     assert len(deleted) == KEYS // 20 and all(found[k] is None for k in deleted)
@@ -248,8 +249,14 @@ def test_periodic_snapshots_restart_and_a_corrupt_newest_snapshot(local_cluster:
 
 def run_store(args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_") and k != "BROKER_URL"}
-    return subprocess.run([sys.executable, "-m", "snapkv.store", *args, "--host", "127.0.0.1"],
-                          check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "snapkv.store", *args, "--host", "127.0.0.1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def one_line(text: str) -> str:
@@ -270,10 +277,14 @@ def test_an_unusable_data_dir_stops_the_store_with_one_clear_line(tmp_path: Path
 def test_a_data_dir_locked_by_a_running_store_stops_the_second_one(tmp_path: Path):
     data = tmp_path / "shared"
     port = free_port()
-    first = Proc("first", [sys.executable, "-m", "snapkv.store", "first", str(port), "--host", "127.0.0.1",
-                           "--data-dir", str(data)], port, str(data),
-                 {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_") and k != "BROKER_URL"},
-                 str(tmp_path / "first.log"))
+    first = Proc(
+        "first",
+        [sys.executable, "-m", "snapkv.store", "first", str(port), "--host", "127.0.0.1", "--data-dir", str(data)],
+        port,
+        str(data),
+        {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_") and k != "BROKER_URL"},
+        str(tmp_path / "first.log"),
+    )
     first.start()
     try:
         deadline = time.monotonic() + 15

@@ -26,8 +26,10 @@ def wait_copies(cluster: LocalCluster, timeout: float) -> float:
         if status == 200 and copies_ok(view, SITES, 2):
             return time.monotonic() - started
         time.sleep(0.1)
-    raise AssertionError(f"slots not back to 2 copies on 2 sites in {timeout}s: "
-                         f"{http('GET', f'{cluster.url}/v1/cluster')[1]['summary']}\n{cluster.logs()}")
+    raise AssertionError(
+        f"slots not back to 2 copies on 2 sites in {timeout}s: "
+        f"{http('GET', f'{cluster.url}/v1/cluster')[1]['summary']}\n{cluster.logs()}"
+    )
 
 
 @pytest.mark.slow  # about 60 s: .ci/run runs it after the default suite (make test-slow)
@@ -121,8 +123,9 @@ def test_broker_restart_keeps_map_and_moves_nothing(local_cluster):
     local_cluster.wait_ready()
     after = http("GET", f"{local_cluster.url}/v1/cluster")[1]
     assert after["cluster_id"] == before["cluster_id"]
-    assert [(r["from"], r["to"], r["primary"], r["replicas"]) for r in after["ranges"]] == \
-        [(r["from"], r["to"], r["primary"], r["replicas"]) for r in before["ranges"]]
+    assert [(r["from"], r["to"], r["primary"], r["replicas"]) for r in after["ranges"]] == [
+        (r["from"], r["to"], r["primary"], r["replicas"]) for r in before["ranges"]
+    ]
     for i in range(0, 300, 7):
         assert http("GET", f"{local_cluster.url}/get?key=b:{i}")[1]["value"] == f"v{i}"
     assert http("POST", f"{local_cluster.url}/set", {"key": "b:new", "value": "x"})[0] == 200
@@ -157,8 +160,11 @@ def test_store_restarted_before_it_was_found_down_is_failed_over_first(local_clu
     s1 = next(s for s in http("GET", f"{local_cluster.url}/stores/list")[1] if s["name"] == "s1")
     assert s1["slots"]["primary"] > 0
     # what a new incarnation of s1 says at start, before any health check noticed the old one gone
-    status, _, _ = http("POST", f"{local_cluster.url}/register",
-                        {"name": "s1", "ip_address": s1["address"], "site": "a", "boot": "new-incarnation"})
+    status, _, _ = http(
+        "POST",
+        f"{local_cluster.url}/register",
+        {"name": "s1", "ip_address": s1["address"], "site": "a", "boot": "new-incarnation"},
+    )
     assert status == 200
     wait_copies(local_cluster, 10)
     listed = {s["name"]: s for s in http("GET", f"{local_cluster.url}/stores/list")[1]}

@@ -122,8 +122,7 @@ def test_broker_pauses_never_fail_over_healthy_stores(local_cluster):
     assert asyncio.run(workload.verify()) == []
 
 
-def run_with_fault(workload: Workload, seconds: float, after: float,
-                   fault: Callable[[], Awaitable[object]]) -> None:
+def run_with_fault(workload: Workload, seconds: float, after: float, fault: Callable[[], Awaitable[object]]) -> None:
     async def main() -> None:
         runner = asyncio.ensure_future(workload.run(seconds))
         await asyncio.sleep(after)

@@ -69,8 +69,12 @@ def up_cluster(tmp_path: Path):
     log_path = tmp_path / "up.log"
     data = tmp_path / "data"
     with open(log_path, "wb") as log:
-        up = subprocess.Popen([*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(data)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(data)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_cluster_ok(url)
@@ -125,12 +129,33 @@ def _start_on_all_interfaces(root: Path, local_cluster) -> tuple[Proc, Proc]:
     """A broker and a store started by hand, no token, listening on 0.0.0.0 (as the original README)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_")}
     bport, sport = free_port(), free_port()
-    broker = Proc("broker", [sys.executable, "-m", "snapkv.broker", "--host", "0.0.0.0", "--port", str(bport),
-                             "--data-dir", str(root / "broker")],
-                  bport, str(root / "broker"), {**env, "SNAPKV_SETTLE_TIME": "0.3"}, str(root / "broker.log"))
+    broker = Proc(
+        "broker",
+        [
+            sys.executable,
+            "-m",
+            "snapkv.broker",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(bport),
+            "--data-dir",
+            str(root / "broker"),
+        ],
+        bport,
+        str(root / "broker"),
+        {**env, "SNAPKV_SETTLE_TIME": "0.3"},
+        str(root / "broker.log"),
+    )
     store_env = {**env, "BROKER_URL": f"{broker.url}/register"}
-    store = Proc("s1", [sys.executable, "-m", "snapkv.store", "s1", str(sport), "--host", "0.0.0.0",
-                        "--data-dir", str(root / "s1")], sport, str(root / "s1"), store_env, str(root / "s1.log"))
+    store = Proc(
+        "s1",
+        [sys.executable, "-m", "snapkv.store", "s1", str(sport), "--host", "0.0.0.0", "--data-dir", str(root / "s1")],
+        sport,
+        str(root / "s1"),
+        store_env,
+        str(root / "s1.log"),
+    )
     local_cluster.broker, local_cluster.stores["s1"] = broker, store  # the fixture stops them
     broker.start()
     store.start()

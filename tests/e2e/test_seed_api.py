@@ -11,8 +11,15 @@ def curl(*args: str) -> str:
 
 def test_original_readme_curl_examples(cluster3):
     url = cluster3.url
-    out = curl("-X", "POST", f"{url}/set", "-H", "Content-Type: application/json",
-               "-d", '{\n    "key": "k1",\n    "value": "v1"\n  }')
+    out = curl(
+        "-X",
+        "POST",
+        f"{url}/set",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        '{\n    "key": "k1",\n    "value": "v1"\n  }',
+    )
     assert '"Set operation successful"' in out
     curl("-X", "POST", f"{url}/set", "-H", "Content-Type: application/json", "-d", '{"key": "k2", "value": "v2"}')
     assert '"value": "v2"' in curl(f"{url}/get?key=k2")

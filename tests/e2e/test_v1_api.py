@@ -112,8 +112,14 @@ def test_health_ready_metrics(cluster3):
     assert http("GET", f"{url}/readyz")[0] == 200
     status, text, _ = http("GET", f"{url}/metrics")
     text = text.decode()
-    for name in ("snapkv_broker_requests_total", "snapkv_broker_nodes", "snapkv_broker_slots",
-                 "snapkv_broker_request_seconds", "snapkv_broker_failovers_total", "snapkv_broker_node_load"):
+    for name in (
+        "snapkv_broker_requests_total",
+        "snapkv_broker_nodes",
+        "snapkv_broker_slots",
+        "snapkv_broker_request_seconds",
+        "snapkv_broker_failovers_total",
+        "snapkv_broker_node_load",
+    ):
         assert name in text
     assert 'snapkv_broker_slots{state="ok"} 4096.0' in text
     store = cluster3.stores["store1"]
@@ -122,9 +128,16 @@ def test_health_ready_metrics(cluster3):
     text = text.decode()
     written = [line for line in text.splitlines() if line.startswith('snapkv_store_op_seconds_count{op="write"}')]
     assert written and float(written[0].split()[-1]) > 0
-    for name in ("snapkv_store_keys", "snapkv_store_bytes", "snapkv_store_ops_total",
-                 "snapkv_store_replication_lag_seq", "snapkv_store_last_snapshot_timestamp_seconds",
-                 "snapkv_store_wal_fsync_seconds", "snapkv_store_op_seconds", "snapkv_store_snapshot_seconds"):
+    for name in (
+        "snapkv_store_keys",
+        "snapkv_store_bytes",
+        "snapkv_store_ops_total",
+        "snapkv_store_replication_lag_seq",
+        "snapkv_store_last_snapshot_timestamp_seconds",
+        "snapkv_store_wal_fsync_seconds",
+        "snapkv_store_op_seconds",
+        "snapkv_store_snapshot_seconds",
+    ):
         assert name in text
 
 

@@ -53,8 +53,9 @@ def find_kubernetes_validate() -> list[str]:
     return [str(path)]
 
 
-def run(cmd: list[str], stdin: str | None = None, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], stdin: str | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # No kubeconfig here: keep helm from probing a cluster at localhost:8080 (the broker's port).
     env = {**os.environ, "KUBECONFIG": os.devnull, **(env or {})}
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, env=env, check=False)
@@ -66,8 +67,13 @@ def run(cmd: list[str], stdin: str | None = None, check: bool = True,
 def make_render(helm: str) -> Render:
     """render(*values_files, release="snapkv", namespace="default", set=(...), extra=(...)) -> YAML text."""
 
-    def render(*values: Path, release: str = "snapkv", namespace: str = "default",
-               set: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> str:
+    def render(
+        *values: Path,
+        release: str = "snapkv",
+        namespace: str = "default",
+        set: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+    ) -> str:
         cmd = [helm, "template", release, str(CHART), "--namespace", namespace]
         for path in values:
             cmd += ["-f", str(path)]

@@ -25,31 +25,34 @@ def test_helm_lint_strict(helm: str, values: Path | None) -> None:
 
 
 @pytest.mark.parametrize("values", CASES, ids=IDS)
-def test_render_is_valid_kubernetes_1_30(render: Render, kubernetes_validate: list[str],
-                                         values: Path | None) -> None:
+def test_render_is_valid_kubernetes_1_30(render: Render, kubernetes_validate: list[str], values: Path | None) -> None:
     text = render(*([values] if values else []), namespace="snapkv-test")
     proc = run([*kubernetes_validate, "--strict", "-k", "1.30.0", "-"], stdin=text, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kinds = {d["kind"] for d in documents(text)}
     # kubernetes-validate has no schema for the Prometheus Operator kinds: checked in test_monitoring.
     validated = proc.stdout.count("INFO - passed")
-    assert validated == len([d for d in documents(text)
-                             if d["kind"] not in ("ServiceMonitor", "PrometheusRule")]), proc.stdout
+    assert validated == len([d for d in documents(text) if d["kind"] not in ("ServiceMonitor", "PrometheusRule")]), (
+        proc.stdout
+    )
     assert {"StatefulSet", "Deployment", "Service"} <= kinds
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("store.replicas=0", "store.replicas"),
-    ("store.fsync=sometimes", "store.fsync"),
-    ("store.port=70000", "store.port"),
-    ("broker.replicationFactor=4", "broker.replicationFactor"),
-    ("store.persistence.whenScaled=Keep", "store.persistence.whenScaled"),
-    ("store.persistence.size=lots", "store.persistence.size"),
-    ("clusterToken.value=short", "clusterToken.value"),
-    ("logLevel=verbose", "logLevel"),
-    ("store.replica=3", "replica"),  # a typo of a known key
-    ("store.port=http", "store.port"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("store.replicas=0", "store.replicas"),
+        ("store.fsync=sometimes", "store.fsync"),
+        ("store.port=70000", "store.port"),
+        ("broker.replicationFactor=4", "broker.replicationFactor"),
+        ("store.persistence.whenScaled=Keep", "store.persistence.whenScaled"),
+        ("store.persistence.size=lots", "store.persistence.size"),
+        ("clusterToken.value=short", "clusterToken.value"),
+        ("logLevel=verbose", "logLevel"),
+        ("store.replica=3", "replica"),  # a typo of a known key
+        ("store.port=http", "store.port"),
+    ],
+)
 def test_bad_value_is_rejected_by_the_schema(helm: str, setting: str, message: str) -> None:
     proc = run([helm, "template", "snapkv", str(CHART), "--set", setting], check=False)
     assert proc.returncode != 0, f"{setting} was accepted"
@@ -88,7 +91,9 @@ def test_store_statefulset(default_docs: list[dict]) -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert pod["terminationGracePeriodSeconds"] == 60 + 30  # drainTimeout + room for the snapshot
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
-        "topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
     (store,) = pod["containers"]
     assert {"name": "data", "mountPath": "/data"} in store["volumeMounts"]
     assert store["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -215,7 +220,9 @@ def test_minimal_values(render: Render) -> None:
     env = _env(pod["containers"][0])
     assert env["SNAPKV_SITE"]["value"] == "dc1"
     assert env["SNAPKV_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "my-snapkv-token", "key": "cluster-token"}
+        "name": "my-snapkv-token",
+        "key": "cluster-token",
+    }
     assert env["BROKER_URL"]["value"] == "http://kv-broker-internal:8080/register"
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "default"
@@ -226,12 +233,16 @@ def test_minimal_values(render: Render) -> None:
 
 def test_names_values_in_another_namespace(render: Render) -> None:
     docs = documents(render(VALUES / "names.yaml", release="prod", namespace="kv"))
-    assert all(d["metadata"].get("namespace") == "kv" for d in docs if d["kind"] != "ClusterRole"
-               and d["kind"] != "ClusterRoleBinding")
+    assert all(
+        d["metadata"].get("namespace") == "kv"
+        for d in docs
+        if d["kind"] != "ClusterRole" and d["kind"] != "ClusterRoleBinding"
+    )
     sts = _one(docs, "StatefulSet", "prod-kvstore-store")
     env = _env(sts["spec"]["template"]["spec"]["containers"][0])
-    assert env["SNAPKV_ADVERTISE"]["value"] == \
-        "$(POD_NAME).prod-kvstore-store-headless.kv.svc.k8s.example.internal:8081"
+    assert (
+        env["SNAPKV_ADVERTISE"]["value"] == "$(POD_NAME).prod-kvstore-store-headless.kv.svc.k8s.example.internal:8081"
+    )
     assert sts["spec"]["template"]["spec"]["serviceAccountName"] == "platform-snapkv"
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "platform-snapkv", "namespace": "kv"}
@@ -244,15 +255,17 @@ def _notes_chart(tmp_path: Path) -> Path:
     shutil.copytree(CHART, chart)
     shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
     (chart / "templates" / "zz-notes.yaml").write_text(
-        'kind: Notes\ntext: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n')
+        'kind: Notes\ntext: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n'
+    )
     return chart
 
 
 @pytest.mark.parametrize("values", CASES, ids=IDS)
 def test_notes_render(helm: str, tmp_path: Path, values: Path | None) -> None:
     chart = _notes_chart(tmp_path)
-    out = run([helm, "template", "snapkv", str(chart), "--show-only", "templates/zz-notes.yaml",
-               *_values_args(values)]).stdout
+    out = run(
+        [helm, "template", "snapkv", str(chart), "--show-only", "templates/zz-notes.yaml", *_values_args(values)]
+    ).stdout
     (notes,) = [d["text"] for d in documents(out)]
     assert "port-forward service/" in notes
     assert "kubectl -n default scale statefulset/" in notes

@@ -24,8 +24,13 @@ def _script(container: dict) -> str:
 
 async def _run_python(script: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-c",
+        script,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode()
 
@@ -41,15 +46,25 @@ async def _serve(routes: web.RouteTableDef) -> tuple[web.AppRunner, int]:
 
 
 def _store(name: str, status: str = "up") -> dict:
-    return {"name": name, "address": f"{name}:8081", "site": "a", "status": status,
-            "slots": {"primary": 1, "replica": 1}, "keys": {"primary": 0, "replica": 0}, "load": 0.0}
+    return {
+        "name": name,
+        "address": f"{name}:8081",
+        "site": "a",
+        "status": status,
+        "slots": {"primary": 1, "replica": 1},
+        "keys": {"primary": 0, "replica": 0},
+        "load": 0.0,
+    }
 
 
-@pytest.mark.parametrize(("listed", "passes"), [
-    ([_store("s0"), _store("s1"), _store("s2")], True),
-    ([_store("s0"), _store("s1"), _store("s2", "down")], False),
-    ([_store("s0"), _store("s1")], False),
-])
+@pytest.mark.parametrize(
+    ("listed", "passes"),
+    [
+        ([_store("s0"), _store("s1"), _store("s2")], True),
+        ([_store("s0"), _store("s1"), _store("s2", "down")], False),
+        ([_store("s0"), _store("s1")], False),
+    ],
+)
 async def test_helm_test_pod_checks_the_store_count(docs: list[dict], listed: list[dict], passes: bool) -> None:
     (pod,) = by_kind(docs, "Pod")
     (container,) = pod["spec"]["containers"]
@@ -62,8 +77,9 @@ async def test_helm_test_pod_checks_the_store_count(docs: list[dict], listed: li
 
     runner, port = await _serve(routes)
     try:
-        code, out = await _run_python(_script(container), {
-            **env, "BROKER": f"http://127.0.0.1:{port}", "TIMEOUT_SECONDS": "0"})
+        code, out = await _run_python(
+            _script(container), {**env, "BROKER": f"http://127.0.0.1:{port}", "TIMEOUT_SECONDS": "0"}
+        )
     finally:
         await runner.cleanup()
     assert (code == 0) == passes, out
@@ -73,8 +89,9 @@ async def test_helm_test_pod_checks_the_store_count(docs: list[dict], listed: li
 async def test_helm_test_pod_fails_when_the_broker_does_not_answer(docs: list[dict], unused_tcp_port: int) -> None:
     (container,) = by_kind(docs, "Pod")[0]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    code, out = await _run_python(_script(container), {
-        **env, "BROKER": f"http://127.0.0.1:{unused_tcp_port}", "TIMEOUT_SECONDS": "0"})
+    code, out = await _run_python(
+        _script(container), {**env, "BROKER": f"http://127.0.0.1:{unused_tcp_port}", "TIMEOUT_SECONDS": "0"}
+    )
     assert code != 0 and "broker not answering" in out, out
 
 
@@ -96,8 +113,9 @@ async def test_pre_stop_posts_drain_with_the_cluster_token(docs: list[dict]) -> 
 
     runner, port = await _serve(routes)
     try:
-        code, out = await _run_python(_pre_stop(docs), {
-            "SNAPKV_PORT": str(port), "SNAPKV_CLUSTER_TOKEN": "t0ken", "SNAPKV_DRAIN_TIMEOUT": "10"})
+        code, out = await _run_python(
+            _pre_stop(docs), {"SNAPKV_PORT": str(port), "SNAPKV_CLUSTER_TOKEN": "t0ken", "SNAPKV_DRAIN_TIMEOUT": "10"}
+        )
     finally:
         await runner.cleanup()
     assert code == 0, out
@@ -108,4 +126,3 @@ async def test_pre_stop_tolerates_a_store_that_does_not_answer(docs: list[dict],
     code, out = await _run_python(_pre_stop(docs), {"SNAPKV_PORT": str(unused_tcp_port)})
     assert code == 0, out  # termination goes on: SIGTERM still snapshots and exits
     assert "drain failed" in out
-

@@ -21,7 +21,8 @@ def fresh(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_committed_file_matches_a_fresh_render(fresh: Path, name: str) -> None:
     committed = (ROOT / "k8s" / name).read_text()
     assert committed == (fresh / name).read_text(), (
-        f"k8s/{name} is out of date with charts/snapkv: run k8s/render.sh and commit the result")
+        f"k8s/{name} is out of date with charts/snapkv: run k8s/render.sh and commit the result"
+    )
 
 
 def test_plain_manifests_expect_a_secret_they_do_not_contain() -> None:

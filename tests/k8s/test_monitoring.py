@@ -36,8 +36,13 @@ def rules_file(monitoring_docs: list[dict], tmp_path_factory: pytest.TempPathFac
 def test_alerts_cover_the_failures_that_matter(rules_file: Path) -> None:
     groups = yaml.safe_load(rules_file.read_text())["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"]}
-    assert {"SnapkvNodeDown", "SnapkvSlotsDegraded", "SnapkvSlotsUnavailable", "SnapkvSnapshotStale",
-            "SnapkvReplicationLag"} <= set(alerts)
+    assert {
+        "SnapkvNodeDown",
+        "SnapkvSlotsDegraded",
+        "SnapkvSlotsUnavailable",
+        "SnapkvSnapshotStale",
+        "SnapkvReplicationLag",
+    } <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
@@ -72,15 +77,23 @@ def test_service_monitor_selects_broker_and_store_services_once(monitoring_docs:
     for svc in by_kind(monitoring_docs, "Service"):
         labels = svc["metadata"]["labels"]
         if all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()) and all(
-                e["key"] in labels for e in spec["selector"]["matchExpressions"]):
+            e["key"] in labels for e in spec["selector"]["matchExpressions"]
+        ):
             selected.append(svc["metadata"]["name"])
             assert "http" in [p["name"] for p in svc["spec"]["ports"]]
             # Job names the alerts select on.
             assert labels[spec["jobLabel"]] in ("snapkv-broker", "snapkv-store")
     # The broker once (not through its registration Service too), the stores through the headless one.
     assert sorted(selected) == ["snapkv-broker", "snapkv-store-headless"]
-    assert set(spec) <= {"jobLabel", "namespaceSelector", "selector", "endpoints", "targetLabels",
-                         "podTargetLabels", "sampleLimit"}
+    assert set(spec) <= {
+        "jobLabel",
+        "namespaceSelector",
+        "selector",
+        "endpoints",
+        "targetLabels",
+        "podTargetLabels",
+        "sampleLimit",
+    }
 
 
 def _used_metrics(monitoring_docs: list[dict]) -> dict[str, set[str]]:
@@ -126,10 +139,13 @@ def _exported_metrics() -> tuple[set[str], list[Path]]:
 def test_dashboard_and_alerts_use_only_exported_metrics(monitoring_docs: list[dict]) -> None:
     exported, files = _exported_metrics()
     if not exported:
-        pytest.fail("found no metric names in services/*/metrics.py: the services must declare their "
-                    "Prometheus metrics there (names as in DESIGN.md 'Metrics') for this check")
+        pytest.fail(
+            "found no metric names in services/*/metrics.py: the services must declare their "
+            "Prometheus metrics there (names as in DESIGN.md 'Metrics') for this check"
+        )
     used = _used_metrics(monitoring_docs)
     assert used, "found no metrics in the alerts or the dashboard"
     unknown = {name: sorted(where) for name, where in used.items() if name not in exported}
     assert not unknown, (
-        f"metrics used but not exported by {', '.join(str(p.relative_to(ROOT)) for p in files)}: {unknown}")
+        f"metrics used but not exported by {', '.join(str(p.relative_to(ROOT)) for p in files)}: {unknown}"
+    )

@@ -33,10 +33,29 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "ca.crt", tmp / "tls.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -63,7 +82,10 @@ async def emulator(certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: 
 
 def _add_node(k8s, name: str, labels: dict[str, str]) -> None:
     k8s.objects[kmock.resource(NODES), None, name] = {
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    }
 
 
 async def test_zone_is_the_node_label_read_with_the_service_account(emulator):

@@ -35,8 +35,10 @@ class Workload:
         stop = time.monotonic() + seconds
         timeout = aiohttp.ClientTimeout(total=15)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await asyncio.gather(*(self._writer(session, w, stop) for w in range(self.writers)),
-                                 *(self._reader(session, stop) for _ in range(self.readers)))
+            await asyncio.gather(
+                *(self._writer(session, w, stop) for w in range(self.writers)),
+                *(self._reader(session, stop) for _ in range(self.readers)),
+            )
 
     async def _writer(self, session: aiohttp.ClientSession, w: int, stop: float) -> None:
         rng = random.Random(w)

@@ -22,8 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, Any, dict[str, str]]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any, dict[str, str]]:
     """(status, parsed JSON or raw bytes, headers) — never raises on HTTP errors."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
@@ -103,11 +109,21 @@ class LocalCluster:
     def start_broker(self, min_stores: int, **settings: str) -> Proc:
         port = free_port()
         data = str(self.root / "broker")
-        env = self.env({"SNAPKV_MIN_STORES": str(min_stores), "SNAPKV_SETTLE_TIME": "0.3",
-                        **{f"SNAPKV_{k.upper()}": v for k, v in settings.items()}})
-        self.broker = Proc("broker", [sys.executable, "-m", "snapkv.broker", "--host", "127.0.0.1",
-                                      "--port", str(port), "--data-dir", data],
-                           port, data, env, str(self.root / "broker.log"))
+        env = self.env(
+            {
+                "SNAPKV_MIN_STORES": str(min_stores),
+                "SNAPKV_SETTLE_TIME": "0.3",
+                **{f"SNAPKV_{k.upper()}": v for k, v in settings.items()},
+            }
+        )
+        self.broker = Proc(
+            "broker",
+            [sys.executable, "-m", "snapkv.broker", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
+            port,
+            data,
+            env,
+            str(self.root / "broker.log"),
+        )
         self.broker.start()
         return self.broker
 

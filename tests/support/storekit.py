@@ -35,8 +35,7 @@ class NoLog:
 class MiniStore:
     """A store's durability parts: a real node, engine, log and Snapshotter, without the service."""
 
-    def __init__(self, data_dir: str, fsync: str = "no", snapshot_interval: float = 0.0,
-                 name: str = "mini") -> None:
+    def __init__(self, data_dir: str, fsync: str = "no", snapshot_interval: float = 0.0, name: str = "mini") -> None:
         self.name = name
         self.data_dir = data_dir
         self.engine = Engine()
@@ -81,12 +80,14 @@ class MiniStore:
 
     def dump(self) -> dict[int, tuple[int, int, dict[bytes, tuple[bytes, int, int]]]]:
         """slot -> (data_epoch, seq, entries): everything recovery must give back."""
-        return {slot: (d.data_epoch, d.seq, dict(d.entries)) for slot, d in self.engine.slots.items()
-                if d.entries or d.seq}
+        return {
+            slot: (d.data_epoch, d.seq, dict(d.entries)) for slot, d in self.engine.slots.items() if d.entries or d.seq
+        }
 
 
-async def random_writes(store: MiniStore, count: int, keys: int = 400, seed: int = 7,
-                        model: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+async def random_writes(
+    store: MiniStore, count: int, keys: int = 400, seed: int = 7, model: dict[bytes, bytes] | None = None
+) -> dict[bytes, bytes]:
     """Sets, overwrites and deletes; returns (and updates) the expected key -> value."""
     rng = random.Random(seed)
     model = {} if model is None else model

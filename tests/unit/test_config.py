@@ -16,20 +16,27 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     assert resolve({}, {"BROKER_URL": "http://x:1/register"}, {}).broker_url == "http://x:1/register"
 
 
-@pytest.mark.parametrize("env, word", [
-    ({"SNAPKV_FSYNC": "sometimes"}, "fsync"),
-    ({"SNAPKV_REPLICATION_FACTOR": "5"}, "replication_factor"),
-    ({"SNAPKV_PORT": "eighty"}, "port"),
-    ({"SNAPKV_ADVERTISE": "nohostport"}, "advertise"),
-])
+@pytest.mark.parametrize(
+    "env, word",
+    [
+        ({"SNAPKV_FSYNC": "sometimes"}, "fsync"),
+        ({"SNAPKV_REPLICATION_FACTOR": "5"}, "replication_factor"),
+        ({"SNAPKV_PORT": "eighty"}, "port"),
+        ({"SNAPKV_ADVERTISE": "nohostport"}, "advertise"),
+    ],
+)
 def test_bad_setting_names_itself(env, word):
     with pytest.raises(ValueError, match=word):
         resolve({}, env, {})
 
 
 def test_bad_setting_stops_process_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "snapkv.store", "s1", "9999", "--fsync", "sometimes"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snapkv.store", "s1", "9999", "--fsync", "sometimes"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "fsync" in lines[0] and "sometimes" in lines[0]

@@ -49,22 +49,44 @@ def test_conditions():
         inputs.condition('"abc"', None)
 
 
-@pytest.mark.parametrize("raw", [
-    "key=a%2Fb", "key=%25", "key=%C3%A9t%C3%A9", "key=\u00e9", "key=a+b%2Bc", "key=a%20b&key=second",
-    "prefix=&cursor=&limit=5", "key", "&&key=v&", "key=a=b", "key=%%%", "key=%zz%4", "k%C3%A9y=v", "key=a;b",
-    "",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "key=a%2Fb",
+        "key=%25",
+        "key=%C3%A9t%C3%A9",
+        "key=\u00e9",
+        "key=a+b%2Bc",
+        "key=a%20b&key=second",
+        "prefix=&cursor=&limit=5",
+        "key",
+        "&&key=v&",
+        "key=a=b",
+        "key=%%%",
+        "key=%zz%4",
+        "k%C3%A9y=v",
+        "key=a;b",
+        "",
+    ],
+)
 def test_query_decodes_valid_text_as_aiohttp_does(raw):
     expected = URL.build(path="/", query_string=raw, encoded=True).query  # what request.query gave
     assert inputs.query(raw) == {name: expected[name] for name in expected}
 
 
-@pytest.mark.parametrize("raw, name", [
-    ("key=%FF", "'key'"), ("key=%FE", "'key'"), ("key=%C3%28", "'key'"), ("key=%C3", "'key'"),
-    ("key=ok&cursor=%ED%A0%80", "'cursor'"),  # an encoded surrogate is not UTF-8 either
-    ("prefix=\udcff", "'prefix'"),  # a raw 0xFF byte as the pure-Python HTTP parser hands it on
-    ("ttl=%FF%FE&key=k", "'ttl'"), ("k%FFy=v", "name 'k%FFy'"),
-])
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        ("key=%FF", "'key'"),
+        ("key=%FE", "'key'"),
+        ("key=%C3%28", "'key'"),
+        ("key=%C3", "'key'"),
+        ("key=ok&cursor=%ED%A0%80", "'cursor'"),  # an encoded surrogate is not UTF-8 either
+        ("prefix=\udcff", "'prefix'"),  # a raw 0xFF byte as the pure-Python HTTP parser hands it on
+        ("ttl=%FF%FE&key=k", "'ttl'"),
+        ("k%FFy=v", "name 'k%FFy'"),
+    ],
+)
 def test_query_rejects_invalid_utf8_naming_the_parameter(raw, name):
     with pytest.raises(errors.BadRequest, match=f"query parameter {name} is not valid UTF-8"):
         inputs.query(raw)

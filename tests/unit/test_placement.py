@@ -22,12 +22,15 @@ def test_dual_site_every_slot_has_copies_on_two_sites():
         assert e.isr == e.replicas
 
 
-@pytest.mark.parametrize("nodes, even_replicas", [
-    ({"s1": "a", "s2": "a", "s3": "b", "s4": "b"}, True),
-    ({"s1": "", "s2": "", "s3": ""}, True),
-    ({f"s{i}": "abc"[i % 3] for i in range(6)}, True),
-    ({f"s{i}": "ab"[i % 2] for i in range(7)}, False),  # 4 + 3: site-awareness forces uneven replicas
-])
+@pytest.mark.parametrize(
+    "nodes, even_replicas",
+    [
+        ({"s1": "a", "s2": "a", "s3": "b", "s4": "b"}, True),
+        ({"s1": "", "s2": "", "s3": ""}, True),
+        ({f"s{i}": "abc"[i % 3] for i in range(6)}, True),
+        ({f"s{i}": "ab"[i % 2] for i in range(7)}, False),  # 4 + 3: site-awareness forces uneven replicas
+    ],
+)
 def test_primaries_and_replicas_spread_evenly(nodes, even_replicas):
     m = build(nodes)
     primaries = Counter(e.primary for e in m.entries)

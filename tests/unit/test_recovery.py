@@ -72,8 +72,7 @@ def flip(path: str, offset: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["header", "middle", "trailer", "truncated"])
-async def test_a_flipped_byte_in_the_newest_snapshot_falls_back_to_the_previous_one_plus_log(
-        tmp_path, caplog, where):
+async def test_a_flipped_byte_in_the_newest_snapshot_falls_back_to_the_previous_one_plus_log(tmp_path, caplog, where):
     pristine = tmp_path / "pristine"
     tmp_path = tmp_path / "data"
     store = await restart(tmp_path)
@@ -137,7 +136,7 @@ async def test_a_log_cut_mid_record_recovers_every_complete_record_before_the_cu
     records, _ = wal.read_segment(path, repair=False)
     sizes = [len(wal.encode(kind, body)) for kind, body in records]
     first_write = len(records) - len(keys)  # after the ASSIGN records
-    end_of = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    end_of = [sum(sizes[: i + 1]) for i in range(len(sizes))]
     cut_record = first_write + 150
     os.truncate(path, end_of[cut_record - 1] + sizes[cut_record] // 2)  # inside the 151st write
     with caplog.at_level(logging.WARNING, logger="snapkv.wal"):
@@ -277,6 +276,7 @@ async def test_every_snapshot_corrupt_but_the_whole_log_kept_replays_it_all(tmp_
 
 async def test_an_unknown_record_kind_refuses_to_start(tmp_path):
     (tmp_path / wal.segment_name(1)).write_bytes(
-        wal.encode(wal.MUTATION, [1, 1, 1, "", [[b"a", b"b", 0]], 0]) + wal.encode(77, ["from", "the", "future"]))
+        wal.encode(wal.MUTATION, [1, 1, 1, "", [[b"a", b"b", 0]], 0]) + wal.encode(77, ["from", "the", "future"])
+    )
     with pytest.raises(recovery.RecoveryError, match="unknown kind 77"):
         recovery.recover(str(tmp_path), StoreNode("n", Engine(), None))

@@ -13,8 +13,14 @@ def test_apply_bumps_epoch_once_per_plan_and_only_for_changed_slots():
 
 def test_state_and_summary_follow_node_health():
     m = SlotMap(4)
-    m.apply([Change(0, "a", ["b"], ["b"]), Change(1, "b", ["a"], ["a"]), Change(2, "a", ["b"], []),
-             Change(3, "c", ["d"], ["d"])])
+    m.apply(
+        [
+            Change(0, "a", ["b"], ["b"]),
+            Change(1, "b", ["a"], ["a"]),
+            Change(2, "a", ["b"], []),
+            Change(3, "c", ["d"], ["d"]),
+        ]
+    )
     up = {"a", "b"}
     summary = m.summary(lambda n: n in up, copies_wanted=2)
     assert summary["ok"] == 2  # slots 0 and 1

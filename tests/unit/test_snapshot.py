@@ -27,8 +27,9 @@ def small_engine(keys: int = 300) -> Engine:
 def test_file_round_trip_with_header(tmp_path):
     e = small_engine()
     path = str(tmp_path / snapshot.snapshot_name(4))
-    size = snapshot.write_file(path, {"format": snapshot.FORMAT_VERSION, "store": "s1", "created": 1.5,
-                                      "keys": 300, "slots": 50}, e)
+    size = snapshot.write_file(
+        path, {"format": snapshot.FORMAT_VERSION, "store": "s1", "created": 1.5, "keys": 300, "slots": 50}, e
+    )
     assert size == os.path.getsize(path) and not os.path.exists(path + ".tmp")
     header, records = snapshot.read_file(path)
     assert header == {"format": 1, "store": "s1", "created": 1.5, "keys": 300, "slots": 50}
@@ -36,8 +37,9 @@ def test_file_round_trip_with_header(tmp_path):
     for record in records:
         copy.import_slot(record)
     assert {s: d.entries for s, d in copy.slots.items()} == {s: d.entries for s, d in e.slots.items()}
-    assert {s: (d.data_epoch, d.seq, dict(d.recent)) for s, d in copy.slots.items()} == \
-        {s: (d.data_epoch, d.seq, dict(d.recent)) for s, d in e.slots.items()}
+    assert {s: (d.data_epoch, d.seq, dict(d.recent)) for s, d in copy.slots.items()} == {
+        s: (d.data_epoch, d.seq, dict(d.recent)) for s, d in e.slots.items()
+    }
     assert copy.bytes == e.bytes
 
 
@@ -92,8 +94,7 @@ async def test_a_snapshot_taken_while_writers_run_is_a_consistent_point_per_slot
     async def writer(seed: int) -> None:
         i = 0
         while running:
-            await asyncio.gather(*(store.set(b"w%d-%d" % (seed, (i + j) % 5000), b"x%d" % (i + j))
-                                   for j in range(20)))
+            await asyncio.gather(*(store.set(b"w%d-%d" % (seed, (i + j) % 5000), b"x%d" % (i + j)) for j in range(20)))
             i += 20
             written["during"] += 20
 

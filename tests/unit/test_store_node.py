@@ -97,8 +97,9 @@ async def test_a_full_push_drops_what_it_does_not_list():
     node = primary_node()
     node.op_assign({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]]})
     assert set(node.assignments) == {SLOT, SLOT + 1}
-    node.op_assign({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]],
-                    "confirm": True, "full": True})
+    node.op_assign(
+        {"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]], "confirm": True, "full": True}
+    )
     assert set(node.assignments) == {SLOT + 1}
 
 

@@ -27,8 +27,10 @@ def with_data(node, slot, count=3, epoch=3):
 
 
 async def test_a_full_push_listing_nothing_keeps_a_primary_slot_that_has_no_other_in_sync_copy():
-    node = store("s1", [[SLOT, 3, PRIMARY, [["s1", "a:1"]], [], 3],
-                        [SLOT + 1, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]])
+    node = store(
+        "s1",
+        [[SLOT, 3, PRIMARY, [["s1", "a:1"]], [], 3], [SLOT + 1, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]],
+    )
     with_data(node, SLOT)
     with_data(node, SLOT + 1)
     await node.op_assign({"slots": [], "full": True, "confirm": True})
