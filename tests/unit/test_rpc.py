@@ -1,0 +1,103 @@
+"""The internal connection: one message per loop turn, pending calls failed when it drops, timeouts."""
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from snapkv.common import errors, rpc, wire
+
+
+class Peer:
+    """A real aiohttp server on 127.0.0.1 serving rpc frames with a handler the test controls."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.hold: list[asyncio.Future[object]] = []
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    def handle(self, op: str, args: object) -> object:
+        if op == "hold":  # answered only when the test says so (or never)
+            fut = asyncio.get_running_loop().create_future()
+            self.hold.append(fut)
+            return fut
+        if op == "boom":
+            raise errors.KeyNotFound("no such key")
+        return ["echo", args]
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        return await rpc.serve(request, self.handle, self.sockets)
+
+    async def __aenter__(self) -> "Peer":
+        app = web.Application()
+        app.router.add_get("/internal/ws", self.route)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for fut in self.hold:
+            if not fut.done():
+                fut.cancel()
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/internal/ws"
+
+
+async def test_calls_queued_in_one_loop_turn_leave_as_one_message(monkeypatch):
+    packed: list[int] = []
+    real_pack = wire.pack
+    monkeypatch.setattr(wire, "pack", lambda frames: packed.append(len(frames)) or real_pack(frames))
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url)
+        assert await client.call("ping", 0) == ["echo", 0]  # connected
+        packed.clear()
+        answers = await asyncio.gather(*(client.call("ping", i) for i in range(50)))
+        assert answers == [["echo", i] for i in range(50)]
+        assert 50 in packed  # the 50 requests went out as one message (and their answers as one too)
+        await client.close()
+
+
+async def test_errors_come_back_typed_and_timeouts_expire():
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url)
+        with pytest.raises(errors.KeyNotFound):
+            await client.call("boom", None)
+        with pytest.raises(errors.Timeout):
+            await client.call("hold", None, timeout=0.05)
+        assert await client.call("ping", 1) == ["echo", 1]  # the connection is still good
+        await client.close()
+
+
+async def test_pending_calls_fail_when_the_connection_drops_and_on_lost_fires():
+    lost: list[bool] = []
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url, on_lost=lambda: lost.append(True))
+        pending = asyncio.ensure_future(client.call("hold", None, timeout=10))
+        await asyncio.sleep(0.05)
+        for ws in list(peer.sockets):
+            await ws.close()
+        with pytest.raises(errors.NodeUnreachable):
+            await pending
+        assert lost == [True]
+        assert await client.call("ping", 2) == ["echo", 2]  # it reconnects on the next call
+        await client.close()
+
+
+async def test_fail_pending_fails_waiting_calls_and_keeps_the_connection():
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url)
+        pending = asyncio.ensure_future(client.call("hold", None, timeout=10))
+        await asyncio.sleep(0.05)
+        client.fail_pending(errors.NodeUnreachable("store is down"))
+        with pytest.raises(errors.NodeUnreachable):
+            await pending
+        assert client.connected
+        assert await client.call("ping", 3) == ["echo", 3]
+        await client.close()
