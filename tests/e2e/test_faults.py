@@ -76,6 +76,7 @@ def test_power_loss_of_a_store_with_a_broker_restart_loses_no_acknowledged_write
     assert acked > 1000
     problems = [p for w in workloads for p in asyncio.run(w.verify())]
     stale = [s for w in workloads for s in w.stale_reads]
+    print(f"power loss + broker restart: cycles=10 acknowledged={acked} lost={len(problems)} stale={len(stale)}")
     assert problems == [], f"{len(problems)} of {acked} lost: {problems[:5]}\n{local_cluster.logs()}"
     assert stale == [], stale[:5]
 
@@ -150,6 +151,7 @@ def test_a_silent_primary_delays_writes_by_at_most_the_failure_timeout(local_clu
     assert workload.read_errors == [], workload.read_errors[:5]
     assert workload.stale_reads == [], workload.stale_reads[:5]
     worst = max(workload.write_latency)
+    print(f"silent primary: writes={workload.writes} worst_write_s={worst:.3f} errors={len(workload.write_errors)}")
     assert worst < 2.5, f"worst write took {worst:.2f} s"  # failure_timeout 2 s + promotion
     assert asyncio.run(workload.verify()) == []
 
