@@ -22,6 +22,7 @@ from ..common import errors, rpc, wire
 from . import wal as walmod
 from .engine import Mutation
 from .node import PRIMARY, REPLICA, Assignment, then
+from .tracker import SlotTracker
 from .waiters import SeqWaiters
 
 if TYPE_CHECKING:
@@ -46,11 +47,7 @@ class Replicator:
         self.token = token
         self.mode = mode
         self._peers: dict[str, rpc.RpcClient] = {}
-        self.streaming: dict[int, set[str]] = {}  # slot -> replicas receiving our mutations
-        self.acked: dict[int, dict[str, int]] = {}  # slot -> replica -> highest acknowledged seq
-        # slot -> replica -> seq: synced replicas that commits already wait for; once a replica has
-        # acknowledged up to that seq, it holds every committed write and may join the ISR
-        self.joining: dict[int, dict[str, int]] = {}
+        self.slots: dict[int, SlotTracker] = {}  # slots we are primary of: what each replica has
         self._waiters: dict[int, SeqWaiters] = {}  # slot -> commits waiting for acknowledgements
         self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
         self._sync_tasks: dict[str, asyncio.Task[None]] = {}
@@ -86,20 +83,22 @@ class Replicator:
     def lag(self) -> int:
         """Mutations sent but not yet acknowledged, over every slot we are primary for."""
         total = 0
-        for slot, acks in self.acked.items():
+        for slot, tracker in self.slots.items():
             data = self.node.engine.slots.get(slot)
             if data is not None:
-                total += sum(max(0, data.seq - seq) for seq in acks.values())
+                total += tracker.lag(data.seq)
         return total
 
     # -- primary: streaming and commit ----------------------------------------------------------
     def replicate(self, mutation: Mutation) -> asyncio.Future[None] | None:
         slot, seq = mutation[0], mutation[2]
         a = self.node.assignments[slot]
-        streaming = self.streaming.get(slot, ())
+        tracker = self.slots.get(slot)
+        streaming = tracker.streaming if tracker is not None else ()
         for name, address in self._replicas(a):
             if name in streaming:
-                self._send(slot, name, address, mutation)
+                assert tracker is not None
+                self._send(slot, name, address, mutation, tracker.stream_of[name])
         # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
         if self.mode == "async":
             return None
@@ -108,54 +107,47 @@ class Replicator:
     def wait_acked(self, slot: int, seq: int) -> asyncio.Future[None] | None:
         """A future done once every ISR (and joining) replica acknowledged `seq`; None if none needed."""
         a = self.node.assignments.get(slot)
-        if a is None or not (a.isr or self.joining.get(slot)):
+        tracker = self.slots.get(slot)
+        if a is None or not (a.isr or (tracker is not None and tracker.needs_acks(a.isr))):
             return None
         fut = self._waiters.setdefault(slot, SeqWaiters()).wait(seq)
         self._check(slot)
         return fut
 
-    def _send(self, slot: int, name: str, address: str, mutation: Mutation) -> None:
+    def _send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> None:
         call = asyncio.ensure_future(
             self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation], timeout=REPL_TIMEOUT)
         )
-        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f, mutation[1]))
+        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f, mutation[1], stream))
 
-    def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int) -> None:
+    def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int, stream: int) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if exc is None:
-            acks = self.acked.setdefault(slot, {})
-            if seq > acks.get(name, 0):
-                acks[name] = seq
-            self._maybe_join(slot, name)
-            self._check(slot)
+        if exc is not None:
+            self._replica_failed(slot, name, exc, frame_epoch, stream)
             return
-        self._replica_failed(slot, name, exc, frame_epoch)
-
-    def _maybe_join(self, slot: int, name: str) -> None:
         a = self.node.assignments.get(slot)
-        join_seq = self.joining.get(slot, {}).get(name)
-        if a is None or join_seq is None or name in a.isr:
+        tracker = self.slots.get(slot)
+        if a is None or tracker is None:
             return
-        if self.acked.get(slot, {}).get(name, 0) >= join_seq:
+        if tracker.acknowledged(name, seq, a.isr, stream):
             self._request_isr(slot, a.epoch, "add", name)
+        self._check(slot)
 
-    def _replica_failed(self, slot: int, name: str, exc: BaseException, frame_epoch: int | None = None) -> None:
+    def _replica_failed(self, slot: int, name: str, exc: BaseException, frame_epoch: int, stream: int) -> None:
         a = self.node.assignments.get(slot)
-        streaming = self.streaming.get(slot)
-        if a is None or a.role != PRIMARY or streaming is None or name not in streaming:
-            return  # already handled (one failure per stream)
-        streaming.discard(name)
-        self.acked.get(slot, {}).pop(name, None)
-        # keep it in `joining`: the broker may already have granted the add, so commits must go on
-        # waiting for it until an assignment says otherwise (it resyncs, or leaves the slot)
+        tracker = self.slots.get(slot)
+        if a is None or a.role != PRIMARY or tracker is None:
+            return
+        # stale_epoch on a frame of an older epoch: the replica heard of our new epoch first
+        stale_frame = isinstance(exc, errors.StaleEpoch) and frame_epoch != a.epoch
+        handled, remove = tracker.failed(name, a.isr, stale_frame, stream)
+        if not handled:
+            return  # one failure per stream
         code = exc.code if isinstance(exc, errors.SnapkvError) else repr(exc)
         log.info("event=replica_failed slot=%d replica=%s error=%s", slot, name, code)
-        # a frame of an older epoch refused (stale_epoch: the replica heard of our new epoch first)
-        # says nothing against the replica at this epoch: resync it, do not drop it
-        stale_frame = isinstance(exc, errors.StaleEpoch) and frame_epoch is not None and frame_epoch != a.epoch
-        if name in a.isr and not stale_frame:
+        if remove:
             self._request_isr(slot, a.epoch, "remove", name)
         self._schedule_sync(name, slot)
 
@@ -164,12 +156,12 @@ class Replicator:
         if not waiters:
             return
         a = self.node.assignments.get(slot)
-        if a is None or a.role != PRIMARY:
+        tracker = self.slots.get(slot)
+        if a is None or a.role != PRIMARY or tracker is None:
             return
-        acks = self.acked.get(slot, {})
-        required = set(a.isr) | set(self.joining.get(slot, ()))
+        point = tracker.commit_point(a.isr)
         # with nobody left to wait for (the ISR shrank to the primary) every waiting commit is done
-        waiters.reach(min((acks.get(r, 0) for r in required), default=sys.maxsize))
+        waiters.reach(sys.maxsize if point is None else point)
 
     def _fail_waiters(self, slot: int) -> None:
         waiters = self._waiters.pop(slot, None)
@@ -179,38 +171,18 @@ class Replicator:
     # -- assignments ----------------------------------------------------------------------------
     def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:
         if current is None or current.role != PRIMARY:
-            self.streaming.pop(slot, None)
-            self.acked.pop(slot, None)
-            self.joining.pop(slot, None)
+            self.slots.pop(slot, None)
             self._fail_waiters(slot)
             return
-        names = {name for name, _ in self._replicas(current)}
-        if previous is None or previous.role != PRIMARY:
-            # a new primary (or a restart): every replica copies our history first (rule 2)
-            self.streaming[slot] = set()
-            self.acked[slot] = {}
-            self.joining[slot] = {}
-            for name in names:
-                self._schedule_sync(name, slot)
-        else:
-            streaming = self.streaming.setdefault(slot, set())
-            acks = self.acked.setdefault(slot, {})
-            joining = self.joining.setdefault(slot, {})
-            for gone in set(streaming) - names:
-                streaming.discard(gone)
-                acks.pop(gone, None)
-            for name in list(joining):
-                if name in current.isr or name not in names:
-                    del joining[name]
-                else:  # the add was refused or raced with another change: ask again at this epoch
-                    self._maybe_join(slot, name)
-            for name in names - streaming:
-                self._schedule_sync(name, slot)
-            # level-triggered: a replica we stream to that is not in the ISR is always on its way in
-            for name in names & streaming:
-                if name not in current.isr and name not in joining:
-                    joining[name] = self.node.engine.slot(slot).seq
-                    self._maybe_join(slot, name)
+        new_leader = previous is None or previous.role != PRIMARY
+        tracker = self.slots.setdefault(slot, SlotTracker())
+        plan = tracker.assigned(
+            [name for name, _ in self._replicas(current)], current.isr, self.node.engine.slot(slot).seq, new_leader
+        )
+        for name in plan.join:
+            self._request_isr(slot, current.epoch, "add", name)
+        for name in plan.sync:
+            self._schedule_sync(name, slot)
         self._check(slot)
 
     # -- full sync ------------------------------------------------------------------------------
@@ -240,7 +212,8 @@ class Replicator:
             except errors.SnapkvError as exc:
                 failures += 1
                 for slot, _epoch, _record in records:
-                    self.streaming.get(slot, set()).discard(name)
+                    if (tracker := self.slots.get(slot)) is not None:
+                        tracker.sync_failed(name)
                     pending.add(slot)
                 if failures in (1, 20):
                     log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(records), exc.code)
@@ -248,20 +221,18 @@ class Replicator:
                 continue
             for (slot, _epoch, record), ok in zip(records, results):
                 a = self.node.assignments.get(slot)
-                if a is None or a.role != PRIMARY or name not in self.streaming.get(slot, ()):
+                tracker = self.slots.get(slot)
+                if a is None or a.role != PRIMARY or tracker is None or name not in tracker.streaming:
                     continue
                 if ok is not True:
-                    self.streaming[slot].discard(name)
+                    tracker.sync_failed(name)
                     pending.add(slot)
                     if ok == NEWER:
                         self._replica_newer(slot, name)
                     continue
-                acks = self.acked.setdefault(slot, {})
-                acks[name] = max(acks.get(name, 0), record[2])
-                if name not in a.isr:
-                    # from now on commits wait for this replica; it joins once caught up to here
-                    self.joining.setdefault(slot, {})[name] = self.node.engine.slot(slot).seq
-                    self._maybe_join(slot, name)
+                # from now on commits wait for this replica; it joins once caught up to here
+                if tracker.synced(name, record[2], a.isr, self.node.engine.slot(slot).seq):
+                    self._request_isr(slot, a.epoch, "add", name)
                 self._check(slot)
             if any(not ok for ok in results):
                 await asyncio.sleep(0.2)
@@ -284,7 +255,7 @@ class Replicator:
                 continue
             address = member[1]
             records.append([slot, a.epoch, self.node.engine.export_slot(slot)])
-            self.streaming.setdefault(slot, set()).add(name)
+            self.slots.setdefault(slot, SlotTracker()).exported(name)
         return records, address
 
     # -- ISR changes through the broker (rule 1) ------------------------------------------------
@@ -327,11 +298,13 @@ class Replicator:
             # ask again at the epoch we hold now
             for (slot, epoch, action, name), ok in zip(batch, results):
                 a = self.node.assignments.get(slot)
-                if ok or a is None or a.role != PRIMARY:
+                tracker = self.slots.get(slot)
+                if ok or a is None or a.role != PRIMARY or tracker is None:
                     continue
                 if action == "add":
-                    self._maybe_join(slot, name)
-                elif name in a.isr and name not in self.streaming.get(slot, ()) and a.epoch != epoch:
+                    if tracker.may_join(name, a.isr):
+                        self._request_isr(slot, a.epoch, "add", name)
+                elif name in a.isr and name not in tracker.streaming and a.epoch != epoch:
                     self._request_isr(slot, a.epoch, "remove", name)
 
     # -- replica side ---------------------------------------------------------------------------
