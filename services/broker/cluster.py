@@ -203,6 +203,7 @@ class Cluster:
                     held = self.slotmap.slots_of(name)
                     await self._push(name, sorted(held["primary"] + held["replica"]), confirm=True)
                 node.confirmed = True
+                node.positions_frozen = False  # it serves from now on
                 self._trust(node)
                 self.changed()
                 return
@@ -222,7 +223,7 @@ class Cluster:
             return []
         nodes = self.registry.nodes.values()
         trusted = {n.name for n in nodes if n.trusted_boot and n.boot == n.trusted_boot}
-        frozen = {n.name for n in nodes if not n.confirmed}
+        frozen = {n.name for n in nodes if n.positions_frozen}
         return placement.catch_up(
             self.slotmap,
             name,
@@ -283,7 +284,7 @@ class Cluster:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
         node, changed = self.registry.register(name, address, site, inventory, self.clock.now())
         node.new_boot(boot)
-        node.report(inventory)
+        node.report(inventory, serving=confirmed)
         if not confirmed:
             node.confirmed = False
         self._last_registration = time.monotonic()

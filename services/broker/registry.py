@@ -30,6 +30,8 @@ class Node:
     # slot -> (data_epoch, seq, assignment epoch) of its copies, from its last registration since
     # this broker started (None until then): how far each copy got
     positions: dict[int, tuple[int, int, int]] | None = None
+    # those positions came from a store not serving yet (unconfirmed): they are still its positions
+    positions_frozen: bool = False
 
     @property
     def up(self) -> bool:
@@ -40,9 +42,11 @@ class Node:
         """A new incarnation since its copies were last trusted."""
         return bool(self.trusted_boot) and bool(self.boot) and self.boot != self.trusted_boot
 
-    def report(self, inventory: list[list[Any]]) -> None:
-        """Positions from a registration's inventory [slot, role, seq, data_epoch, epoch]."""
+    def report(self, inventory: list[list[Any]], serving: bool) -> None:
+        """Positions from a registration's inventory [slot, role, seq, data_epoch, epoch]; `serving`:
+        the store said it is confirmed, so its positions move on after this report."""
         self.inventory = inventory
+        self.positions_frozen = not serving
         self.positions = {int(slot): (data_epoch, seq, epoch) for slot, _role, seq, data_epoch, epoch in inventory}
 
     def new_boot(self, boot: str) -> None:

@@ -92,8 +92,7 @@ def require_cluster_access(request: web.Request, token: str) -> None:
     if token:
         require_token(request, token)
         return
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    host = peer[0] if isinstance(peer, tuple) and peer else None
+    host = request.remote  # the socket's peer (aiohttp takes no forwarded headers for it)
     if not is_loopback(host):
         raise errors.Unauthorized(
             f"{request.path} accepts only loopback peers when no cluster token is set; {NO_TOKEN_HINT}",

@@ -170,10 +170,7 @@ class RpcClient:
             if self._ws is ws:
                 self._ws = None
                 self._outbox = None
-            pending, self._pending = self._pending, {}
-            for fut in pending.values():
-                if not fut.done():
-                    fut.set_exception(errors.NodeUnreachable(f"connection to {self.url} lost"))
+            self.fail_pending(errors.NodeUnreachable(f"connection to {self.url} lost"))
             if not self._closed and self._on_lost is not None:
                 self._on_lost()
 

@@ -245,7 +245,10 @@ class StoreNode:
                 continue
             self.apply_assignment(slot, assignment, log_it=True)
         # [slot, epoch, primary now] per drop (a bare slot from an older broker)
-        holders = {d[0]: (d[1], d[2]) if isinstance(d, list) else None for d in args.get("drop", [])}
+        holders: dict[int, tuple[int, str | None] | None] = {
+            d[0]: (d[1], d[2]) for d in args.get("drop", []) if isinstance(d, list)
+        }
+        holders.update({d: None for d in args.get("drop", []) if isinstance(d, int)})
         if args.get("full"):  # the broker's whole view of what we own: anything else is stale
             holders.update({s: holders.get(s) for s in set(self.assignments) - listed})
         refused = []

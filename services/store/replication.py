@@ -94,11 +94,11 @@ class Replicator:
         slot, seq = mutation[0], mutation[2]
         a = self.node.assignments[slot]
         tracker = self.slots.get(slot)
-        streaming = tracker.streaming if tracker is not None else ()
-        for name, address in self._replicas(a):
-            if name in streaming:
-                assert tracker is not None
-                self._send(slot, name, address, mutation, tracker.stream_of[name])
+        if tracker is not None:
+            for name, address in self._replicas(a):
+                stream = tracker.stream_of.get(name)
+                if stream is not None:
+                    self._send(slot, name, address, mutation, stream)
         # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
         if self.mode == "async":
             return None
@@ -222,7 +222,7 @@ class Replicator:
             for (slot, _epoch, record), ok in zip(records, results):
                 a = self.node.assignments.get(slot)
                 tracker = self.slots.get(slot)
-                if a is None or a.role != PRIMARY or tracker is None or name not in tracker.streaming:
+                if a is None or a.role != PRIMARY or tracker is None or name not in tracker.stream_of:
                     continue
                 if ok is not True:
                     tracker.sync_failed(name)
@@ -304,7 +304,7 @@ class Replicator:
                 if action == "add":
                     if tracker.may_join(name, a.isr):
                         self._request_isr(slot, a.epoch, "add", name)
-                elif name in a.isr and name not in tracker.streaming and a.epoch != epoch:
+                elif name in a.isr and name not in tracker.stream_of and a.epoch != epoch:
                     self._request_isr(slot, a.epoch, "remove", name)
 
     # -- replica side ---------------------------------------------------------------------------

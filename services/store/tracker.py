@@ -27,12 +27,14 @@ class Plan:
 
 class SlotTracker:
     def __init__(self) -> None:
-        self.streaming: set[str] = set()  # replicas receiving our mutations
-        self.acked: dict[str, int] = {}  # replica -> highest acknowledged seq
+        self.stream_of: dict[str, int] = {}  # replicas receiving our mutations -> id of that stream
+        # streams whose full sync is not answered yet -> highest ack held back meanwhile: a replica
+        # that refuses the sync keeps its own copy, so acks of what follows it prove nothing
+        self.syncing: dict[str, int] = {}
+        self.acked: dict[str, int] = {}  # replica -> highest acknowledged seq, on a synced stream
         # replica -> seq: synced replicas that commits already wait for; once a replica has
         # acknowledged up to that seq, it holds every committed write and may join the ISR
         self.joining: dict[str, int] = {}
-        self.stream_of: dict[str, int] = {}  # replica -> id of the stream we send it now
 
     # -- queries --------------------------------------------------------------------------------
     def needs_acks(self, isr: Collection[str]) -> bool:
@@ -56,8 +58,12 @@ class SlotTracker:
     def acknowledged(self, name: str, seq: int, isr: Collection[str], stream: int) -> bool:
         """A replica applied and logged `seq` sent on `stream`; True when it should now ask to join
         the ISR. An ack that comes back on a stream since replaced (a resync, a new leadership)
-        says nothing about the copy we count on now."""
+        says nothing about the copy we count on now; one that comes before the stream's sync is
+        answered counts only once the sync is taken."""
         if self.stream_of.get(name) != stream:
+            return False
+        if name in self.syncing:
+            self.syncing[name] = max(self.syncing[name], seq)
             return False
         if seq > self.acked.get(name, 0):
             self.acked[name] = seq
@@ -69,28 +75,27 @@ class SlotTracker:
         stays `joining`: the broker may already have granted the add, so commits go on waiting for
         it until an assignment says otherwise. A frame of an older epoch refused says nothing
         against the replica at this epoch: no removal for that."""
-        if name not in self.streaming or self.stream_of.get(name) != stream:
+        if self.stream_of.get(name) != stream:
             return False, False
-        self.streaming.discard(name)
-        self.acked.pop(name, None)
-        self.stream_of.pop(name, None)
+        self._forget(name)
         return True, name in isr and not stale_frame
 
     def exported(self, name: str) -> None:
         """A full sync of the slot was taken for `name`: our mutations follow it on the same connection."""
-        self.streaming.add(name)
         self.stream_of[name] = next(_streams)
+        self.syncing[name] = 0
+        self.acked.pop(name, None)
 
     def sync_failed(self, name: str) -> None:
-        self.streaming.discard(name)
-        self.stream_of.pop(name, None)
+        """The sync did not arrive or was refused: that stream and what it acknowledged are void."""
+        self._forget(name)
 
-    def synced(self, name: str, seq: int, isr: Collection[str], head: int) -> bool | None:
-        """The replica applied our full sync at `seq`; None when that stream was dropped meanwhile,
-        else whether it should ask to join (from now on commits wait for it, up to `head`)."""
-        if name not in self.streaming:
-            return None
-        self.acked[name] = max(self.acked.get(name, 0), seq)
+    def synced(self, name: str, seq: int, isr: Collection[str], head: int) -> bool:
+        """The replica took our full sync at `seq`: whether it should now ask to join (from now on
+        commits wait for it, up to `head`)."""
+        if name not in self.syncing:
+            return False  # that stream was dropped meanwhile
+        self.acked[name] = max(seq, self.syncing.pop(name))
         if name in isr:
             return False
         self.joining[name] = head
@@ -101,23 +106,26 @@ class SlotTracker:
         names = set(replicas)
         plan = Plan()
         if new_leader:  # a new primary (or a restart): every replica copies our history first (rule 2)
-            self.streaming, self.acked, self.joining, self.stream_of = set(), {}, {}, {}
+            self.stream_of, self.syncing, self.acked, self.joining = {}, {}, {}, {}
             plan.sync = sorted(names)
             return plan
-        for gone in self.streaming - names:
-            self.streaming.discard(gone)
-            self.acked.pop(gone, None)
-            self.stream_of.pop(gone, None)
+        for gone in set(self.stream_of) - names:
+            self._forget(gone)
         for name in list(self.joining):
             if name in isr or name not in names:
                 del self.joining[name]
             elif self.may_join(name, isr):  # the add was refused or raced with another change: ask again
                 plan.join.append(name)
-        plan.sync = sorted(names - self.streaming)
+        plan.sync = sorted(names - set(self.stream_of))
         # level-triggered: a replica we stream to that is not in the ISR is always on its way in
-        for name in sorted(names & self.streaming):
+        for name in sorted(names & set(self.stream_of)):
             if name not in isr and name not in self.joining:
                 self.joining[name] = head
                 if self.may_join(name, isr):
                     plan.join.append(name)
         return plan
+
+    def _forget(self, name: str) -> None:
+        self.stream_of.pop(name, None)
+        self.syncing.pop(name, None)
+        self.acked.pop(name, None)

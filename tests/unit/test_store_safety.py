@@ -121,3 +121,9 @@ async def test_a_store_whose_log_failed_does_not_register_back_as_up():
     else:
         raise AssertionError("registered with a failed log")
     assert registrar.registered is False
+
+
+async def test_bare_slot_drops_of_an_older_broker_still_work():
+    node = store("s1", [[SLOT, 3, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 3]])
+    await node.op_assign({"slots": [], "drop": [SLOT]})
+    assert SLOT not in node.assignments

@@ -33,7 +33,7 @@ def test_a_replica_failing_mid_sync_is_not_counted_when_the_sync_answer_arrives(
     t.assigned(["r"], [], 10, new_leader=True)
     t.exported("r")
     t.sync_failed("r")  # the connection dropped while the sync was on its way
-    assert t.synced("r", 10, [], head=10) is None  # that stream is gone: no ack, no join
+    assert t.synced("r", 10, [], head=10) is False  # that stream is gone: no ack, no join
     assert t.commit_point([]) is None and "r" not in t.acked
 
 
@@ -45,7 +45,7 @@ def test_an_ack_from_an_older_stream_or_leadership_is_ignored():
     assert t.acknowledged("r", 20, ["r"], old) is False  # the ack of an era-old frame
     assert t.commit_point(["r"]) == 0  # nothing of the new leadership is acknowledged yet
     assert t.failed("r", ["r"], stale_frame=False, stream=old) == (False, False)  # nor its failure
-    assert "r" in t.streaming
+    assert "r" in t.stream_of
 
 
 def test_promotion_with_pending_commits_waits_for_the_isr_to_hold_our_history():
@@ -72,7 +72,7 @@ def test_a_failing_replica_is_resynced_and_removed_only_when_it_must_be(stale_fr
     stream = t.stream_of["r"]
     assert t.failed("r", isr, stale_frame, stream) == (True, removes)
     assert t.failed("r", isr, stale_frame, stream) == (False, False)  # one failure per stream
-    assert "r" not in t.streaming
+    assert "r" not in t.stream_of
 
 
 def test_a_joining_replica_that_fails_keeps_holding_commits_back():
@@ -98,5 +98,27 @@ def test_a_refused_join_is_asked_again_and_a_streamed_replica_outside_the_isr_is
 def test_a_replica_that_leaves_the_slot_is_forgotten_and_a_new_one_is_synced():
     t = streaming_to("r", head=2, isr=("r",))
     plan = t.assigned(["n"], [], 2, new_leader=False)
-    assert plan.sync == ["n"] and "r" not in t.streaming and "r" not in t.acked
+    assert plan.sync == ["n"] and "r" not in t.stream_of and "r" not in t.acked
     assert t.lag(10) == 0
+
+
+def test_acks_behind_a_refused_sync_prove_nothing():
+    t = SlotTracker()
+    t.assigned(["r"], ["r"], 50, new_leader=True)
+    t.exported("r")
+    stream = t.stream_of["r"]
+    # mutations 51..53 follow the sync; a replica holding a newer copy refuses the sync and takes
+    # them as resends of what it has: their acks come back, but they were never applied
+    assert t.acknowledged("r", 53, ["r"], stream) is False
+    assert t.commit_point(["r"]) == 0
+    t.sync_failed("r")  # the sync came back refused (newer)
+    assert t.commit_point(["r"]) == 0 and "r" not in t.stream_of
+
+
+def test_acks_that_overtake_the_sync_answer_count_once_it_is_taken():
+    t = SlotTracker()
+    t.assigned(["r"], [], 50, new_leader=True)
+    t.exported("r")
+    t.acknowledged("r", 52, [], t.stream_of["r"])
+    assert t.synced("r", 50, [], head=52) is True  # held ack 52 counts now: it may join at once
+    assert t.commit_point([]) == 52
