@@ -25,8 +25,20 @@ log = logging.getLogger("snapkv.cluster")
 
 
 class Cluster:
-    def __init__(self, settings: Settings, data_dir: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        data_dir: str,
+        *,
+        on_connection_lost: Callable[[str], None] | None = None,
+        catch_up: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """`on_connection_lost`: check that store now (rule 12); `catch_up`: before a store serves
+        (again), hand what a copy that may be behind holds over to an in-sync replica (rule 2).
+        Both come from the control plane (health, failover), given here by whoever wires them."""
         self.settings = settings
+        self._on_connection_lost = on_connection_lost
+        self.catch_up = catch_up
         self.data_dir = data_dir
         self.registry = Registry()
         self.clock = RunningClock()  # silence of stores is measured without the broker's own stalls
@@ -43,9 +55,6 @@ class Cluster:
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
-        self.on_connection_lost: Any = None  # set by the health loop: immediate check (rule 12)
-        # set by failover: hand a copy that may be behind over to an in-sync replica (rule 2)
-        self.catch_up: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self.failovers = 0
         self.slot_moves = 0
 
@@ -255,14 +264,15 @@ class Cluster:
                 self._session,
                 url,
                 token=self.settings.cluster_token or None,
-                on_lost=lambda: self._lost(name),
+                on_lost=lambda: self.connection_lost(name),
                 connect_timeout=self.settings.heartbeat_interval * 2,
             )
         return conn
 
-    def _lost(self, name: str) -> None:
-        if self.on_connection_lost is not None:
-            self.on_connection_lost(name)
+    def connection_lost(self, name: str) -> None:
+        """A call to `name` failed or its connection closed: the control plane checks it at once."""
+        if self._on_connection_lost is not None:
+            self._on_connection_lost(name)
 
     # -- registration and bootstrap -------------------------------------------------------------
     def restarted(self, name: str, boot: str) -> bool:

@@ -26,7 +26,6 @@ class Failover:
         self.cluster = cluster
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        cluster.catch_up = self.catch_up
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())

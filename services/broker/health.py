@@ -24,7 +24,6 @@ class HealthMonitor:
         self.on_down = on_down
         self._task: asyncio.Task[None] | None = None
         self._checking: dict[str, asyncio.Task[None]] = {}
-        cluster.on_connection_lost = self.check_soon
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())

@@ -77,8 +77,7 @@ class Router:
                         cluster.push_all(target)
                 else:
                     failed.add(target)
-                    if cluster.on_connection_lost is not None:
-                        cluster.on_connection_lost(target)
+                    cluster.connection_lost(target)
             attempt += 1
             if not write and failed and allow_replica:
                 continue  # try a replica straight away

@@ -25,7 +25,13 @@ class BrokerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir or os.path.join("data", "broker")
-        self.cluster = Cluster(settings, self.data_dir)
+        # the data plane reaches the control plane only through these two callbacks
+        self.cluster = Cluster(
+            settings,
+            self.data_dir,
+            on_connection_lost=lambda name: self.health.check_soon(name),
+            catch_up=lambda name: self.failover.catch_up(name),
+        )
         self.router = Router(self.cluster)
         self.kv = KeyValue(self.router)
         self.failover = Failover(self.cluster)

@@ -35,8 +35,8 @@ class FakeConn:
         return outcome
 
 
-def cluster_with(conns: dict[str, FakeConn], **settings: Any) -> Cluster:
-    cluster = Cluster(Settings(**settings), "/nonexistent")
+def cluster_with(conns: dict[str, FakeConn], on_lost: Any = None, **settings: Any) -> Cluster:
+    cluster = Cluster(Settings(**settings), "/nonexistent", on_connection_lost=on_lost)
     for name in conns:
         cluster.registry.register(name, f"127.0.0.1:{1000 + len(cluster.registry.nodes)}", "", [], 0.0)
     cluster.slotmap.apply([Change(SLOT, "p", ["r"], ["r"])])
@@ -63,9 +63,8 @@ async def test_an_unconfirmed_store_is_not_pushed_to_it_waits_for_registration()
 
 async def test_a_read_whose_primary_fails_goes_to_the_in_sync_replica_at_once():
     conns = {"p": FakeConn([errors.NodeUnreachable("lost")]), "r": FakeConn([[b"v", 1, 0]])}
-    cluster = cluster_with(conns)
     checked: list[str] = []
-    cluster.on_connection_lost = checked.append
+    cluster = cluster_with(conns, on_lost=checked.append)
     got = await Router(cluster).call(SLOT, "get", lambda epoch: [SLOT, epoch, b"k"], write=False)
     assert got == [b"v", 1, 0]
     assert checked == ["p"]
