@@ -68,7 +68,7 @@ class Cluster:
             self.cluster_id = saved["cluster_id"]
             self.slotmap = SlotMap.from_json(saved["map"])
             for name, info in saved.get("nodes", {}).items():
-                node, _ = self.registry.register(name, info["address"], info.get("site", ""), [], self.clock.now())
+                node, _ = self.registry.register(name, info["address"], info.get("site", ""), self.clock.now())
                 node.status = DOWN  # until it registers or answers a health check
                 node.trusted_boot = info.get("boot", "")
             self.loaded_state = True
@@ -231,7 +231,7 @@ class Cluster:
         if node is None:
             return []
         nodes = self.registry.nodes.values()
-        trusted = {n.name for n in nodes if n.trusted_boot and n.boot == n.trusted_boot}
+        trusted = {n.name for n in nodes if n.trusted}
         frozen = {n.name for n in nodes if n.positions_frozen}
         return placement.catch_up(
             self.slotmap,
@@ -292,7 +292,7 @@ class Cluster:
         self, name: str, address: str, site: str, inventory: list[list[Any]], confirmed: bool = False, boot: str = ""
     ) -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
-        node, changed = self.registry.register(name, address, site, inventory, self.clock.now())
+        node, changed = self.registry.register(name, address, site, self.clock.now())
         node.new_boot(boot)
         node.report(inventory, serving=confirmed)
         if not confirmed:

@@ -38,6 +38,11 @@ class Node:
         return self.status in (UP, SUSPECT, DRAINING, DRAINED)
 
     @property
+    def trusted(self) -> bool:
+        """Its copies hold everything they acknowledged: the incarnation we last confirmed."""
+        return bool(self.trusted_boot) and self.boot == self.trusted_boot
+
+    @property
     def restarted(self) -> bool:
         """A new incarnation since its copies were last trusted."""
         return bool(self.trusted_boot) and bool(self.boot) and self.boot != self.trusted_boot
@@ -67,20 +72,20 @@ class Registry:
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
 
-    def register(self, name: str, address: str, site: str, inventory: list[list[Any]], now: float) -> tuple[Node, bool]:
+    def register(self, name: str, address: str, site: str, now: float) -> tuple[Node, bool]:
         """Add or refresh a node; (node, changed) where changed means new or moved to a new address.
 
         The same name at a new address is accepted only when the old one is down (else 409).
         """
         node = self.nodes.get(name)
         if node is None:
-            node = self.nodes[name] = Node(name, address, site, last_ok=now, inventory=inventory)
+            node = self.nodes[name] = Node(name, address, site, last_ok=now)
             return node, True
         changed = node.address != address
         if changed and node.status in (UP, DRAINING, DRAINED):
             raise errors.NameTaken(f"store {name!r} is registered at {node.address} and up", address=node.address)
         was_down = node.status == DOWN
-        node.address, node.site, node.inventory = address, site, inventory
+        node.address, node.site = address, site
         node.last_ok = now
         if changed or was_down:
             node.confirmed = False

@@ -38,7 +38,7 @@ class FakeConn:
 def cluster_with(conns: dict[str, FakeConn], on_lost: Any = None, **settings: Any) -> Cluster:
     cluster = Cluster(Settings(**settings), "/nonexistent", on_connection_lost=on_lost)
     for name in conns:
-        cluster.registry.register(name, f"127.0.0.1:{1000 + len(cluster.registry.nodes)}", "", [], 0.0)
+        cluster.registry.register(name, f"127.0.0.1:{1000 + len(cluster.registry.nodes)}", "", 0.0)
     cluster.slotmap.apply([Change(SLOT, "p", ["r"], ["r"])])
     cluster.conn = lambda name: conns[name]  # type: ignore[method-assign]
     cluster.pushed: list[str] = []  # type: ignore[attr-defined]
