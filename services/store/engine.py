@@ -1,6 +1,6 @@
-"""The keyspace: per-slot dicts of bytes -> (value, version, expiry), with per-slot (epoch, seq). Pure.
+"""The keyspace: per-slot dicts of bytes -> Entry(value, version, expiry), with per-slot (epoch, seq). Pure.
 
-A write is a Mutation: [slot, epoch, seq, rid, ops, now_ms], ops = [[key, value or None, expires_at_ms], ...]
+A write is a Mutation(slot, epoch, seq, rid, ops, now_ms), ops = [Op(key, value or None, expires_at_ms)]
 (None deletes). The same record is logged, replicated and replayed, so every copy applies the
 same thing. Versions are unique across epochs: epoch << 40 | seq (rule 8).
 """
@@ -13,11 +13,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..common import errors
+from ..common.records import Entry, Mutation, Op, SlotExport, WriteOp, WriteResult
 from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
-Entry = tuple[bytes, int, int]  # value, version, expires_at_ms (0 = never)
-Mutation = list[Any]  # [slot, epoch, seq, rid, ops, now_ms at the primary]
-Result = list[Any]  # [version, [existed before, per op]]: the same on every copy that applies it
 SEQ_BITS = 40
 RECENT_IDS = 512  # request ids remembered per slot for idempotent retries (rule 7)
 
@@ -35,9 +33,9 @@ class SlotData:
         self.epoch = 0  # the assignment epoch this copy serves at
         self.seq = 0  # last applied mutation
         self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
-        self.recent: OrderedDict[str, Result] = OrderedDict()  # request id -> result of its write
+        self.recent: OrderedDict[str, WriteResult] = OrderedDict()  # request id -> result of its write
 
-    def remember(self, rid: str, result: Result) -> None:
+    def remember(self, rid: str, result: WriteResult) -> None:
         if not rid:
             return
         self.recent[rid] = result
@@ -46,7 +44,7 @@ class SlotData:
 
 
 def live(entry: Entry | None, now_ms: int) -> Entry | None:
-    if entry is None or (entry[2] and entry[2] <= now_ms):
+    if entry is None or (entry.expires_at and entry.expires_at <= now_ms):
         return None
     return entry
 
@@ -67,11 +65,11 @@ class Engine:
         return None if data is None else live(data.entries.get(key), now_ms)
 
     def prepare(
-        self, slot: int, epoch: int, rid: str, ops: list[list[Any]], conditions: list[int | None], now_ms: int
+        self, slot: int, epoch: int, rid: str, ops: list[WriteOp], conditions: list[int | None], now_ms: int
     ) -> Mutation:
         """Check every op's condition, then build the mutation; raises before anything is applied.
 
-        ops come as [key, value or None, ttl_ms or 0]; the mutation carries absolute expiry times.
+        ops carry a ttl (0 = none); the mutation carries absolute expiry times.
         """
         data = self.slot(slot)
         entries = data.entries
@@ -83,15 +81,15 @@ class Engine:
                 continue
             if cond == MUST_NOT_EXIST:
                 if current is not None:
-                    raise errors.VersionMismatch("key exists", key=_text(key), version=current[1])
+                    raise errors.VersionMismatch("key exists", key=_text(key), version=current.version)
             elif current is None:
                 raise errors.VersionMismatch("key does not exist", key=_text(key))
-            elif cond != MUST_EXIST and current[1] != cond:
-                raise errors.VersionMismatch("version differs", key=_text(key), version=current[1])
-        absolute = [[key, value, now_ms + ttl if ttl else 0] for key, value, ttl in ops]
-        return [slot, epoch, data.seq + 1, rid, absolute, now_ms]
+            elif cond != MUST_EXIST and current.version != cond:
+                raise errors.VersionMismatch("version differs", key=_text(key), version=current.version)
+        absolute = [Op(key, value, now_ms + ttl if ttl else 0) for key, value, ttl in ops]
+        return Mutation(slot, epoch, data.seq + 1, rid, absolute, now_ms)
 
-    def apply(self, mutation: Mutation) -> Result:
+    def apply(self, mutation: Mutation) -> WriteResult:
         """Apply a mutation (primary after prepare, replica, or replay); returns its result."""
         slot, epoch, seq, rid, ops, now = mutation
         data = self.slot(slot)
@@ -103,9 +101,9 @@ class Engine:
             old = entries.pop(key, None) if value is None else entries.get(key)
             existed.append(live(old, now) is not None)
             if old is not None:
-                delta -= len(key) + len(old[0])
+                delta -= len(key) + len(old.value)
             if value is not None:
-                entries[key] = (value, version, expires_at)
+                entries[key] = Entry(value, version, expires_at)
                 delta += len(key) + len(value)
             if expires_at and value is not None:
                 data.expiring[key] = expires_at
@@ -114,7 +112,7 @@ class Engine:
         self.bytes += delta
         data.seq = seq
         data.data_epoch = epoch
-        result = [version, existed]
+        result = WriteResult(version, existed)
         data.remember(rid, result)
         return result
 
@@ -167,20 +165,20 @@ class Engine:
         if data is not None:
             self.bytes -= _size(data)
 
-    def export_slot(self, slot: int) -> list[Any]:
-        """Point-in-time copy of one slot as a msgpack-able list (used by snapshots and full sync)."""
+    def export_slot(self, slot: int) -> SlotExport:
+        """Point-in-time copy of one slot (snapshots, full sync, RESET log records)."""
         data = self.slots.get(slot) or SlotData()
         flat: list[Any] = []
         for key, (value, version, expires_at) in data.entries.items():
             flat += (key, value, version, expires_at)
-        return [slot, data.data_epoch, data.seq, flat, list(data.recent.items())]
+        return SlotExport(slot, data.data_epoch, data.seq, flat, list(data.recent.items()))
 
-    def import_slot(self, record: list[Any]) -> None:
+    def import_slot(self, record: SlotExport) -> None:
         slot, data_epoch, seq, flat, recent = record
         data = SlotData()
         it: Iterator[Any] = iter(flat)
-        data.entries = {k: (v, ver, exp) for k, v, ver, exp in zip(it, it, it, it)}
-        data.expiring = {k: e[2] for k, e in data.entries.items() if e[2]}
+        data.entries = {k: Entry(v, ver, exp) for k, v, ver, exp in zip(it, it, it, it)}
+        data.expiring = {k: e.expires_at for k, e in data.entries.items() if e.expires_at}
         data.data_epoch, data.seq = data_epoch, seq
         data.recent = OrderedDict((rid, s) for rid, s in recent)
         old = self.slots.get(slot)
@@ -192,7 +190,7 @@ class Engine:
 
 
 def _size(data: SlotData) -> int:
-    return sum(len(k) + len(e[0]) for k, e in data.entries.items())
+    return sum(len(k) + len(e.value) for k, e in data.entries.items())
 
 
 def _text(key: bytes) -> str:

@@ -13,37 +13,34 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from ..common import errors, wire
+from ..common import errors, records, wire
+from ..common.records import PRIMARY, REPLICA, Entry, Mutation, Op, WriteResult
+from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .engine import SEQ_BITS, Engine, Mutation
+from .engine import SEQ_BITS, Engine
 from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.store")
 
-PRIMARY, REPLICA = "primary", "replica"
 SEQ_MASK = (1 << SEQ_BITS) - 1
+R = TypeVar("R")
+Reply = Any  # a msgpack-able value, or a future of one: the connection answers when it is done
 
 
-@dataclass
-class Assignment:
-    epoch: int
-    role: str
-    members: list[list[str]]  # [[name, address], ...]: primary first, then replicas
-    isr: list[str] = field(default_factory=list)  # names of in-sync replicas
-    leader_epoch: int = 0  # the epoch at which the current primary took the slot
+class Routes:
+    """The store's handler table: each op's frame is decoded into its record once, here, at the
+    connection boundary; `add` checks (for mypy) that the decoder makes what the handler takes."""
 
-    def to_wire(self) -> list[Any]:
-        return [self.epoch, self.role, self.members, self.isr, self.leader_epoch or self.epoch]
+    def __init__(self) -> None:
+        self._table: dict[str, Callable[[Any], Reply]] = {}
 
-    @classmethod
-    def from_wire(cls, record: list[Any]) -> tuple[int, Assignment]:
-        """[slot, epoch, role, members, isr, leader_epoch?] as pushed, logged and snapshotted."""
-        slot, epoch, role, members, isr = record[:5]
-        leader_epoch = record[5] if len(record) > 5 else epoch
-        return slot, cls(epoch, role, members, isr, leader_epoch)
+    def add(self, op: str, decode: Callable[[Any], R], handle: Callable[[R], Reply]) -> None:
+        self._table[op] = lambda raw: handle(decode(raw))
+
+    def get(self, op: str) -> Callable[[Any], Reply] | None:
+        return self._table.get(op)
 
 
 def now_ms() -> int:
@@ -65,24 +62,20 @@ class StoreNode:
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
         self.ops: dict[str, int] = {}
         self.dirty = False  # something changed since the last snapshot
-        self._handlers: dict[str, Callable[[Any], Any]] = {
-            wire.OP_GET: self.op_get,
-            wire.OP_WRITE: self.op_write,
-            wire.OP_SCAN: self.op_scan,
-            wire.OP_ASSIGN: self.op_assign,
-            wire.OP_STATS: self.op_stats,
-        }
+        self.routes = Routes()
+        self.routes.add(wire.OP_GET, records.get_request, self.op_get)
+        self.routes.add(wire.OP_WRITE, records.write_request, self.op_write)
+        self.routes.add(wire.OP_SCAN, records.scan_request, self.op_scan)
+        self.routes.add(wire.OP_ASSIGN, records.assign_request, self.op_assign)
+        self.routes.add(wire.OP_STATS, records.nothing, self.op_stats)
 
     # -- dispatch -------------------------------------------------------------------------------
-    def handle(self, op: str, args: Any) -> Any:
-        handler = self._handlers.get(op)
+    def handle(self, op: str, args: Any) -> Reply:
+        handler = self.routes.get(op)
         if handler is None:
             raise errors.BadRequest(f"unknown internal op {op!r}")
         self.ops[op] = self.ops.get(op, 0) + 1
         return handler(args)
-
-    def add_handler(self, op: str, handler: Any) -> None:
-        self._handlers[op] = handler
 
     # -- ownership ------------------------------------------------------------------------------
     def owned(self, slot: int, epoch: int) -> Assignment:
@@ -96,9 +89,9 @@ class StoreNode:
         return a
 
     # -- reads ----------------------------------------------------------------------------------
-    def op_get(self, args: list[Any]) -> Any:
-        slot, epoch, key = args[0], args[1], args[2]
-        if len(args) > 3 and args[3]:  # a replica read while the primary is failing (ISR members only)
+    def op_get(self, req: records.GetRequest) -> Reply:
+        slot, epoch, key, replica_read = req
+        if replica_read:  # a replica read while the primary is failing (ISR members only)
             a = self.assignments.get(slot)
             if a is None or a.epoch != epoch or not self.confirmed:
                 raise errors.WrongOwner(
@@ -113,18 +106,17 @@ class StoreNode:
             if pending > self.committed.get(slot, 0):
                 return self._after_commit(slot, pending, lambda: self._read_again(slot, key))
             return None
-        seq = entry[1] & SEQ_MASK
+        seq = entry.version & SEQ_MASK
         if seq <= self.committed.get(slot, 0):
-            return list(entry)
+            return entry
         return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
 
-    def _read_again(self, slot: int, key: bytes) -> Any:
-        """The entry as a wire list, read now (again, after a wait for a commit)."""
-        entry = self.engine.get(slot, key, now_ms())
-        return None if entry is None else list(entry)
+    def _read_again(self, slot: int, key: bytes) -> Entry | None:
+        """The entry, read now (again, after a wait for a commit)."""
+        return self.engine.get(slot, key, now_ms())
 
-    def op_scan(self, args: list[Any]) -> Any:
-        slots, after_slot, after_key, prefix, limit, with_values = args
+    def op_scan(self, req: records.ScanRequest) -> Reply:
+        slots, after_slot, after_key, prefix, limit, with_values = req
         if not self.confirmed:  # restarted: what we hold may be older than a replica's (rule 3)
             raise errors.WrongOwner(f"{self.name} has not been confirmed since it started", unconfirmed=True)
         owned = [s for s in slots if (a := self.assignments.get(s)) is not None and a.role == PRIMARY]
@@ -133,9 +125,9 @@ class StoreNode:
             owned = [s for s in owned if s >= after_slot]
         missing = len(owned) != len(slots)
 
-        def scan() -> list[Any]:
+        def scan() -> records.ScanAnswer:
             items, more = self.engine.scan(owned, after, prefix, limit, now_ms(), with_values)
-            return [items, more, missing]
+            return records.ScanAnswer(items, more, missing)
 
         # committed data only (rule 8): wait for writes in flight in these slots
         waits = [
@@ -148,26 +140,26 @@ class StoreNode:
         return when_all(waits, scan)
 
     # -- writes ---------------------------------------------------------------------------------
-    def op_write(self, args: list[Any]) -> Any:
-        slot, epoch, rid, ops, conditions = args
+    def op_write(self, req: records.WriteRequest) -> Reply:
+        slot, epoch, rid, ops, conditions = req
         self.owned(slot, epoch)
         data = self.engine.slot(slot)
         if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
             result = data.recent[rid]
-            return self._after_commit(slot, result[0] & SEQ_MASK, lambda: result)
+            return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
         return self.commit_mutation(mutation)
 
-    def commit_mutation(self, mutation: Mutation) -> asyncio.Future[Any]:
-        """Apply, log and replicate; the future holds [version, existed] once the write is committed."""
-        slot, seq = mutation[0], mutation[2]
+    def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:
+        """Apply, log and replicate; the future holds the result once the write is committed."""
+        slot, seq = mutation.slot, mutation.seq
         outcome = self.engine.apply(mutation)
         self.dirty = True
         durable = self.wal.durable(self.wal.append(walmod.MUTATION, mutation)) if self.wal else None
         acked = self.replicator.replicate(mutation) if self.replicator is not None else None
         started = time.perf_counter()
 
-        def committed() -> Any:
+        def committed() -> WriteResult:
             self.mark_committed(slot, seq)
             if self.observe is not None:
                 self.observe("write", time.perf_counter() - started)
@@ -186,9 +178,9 @@ class StoreNode:
                 continue
             keys = self.engine.expired(slot, now, limit - done)
             if keys:
-                ops = [[key, None, 0] for key in keys]
+                ops = [Op(key, None, 0) for key in keys]
                 data = self.engine.slot(slot)
-                pending = self.commit_mutation([slot, a.epoch, data.seq + 1, "", ops, now])
+                pending = self.commit_mutation(Mutation(slot, a.epoch, data.seq + 1, "", ops, now))
                 pending.add_done_callback(_ignore_outcome)  # a lost expiry is redone next turn
                 done += len(keys)
         return done
@@ -231,25 +223,24 @@ class StoreNode:
             waiters.fail(errors.WrongOwner(f"slot {slot} moved", slot=slot))
 
     # -- assignments (rule 3) -------------------------------------------------------------------
-    def op_assign(self, args: dict[str, Any]) -> Any:
+    def op_assign(self, req: records.AssignRequest) -> Reply:
         stale = []
-        if self.replicator is not None and args.get("replication"):
-            self.replicator.mode = args["replication"]
+        if self.replicator is not None and req.replication:
+            self.replicator.mode = req.replication
         listed = set()
-        for record in args.get("slots", []):
-            slot, assignment = Assignment.from_wire(record)
+        for assignment in req.slots:
+            slot = assignment.slot
             listed.add(slot)
             current = self.assignments.get(slot)
             if current is not None and assignment.epoch < current.epoch:
                 stale.append(slot)  # an older push arriving late: what we hold is newer
                 continue
             self.apply_assignment(slot, assignment, log_it=True)
-        # [slot, epoch, primary now] per drop (a bare slot from an older broker)
+        # per drop, who holds the slot now (unknown for a bare slot from an older broker)
         holders: dict[int, tuple[int, str | None] | None] = {
-            d[0]: (d[1], d[2]) for d in args.get("drop", []) if isinstance(d, list)
+            d.slot: (d.epoch, d.primary) if d.epoch else None for d in req.drop
         }
-        holders.update({d: None for d in args.get("drop", []) if isinstance(d, int)})
-        if args.get("full"):  # the broker's whole view of what we own: anything else is stale
+        if req.full:  # the broker's whole view of what we own: anything else is stale
             holders.update({s: holders.get(s) for s in set(self.assignments) - listed})
         refused = []
         for slot, holder in sorted(holders.items()):
@@ -259,7 +250,7 @@ class StoreNode:
             self.apply_assignment(slot, None, log_it=True)
         if refused:
             log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused), refused[0])
-        if args.get("confirm"):
+        if req.confirm:
             self.confirmed = True
         if stale:
             log.info("event=stale_assignments_skipped slots=%d", len(stale))
@@ -296,7 +287,7 @@ class StoreNode:
             if became_primary:
                 self._promoted.add(slot)
             if log_it and changed and self.wal is not None:
-                self.wal.append(walmod.ASSIGN, [slot, *assignment.to_wire()])
+                self.wal.append(walmod.ASSIGN, assignment.logged())
         if self.replicator is not None:
             self.replicator.assignment_changed(slot, previous, assignment)
         if slot in self._promoted and assignment is not None:
@@ -319,15 +310,15 @@ class StoreNode:
         for slot in self.assignments:
             self.mark_committed(slot, self.engine.slot(slot).seq)
 
-    def inventory(self) -> list[list[Any]]:
+    def inventory(self) -> list[records.Position]:
         out = []
         for slot, a in sorted(self.assignments.items()):
             data = self.engine.slots.get(slot)
-            out.append([slot, a.role, data.seq if data else 0, data.data_epoch if data else 0, a.epoch])
+            out.append(records.Position(slot, a.role, data.seq if data else 0, data.data_epoch if data else 0, a.epoch))
         return out
 
     # -- stats ----------------------------------------------------------------------------------
-    def op_stats(self, _: Any = None) -> dict[str, Any]:
+    def op_stats(self, _: None = None) -> dict[str, Any]:
         if self.wal is not None and getattr(self.wal, "failed", None) is not None:
             # a store that cannot log cannot take writes: fail health checks so its slots fail over
             raise errors.Unavailable(f"{self.name}: write-ahead log failed: {self.wal.failed}", log_failed=True)

@@ -14,9 +14,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from . import snapshot, wal
+from ..common.records import Mutation, SlotAssignment, SlotExport
+from . import formats, snapshot, wal
 from .engine import make_version
-from .node import Assignment, StoreNode
+from .node import StoreNode
 
 log = logging.getLogger("snapkv.recovery")
 
@@ -57,14 +58,14 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
             header, slot_records = snapshot.read_file(path)
             for record in slot_records:
                 node.engine.import_slot(record)
-            assignments = [Assignment.from_wire(record) for record in header.get("assignments", [])]
-        except (snapshot.CorruptSnapshot, ValueError, TypeError, KeyError, OSError) as exc:
+            assignments = formats.snapshot_assignments(header)
+        except (formats.CorruptSnapshot, ValueError, TypeError, KeyError, OSError) as exc:
             _set_aside(path, exc, result)
             node.engine.slots.clear()
             node.engine.bytes = 0
             continue
-        for slot, assignment in assignments:
-            node.apply_assignment(slot, assignment, log_it=False)
+        for assignment in assignments:
+            node.apply_assignment(assignment.slot, assignment, log_it=False)
         result.snapshot_file, result.snapshot_time = os.path.basename(path), header.get("created", 0.0)
         start_segment = segment
         break
@@ -102,24 +103,24 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
     return result
 
 
-def _replay(node: StoreNode, kind: int, body: object, path: str, result: Recovered) -> None:
-    if kind == wal.MUTATION:
-        slot, epoch, seq = body[0], body[1], body[2]  # type: ignore[index]
-        data = node.engine.slots.get(slot)
+def _replay(node: StoreNode, kind: int, raw: object, path: str, result: Recovered) -> None:
+    try:
+        body = formats.log_body(kind, raw)
+    except formats.UnknownRecord as exc:
+        raise RecoveryError(f"{path!r} holds a {exc}") from None
+    if isinstance(body, Mutation):
+        data = node.engine.slots.get(body.slot)
         # the snapshot (or an earlier record) already holds it: copies are ordered by (epoch, seq)
-        if data is not None and make_version(epoch, seq) <= make_version(data.data_epoch, data.seq):
+        if data is not None and make_version(body.epoch, body.seq) <= make_version(data.data_epoch, data.seq):
             result.skipped += 1
             return
-        node.engine.apply(body)  # type: ignore[arg-type]
-    elif kind == wal.ASSIGN:
-        slot, assignment = Assignment.from_wire(body)  # type: ignore[arg-type]
-        node.apply_assignment(slot, assignment, log_it=False)
-    elif kind == wal.RESET:
-        node.engine.import_slot(body)  # type: ignore[arg-type]
-    elif kind == wal.DROP:
-        node.apply_assignment(body, None, log_it=False)  # type: ignore[arg-type]
-    else:
-        raise RecoveryError(f"{path!r} holds a record of unknown kind {kind!r}: written by a newer snapkv?")
+        node.engine.apply(body)
+    elif isinstance(body, SlotAssignment):
+        node.apply_assignment(body.slot, body, log_it=False)
+    elif isinstance(body, SlotExport):
+        node.engine.import_slot(body)
+    else:  # DROP
+        node.apply_assignment(body, None, log_it=False)
     result.replayed += 1
 
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..common import errors, rpc, wire
+from ..common import errors, records, rpc, wire
+from ..common.records import PRIMARY, REPLICA, Member, Mutation, SlotExport, SyncItem
+from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .engine import Mutation
-from .node import PRIMARY, REPLICA, Assignment, then
+from .node import then
 from .tracker import SlotTracker
 from .waiters import SeqWaiters
 
@@ -69,7 +70,7 @@ class Replicator:
             )
         return conn
 
-    def _replicas(self, a: Assignment) -> list[list[str]]:
+    def _replicas(self, a: Assignment) -> list[Member]:
         return a.members[1:]
 
     async def close(self) -> None:
@@ -91,7 +92,7 @@ class Replicator:
 
     # -- primary: streaming and commit ----------------------------------------------------------
     def replicate(self, mutation: Mutation) -> asyncio.Future[None] | None:
-        slot, seq = mutation[0], mutation[2]
+        slot, seq = mutation.slot, mutation.seq
         a = self.node.assignments[slot]
         tracker = self.slots.get(slot)
         if tracker is not None:
@@ -116,9 +117,11 @@ class Replicator:
 
     def _send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> None:
         call = asyncio.ensure_future(
-            self.peer(address).call(wire.OP_REPLICATE, [slot, mutation[1], mutation], timeout=REPL_TIMEOUT)
+            self.peer(address).call(
+                wire.OP_REPLICATE, records.ReplicateRequest(slot, mutation.epoch, mutation), timeout=REPL_TIMEOUT
+            )
         )
-        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation[2], f, mutation[1], stream))
+        call.add_done_callback(lambda f: self._on_ack(slot, name, mutation.seq, f, mutation.epoch, stream))
 
     def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int, stream: int) -> None:
         if fut.cancelled():
@@ -202,24 +205,24 @@ class Replicator:
         while self._to_sync.get(name) and self.node.confirmed:
             pending = self._to_sync[name]
             batch = sorted(pending)[:SYNC_BATCH]
-            records, address = self._export(name, batch)
+            items, address = self._export(name, batch)
             pending.difference_update(batch)
-            if not records:
+            if not items:
                 continue
             try:
-                results = await self.peer(address).call(wire.OP_SYNC, records, timeout=SYNC_TIMEOUT)
+                results = await self.peer(address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
                 failures = 0
             except errors.SnapkvError as exc:
                 failures += 1
-                for slot, _epoch, _record in records:
+                for slot, _epoch, _export in items:
                     if (tracker := self.slots.get(slot)) is not None:
                         tracker.sync_failed(name)
                     pending.add(slot)
                 if failures in (1, 20):
-                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(records), exc.code)
+                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(items), exc.code)
                 await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
                 continue
-            for (slot, _epoch, record), ok in zip(records, results):
+            for (slot, _epoch, export), ok in zip(items, results):
                 a = self.node.assignments.get(slot)
                 tracker = self.slots.get(slot)
                 if a is None or a.role != PRIMARY or tracker is None or name not in tracker.stream_of:
@@ -231,7 +234,7 @@ class Replicator:
                         self._replica_newer(slot, name)
                     continue
                 # from now on commits wait for this replica; it joins once caught up to here
-                if tracker.synced(name, record[2], a.isr, self.node.engine.slot(slot).seq):
+                if tracker.synced(name, export.seq, a.isr, self.node.engine.slot(slot).seq):
                     self._request_isr(slot, a.epoch, "add", name)
                 self._check(slot)
             if any(not ok for ok in results):
@@ -242,9 +245,9 @@ class Replicator:
         if self.on_behind is not None:
             self.on_behind()  # our fresh position lets the broker hand the slot to that replica
 
-    def _export(self, name: str, slots: list[int]) -> tuple[list[list[Any]], str]:
+    def _export(self, name: str, slots: list[int]) -> tuple[list[SyncItem], str]:
         """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""
-        records = []
+        items = []
         address = ""
         for slot in slots:
             a = self.node.assignments.get(slot)
@@ -254,9 +257,9 @@ class Replicator:
             if member is None:
                 continue
             address = member[1]
-            records.append([slot, a.epoch, self.node.engine.export_slot(slot)])
+            items.append(SyncItem(slot, a.epoch, self.node.engine.export_slot(slot)))
             self.slots.setdefault(slot, SlotTracker()).exported(name)
-        return records, address
+        return items, address
 
     # -- ISR changes through the broker (rule 1) ------------------------------------------------
     def _request_isr(self, slot: int, epoch: int, action: str, name: str) -> None:
@@ -308,8 +311,8 @@ class Replicator:
                     self._request_isr(slot, a.epoch, "remove", name)
 
     # -- replica side ---------------------------------------------------------------------------
-    def op_replicate(self, args: list[Any]) -> Any:
-        slot, epoch, mutation = args
+    def op_replicate(self, req: records.ReplicateRequest) -> Any:
+        slot, epoch, mutation = req
         node = self.node
         a = node.assignments.get(slot)
         if a is None or a.role != REPLICA:
@@ -319,8 +322,8 @@ class Replicator:
                 f"slot {slot} has had a new primary since epoch {a.leader_epoch}", slot=slot, epoch=a.epoch
             )
         data = node.engine.slot(slot)
-        seq = mutation[2]
-        if seq <= data.seq and mutation[1] == data.data_epoch:
+        seq = mutation.seq
+        if seq <= data.seq and mutation.epoch == data.data_epoch:
             return True  # a resend of what we already hold
         if seq != data.seq + 1:
             raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
@@ -330,18 +333,18 @@ class Replicator:
         assert node.wal is not None
         return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
 
-    def _would_go_back(self, slot: int, a: Assignment, record: list[Any]) -> bool:
+    def _would_go_back(self, slot: int, a: Assignment, record: SlotExport) -> bool:
         """A full sync older in (data_epoch, seq) than our in-sync copy, from the same leadership our
         copy came from: only a primary that lost writes sends that (rule 2)."""
         data = self.node.engine.slots.get(slot)
         if data is None or self.node.name not in a.isr or self._copied_under.get(slot) != a.leader_epoch:
             return False
-        return (record[1], record[2]) < (data.data_epoch, data.seq)
+        return (record.data_epoch, record.seq) < (data.data_epoch, data.seq)
 
-    def op_sync(self, records: list[list[Any]]) -> Any:
+    def op_sync(self, items: list[SyncItem]) -> Any:
         node = self.node
         results: list[bool | str] = []
-        for slot, epoch, record in records:
+        for slot, epoch, record in items:
             a = node.assignments.get(slot)
             if a is None or a.role != REPLICA or epoch < a.leader_epoch:
                 results.append(False)
@@ -351,7 +354,7 @@ class Replicator:
                     "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
                     slot,
                     (node.engine.slot(slot).data_epoch, node.engine.slot(slot).seq),
-                    (record[1], record[2]),
+                    (record.data_epoch, record.seq),
                 )
                 results.append(NEWER)
                 continue

@@ -1,8 +1,7 @@
 """Snapshots: a forked child writes everything the store holds while the parent keeps serving.
 
-File snap-<segment>.snk, where <segment> is the first log segment to replay after it:
-    b"SNAPKV01" <u32 len><msgpack header> { <u32 len><msgpack exported slot> }* b"END!" <u32 crc32>
-The crc covers every byte before it. Written to a temp file, fsynced, renamed, dir fsynced.
+File snap-<segment>.snk, where <segment> is the first log segment to replay after it; its format
+is in formats.py. Written to a temp file, fsynced, renamed, dir fsynced.
 Rule 10: the log is flushed and rotated and gc frozen before fork; the child touches no event
 loop, logging or inherited buffers, writes with os.write and leaves with os._exit. Rotation and
 fork happen in one loop turn, so the file holds exactly the records of the segments before it.
@@ -15,33 +14,26 @@ import contextlib
 import gc
 import logging
 import os
-import struct
 import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
+from ..common.records import SlotExport
 from .engine import Engine
+from .formats import U32, CorruptSnapshot, parse_snapshot, snapshot_chunks, snapshot_header
 
 if TYPE_CHECKING:
     from .node import StoreNode
 
 log = logging.getLogger("snapkv.snapshot")
 
-MAGIC = b"SNAPKV01"
-TRAILER = b"END!"
-U32 = struct.Struct("<I")
-FORMAT_VERSION = 1
+__all__ = ["CorruptSnapshot", "Snapshotter", "list_snapshots", "read_file", "snapshot_name", "write_file"]
+
 KEEP = 3
 TMP_SUFFIX = ".tmp"
 CHILD_NICE = 12  # the child yields the CPU to the serving parent: weight 70 vs 1024 (measured in benchmarks/README.md)
-
-
-class CorruptSnapshot(Exception):
-    pass
 
 
 def snapshot_name(segment: int) -> str:
@@ -77,34 +69,13 @@ def write_file(path: str, header: dict[str, Any], engine: Engine) -> int:
     try:
         crc = 0
         size = 0
-        chunk: list[bytes] = []
-        pending = 0
-        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-        pack_len = U32.pack
-        crc32 = zlib.crc32
-
-        def flush() -> None:
-            nonlocal pending, crc, size
-            data = b"".join(chunk)
-            chunk.clear()
-            pending = 0
-            crc = crc32(data, crc)
+        export = engine.export_slot
+        for data in snapshot_chunks(header, (export(slot) for slot in sorted(engine.slots))):
+            crc = zlib.crc32(data, crc)
             size += len(data)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-
-        head = packer.pack(header)
-        chunk += (MAGIC, pack_len(len(head)), head)
-        export = engine.export_slot
-        for slot in sorted(engine.slots):
-            record = packer.pack(export(slot))
-            chunk += (pack_len(len(record)), record)
-            pending += len(record)
-            if pending >= 1 << 22:
-                flush()
-        chunk.append(TRAILER)
-        flush()
         os.write(fd, U32.pack(crc))
         os.fsync(fd)
     finally:
@@ -118,46 +89,22 @@ def write_file(path: str, header: dict[str, Any], engine: Engine) -> int:
     return size + U32.size
 
 
-def read_file(path: str) -> tuple[dict[str, Any], Iterator[list[Any]]]:
-    """Verify a snapshot whole (magic, checksum, framing) before yielding any of its slots."""
+def read_file(path: str) -> tuple[dict[str, Any], Iterator[SlotExport]]:
+    """Verify a snapshot whole before yielding any of its slots (formats.parse_snapshot)."""
     with open(path, "rb") as fh:
         data = fh.read()
-    if len(data) < len(MAGIC) + 2 * U32.size + len(TRAILER) or not data.startswith(MAGIC):
-        raise CorruptSnapshot(f"{path}: not a snapkv snapshot")
-    view = memoryview(data)
-    end = len(data) - U32.size - len(TRAILER)
-    (crc,) = U32.unpack_from(data, len(data) - U32.size)
-    if zlib.crc32(view[: -U32.size]) != crc or data[end : end + len(TRAILER)] != TRAILER:
-        raise CorruptSnapshot(f"{path}: checksum mismatch")
-    pos = len(MAGIC)
-    (hlen,) = U32.unpack_from(data, pos)
     try:
-        header = msgpack.unpackb(view[pos + U32.size : pos + U32.size + hlen], raw=False, strict_map_key=False)
-    except Exception as exc:  # any decoding failure means corrupt
-        raise CorruptSnapshot(f"{path}: bad header: {exc!r}") from None
-    version = header.get("format") if isinstance(header, dict) else None
-    if version != FORMAT_VERSION:
-        raise CorruptSnapshot(f"{path}: unknown format {version!r}")
-    pos += U32.size + hlen
-    frames = []  # check the framing before anything is yielded
-    while pos < end:
-        if pos + U32.size > end:
-            raise CorruptSnapshot(f"{path}: truncated record at {pos}")
-        (n,) = U32.unpack_from(data, pos)
-        if pos + U32.size + n > end:
-            raise CorruptSnapshot(f"{path}: record at {pos} overruns the file")
-        frames.append((pos + U32.size, pos + U32.size + n))
-        pos += U32.size + n
+        header, slots = parse_snapshot(data)
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
 
-    def records() -> Iterator[list[Any]]:
-        unpackb = msgpack.unpackb
-        for start, stop in frames:
-            try:
-                yield unpackb(view[start:stop], raw=False, strict_map_key=False, use_list=True)
-            except Exception as exc:
-                raise CorruptSnapshot(f"{path}: bad record at {start}: {exc!r}") from None
+    def named() -> Iterator[SlotExport]:
+        try:
+            yield from slots
+        except CorruptSnapshot as exc:
+            raise CorruptSnapshot(f"{path}: {exc}") from None
 
-    return header, records()
+    return header, named()
 
 
 class Snapshotter:
@@ -233,15 +180,8 @@ class Snapshotter:
         node.dirty = False
         path = os.path.join(self.data_dir, snapshot_name(segment))
         keys = engine.key_count()
-        header = {
-            "format": FORMAT_VERSION,
-            "store": self.name,
-            "created": time.time(),
-            "wal_segment": segment,
-            "slots": len(engine.slots),
-            "keys": keys,
-            "assignments": [[slot, *a.to_wire()] for slot, a in sorted(node.assignments.items())],
-        }
+        assignments = [a for _, a in sorted(node.assignments.items())]
+        header = snapshot_header(self.name, time.time(), segment, keys, len(engine.slots), assignments)
         status, error = -1, ""
         try:
             read_fd, write_fd = os.pipe()  # the child's error, if any, for the caller

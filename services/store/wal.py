@@ -1,6 +1,6 @@
 """Append-only log: checksummed msgpack records, written with os.write before any acknowledgement.
 
-Record on disk: <u32 length><u32 crc32(payload)><payload = msgpack [kind, body]>.
+Record format: formats.py (<u32 length><u32 crc32><msgpack [kind, body]>).
 Records appended in one loop turn leave in one os.write (rule 6); `fsync=always` then runs one
 fsync for the whole group (group commit), `everysec` once a second, `no` never (but a rotated
 segment is always fsynced, in the background, so an older snapshot's log stays whole).
@@ -17,31 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import time
-import zlib
 from collections import deque
 from typing import Any
 
-import msgpack
-
 from ..common import errors
+from .formats import ASSIGN, DROP, MUTATION, RESET, LogBody, encode_log, split_log
 from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.wal")
 
-HEADER = struct.Struct("<II")
-MUTATION = 1  # body: engine Mutation
-ASSIGN = 2  # body: [slot, epoch, role, members, isr]
-RESET = 3  # body: exported slot (full sync or restore) replacing the slot's contents
-DROP = 4  # body: slot
-KINDS = (MUTATION, ASSIGN, RESET, DROP)
-MAX_RECORD = 512 * 1024 * 1024
-
-
-def encode(kind: int, body: Any) -> bytes:
-    payload = msgpack.packb([kind, body], use_bin_type=True)
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+__all__ = ["ASSIGN", "DROP", "MUTATION", "RESET", "Wal", "list_segments", "read_segment", "segment_name"]
 
 
 def segment_name(number: int) -> str:
@@ -60,30 +46,14 @@ def list_segments(data_dir: str) -> list[int]:
 
 
 def read_segment(path: str, *, repair: bool) -> tuple[list[tuple[int, Any]], bool]:
-    """(kind, body) of each valid record, and whether a torn or corrupt tail followed them.
-
-    With repair the bad tail is cut off the file, so new records follow the last good one.
+    """(kind, raw body) of each valid record (formats.log_body types them), and whether a torn or
+    corrupt tail followed them. With repair the bad tail is cut off the file, so new records
+    follow the last good one.
     """
     with open(path, "rb") as fh:
         data = fh.read()
-    records: list[tuple[int, Any]] = []
-    pos = 0
+    records, pos = split_log(data)
     size = len(data)
-    unpackb = msgpack.unpackb
-    while pos + HEADER.size <= size:
-        length, crc = HEADER.unpack_from(data, pos)
-        start, end = pos + HEADER.size, pos + HEADER.size + length
-        if length > MAX_RECORD or end > size:
-            break
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            kind, body = unpackb(payload, raw=False, strict_map_key=False)
-        except Exception:
-            break
-        records.append((kind, body))
-        pos = end
     cut = pos < size
     if cut:
         log.warning(
@@ -152,9 +122,9 @@ class Wal:
         self.closed = True
         self._fail_waiters()  # anything appended from now on is refused, not written to a closed fd
 
-    def append(self, kind: int, body: Any) -> int:
+    def append(self, kind: int, body: LogBody) -> int:
         """Queue a record; it is written at the end of this loop turn. Returns its position."""
-        self._buf.append(encode(kind, body))
+        self._buf.append(encode_log(kind, body))
         self._queued += 1
         if not self._scheduled:
             self._scheduled = True

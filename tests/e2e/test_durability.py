@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from snapkv.store import snapshot, wal
+from snapkv.store import formats, snapshot, wal
 from support.procs import LocalCluster, Proc, free_port, http
 
 KEYS = 20_000
@@ -308,8 +308,8 @@ def test_a_history_with_a_hole_refuses_to_start(tmp_path: Path):
     data = tmp_path / "holed"
     data.mkdir()
     mutation = [1, 1, 1, "", [[b"k", b"v", 0]], 0]
-    (data / wal.segment_name(1)).write_bytes(wal.encode(wal.MUTATION, mutation))
-    (data / wal.segment_name(3)).write_bytes(wal.encode(wal.MUTATION, [1, 1, 2, "", [[b"k", b"w", 0]], 0]))
+    (data / wal.segment_name(1)).write_bytes(formats.encode_log(wal.MUTATION, mutation))
+    (data / wal.segment_name(3)).write_bytes(formats.encode_log(wal.MUTATION, [1, 1, 2, "", [[b"k", b"w", 0]], 0]))
     done = run_store(["s1", str(free_port()), "--data-dir", str(data)])
     assert done.returncode != 0
     line = done.stderr.strip().splitlines()[-1]

@@ -8,10 +8,11 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+from snapkv.common.records import Member, SlotAssignment
 from snapkv.common.slots import key_slot
 from snapkv.store import recovery
 from snapkv.store.engine import Engine
-from snapkv.store.node import Assignment, StoreNode
+from snapkv.store.node import StoreNode
 from snapkv.store.snapshot import Snapshotter
 from snapkv.store.wal import Wal
 
@@ -63,7 +64,9 @@ class MiniStore:
 
     def own(self, slots: Any, epoch: int = 1) -> None:
         for slot in slots:
-            self.node.apply_assignment(slot, Assignment(epoch, "primary", [[self.name, "-"]], []), log_it=True)
+            self.node.apply_assignment(
+                slot, SlotAssignment(slot, epoch, "primary", [Member(self.name, "-")], [], epoch), log_it=True
+            )
         self.node.confirmed = True
 
     def write(self, ops: list[list[Any]], slot: int | None = None, epoch: int = 1) -> asyncio.Future[Any]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from snapkv.store import recovery
+from snapkv.common.records import Mutation, SlotAssignment, SlotExport
+from snapkv.store import formats, recovery
 from snapkv.store.engine import Engine
 from snapkv.store.node import StoreNode
 
@@ -59,3 +60,37 @@ def test_a_data_dir_written_before_typed_records_recovers_the_same(dirs: Path, n
     got = digest(node)
     got["replayed"], got["snapshot"] = result.replayed, result.snapshot_file
     assert got == EXPECTED[name]
+
+
+def log_files(dirs: Path) -> list[Path]:
+    return sorted(dirs.glob("*/wal-*.log"))
+
+
+def test_the_fixtures_hold_every_kind_of_log_record(dirs: Path) -> None:
+    kinds = set()
+    for path in log_files(dirs):
+        records, end = formats.split_log(path.read_bytes())
+        assert end == path.stat().st_size
+        kinds |= {kind for kind, _ in records}
+    assert kinds == set(formats.KINDS)
+    assert len(sorted(dirs.glob("*/snap-*.snk"))) == 2
+
+
+def test_typed_log_records_write_the_old_files_byte_for_byte(dirs: Path) -> None:
+    typed = {formats.MUTATION: Mutation, formats.ASSIGN: SlotAssignment, formats.RESET: SlotExport}
+    for path in log_files(dirs):
+        data = path.read_bytes()
+        records, _ = formats.split_log(data)
+        bodies = [(kind, formats.log_body(kind, raw)) for kind, raw in records]
+        assert all(isinstance(body, typed.get(kind, int)) for kind, body in bodies)
+        assert b"".join(formats.encode_log(kind, body) for kind, body in bodies) == data, path
+
+
+def test_typed_snapshots_write_the_old_files_byte_for_byte(dirs: Path) -> None:
+    for path in sorted(dirs.glob("*/snap-*.snk")):
+        data = path.read_bytes()
+        header, slots = formats.parse_snapshot(data)
+        exports = list(slots)
+        assert exports and all(isinstance(e, SlotExport) for e in exports)
+        typed_header = {**header, "assignments": formats.snapshot_assignments(header)}
+        assert formats.encode_snapshot(typed_header, exports) == data, path

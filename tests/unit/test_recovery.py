@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from snapkv.common.slots import SLOTS, key_slot
-from snapkv.store import recovery, snapshot, wal
+from snapkv.store import formats, recovery, snapshot, wal
 from snapkv.store.engine import Engine
 from snapkv.store.node import StoreNode
 from support.storekit import MiniStore, live_items, random_writes
@@ -134,7 +134,7 @@ async def test_a_log_cut_mid_record_recovers_every_complete_record_before_the_cu
     await crash(store)
     path = str(tmp_path / wal.segment_name(1))
     records, _ = wal.read_segment(path, repair=False)
-    sizes = [len(wal.encode(kind, body)) for kind, body in records]
+    sizes = [len(formats.encode_log(kind, body)) for kind, body in records]
     first_write = len(records) - len(keys)  # after the ASSIGN records
     end_of = [sum(sizes[: i + 1]) for i in range(len(sizes))]
     cut_record = first_write + 150
@@ -164,7 +164,7 @@ async def test_replay_skips_what_the_snapshot_already_holds(tmp_path):
     for kind, body in records:
         if kind == wal.MUTATION and body[2] <= 12:
             mid.apply(body)
-    snapshot.write_file(str(tmp_path / snapshot.snapshot_name(1)), {"format": snapshot.FORMAT_VERSION}, mid)
+    snapshot.write_file(str(tmp_path / snapshot.snapshot_name(1)), {"format": formats.FORMAT_VERSION}, mid)
     node = StoreNode("n", Engine(), None)
     result = recovery.recover(str(tmp_path), node)
     assert result.skipped == 12 and node.engine.get(5, b"k", 0)[0] == b"v19"
@@ -268,7 +268,7 @@ async def test_every_snapshot_corrupt_but_the_whole_log_kept_replays_it_all(tmp_
     store.node.wal.rotate()  # as a snapshot that failed to be written leaves it
     model = await random_writes(store, 300, keys=50, seed=2, model=model)
     await crash(store)
-    (tmp_path / snapshot.snapshot_name(2)).write_bytes(snapshot.MAGIC + b"garbage" * 10)
+    (tmp_path / snapshot.snapshot_name(2)).write_bytes(formats.MAGIC + b"garbage" * 10)
     again = await restart(tmp_path)
     assert again.recovered.snapshot_file == "" and live_items(again) == model
     await again.stop()
@@ -276,7 +276,8 @@ async def test_every_snapshot_corrupt_but_the_whole_log_kept_replays_it_all(tmp_
 
 async def test_an_unknown_record_kind_refuses_to_start(tmp_path):
     (tmp_path / wal.segment_name(1)).write_bytes(
-        wal.encode(wal.MUTATION, [1, 1, 1, "", [[b"a", b"b", 0]], 0]) + wal.encode(77, ["from", "the", "future"])
+        formats.encode_log(wal.MUTATION, [1, 1, 1, "", [[b"a", b"b", 0]], 0])
+        + formats.encode_log(77, ["from", "the", "future"])
     )
     with pytest.raises(recovery.RecoveryError, match="unknown kind 77"):
         recovery.recover(str(tmp_path), StoreNode("n", Engine(), None))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from snapkv.common.slots import SLOTS
-from snapkv.store import snapshot, wal
+from snapkv.store import formats, snapshot, wal
 from snapkv.store.engine import Engine
 from support.storekit import MiniStore, live_items, random_writes
 
@@ -28,7 +28,7 @@ def test_file_round_trip_with_header(tmp_path):
     e = small_engine()
     path = str(tmp_path / snapshot.snapshot_name(4))
     size = snapshot.write_file(
-        path, {"format": snapshot.FORMAT_VERSION, "store": "s1", "created": 1.5, "keys": 300, "slots": 50}, e
+        path, {"format": formats.FORMAT_VERSION, "store": "s1", "created": 1.5, "keys": 300, "slots": 50}, e
     )
     assert size == os.path.getsize(path) and not os.path.exists(path + ".tmp")
     header, records = snapshot.read_file(path)
@@ -46,7 +46,7 @@ def test_file_round_trip_with_header(tmp_path):
 def test_every_flipped_byte_and_every_truncation_is_detected(tmp_path):
     file = tmp_path / snapshot.snapshot_name(1)
     path = str(file)
-    snapshot.write_file(path, {"format": snapshot.FORMAT_VERSION}, small_engine(15))
+    snapshot.write_file(path, {"format": formats.FORMAT_VERSION}, small_engine(15))
     good = file.read_bytes()
     for offset in range(len(good)):
         bad = bytearray(good)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from snapkv.common import errors, wire
+from snapkv.common import errors, records, wire
 from snapkv.store.engine import Engine
 from snapkv.store.node import PRIMARY, REPLICA, StoreNode
 from snapkv.store.replication import Replicator
@@ -39,7 +39,11 @@ class HeldAcks:
 def primary_node(replicator=None) -> StoreNode:
     node = StoreNode("s1", Engine(), None)
     node.replicator = replicator
-    node.op_assign({"slots": [[SLOT, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]], "confirm": True})
+    node.op_assign(
+        records.assign_request(
+            {"slots": [[SLOT, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]], "confirm": True}
+        )
+    )
     return node
 
 
@@ -50,12 +54,12 @@ async def settle(value):
 async def test_read_of_a_key_deleted_by_an_uncommitted_write_waits_for_the_commit():
     acks = HeldAcks()
     node = primary_node(acks)
-    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
+    write = node.op_write(records.write_request([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]]))
     acks.release()
     await write
-    delete = node.op_write([SLOT, 3, "r2", [[b"k", None, 0]], [None]])
-    read = node.op_get([SLOT, 3, b"k"])
-    scan = node.op_scan([[SLOT], 0, None, b"", 10, False])
+    delete = node.op_write(records.write_request([SLOT, 3, "r2", [[b"k", None, 0]], [None]]))
+    read = node.op_get(records.get_request([SLOT, 3, b"k"]))
+    scan = node.op_scan(records.scan_request([[SLOT], 0, None, b"", 10, False]))
     await asyncio.sleep(0)
     assert asyncio.isfuture(read) and not read.done()  # no 404 before the delete is committed
     assert asyncio.isfuture(scan) and not scan.done()
@@ -68,9 +72,9 @@ async def test_read_of_a_key_deleted_by_an_uncommitted_write_waits_for_the_commi
 async def test_read_of_an_uncommitted_value_waits_and_a_missing_key_does_not():
     acks = HeldAcks()
     node = primary_node(acks)
-    assert node.op_get([SLOT, 3, b"nothing"]) is None
-    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
-    read = node.op_get([SLOT, 3, b"k"])
+    assert node.op_get(records.get_request([SLOT, 3, b"nothing"])) is None
+    write = node.op_write(records.write_request([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]]))
+    read = node.op_get(records.get_request([SLOT, 3, b"k"]))
     await asyncio.sleep(0)
     assert not read.done()
     acks.release()
@@ -80,25 +84,33 @@ async def test_read_of_an_uncommitted_value_waits_and_a_missing_key_does_not():
 
 async def test_retry_with_the_same_request_id_is_applied_once():
     node = primary_node()
-    first = await settle(node.op_write([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]]))
-    again = await settle(node.op_write([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]]))
+    first = await settle(node.op_write(records.write_request([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]])))
+    again = await settle(node.op_write(records.write_request([SLOT, 3, "same", [[b"k", b"v1", 0]], [None]])))
     assert first == again and node.engine.slot(SLOT).seq == 1
 
 
 async def test_wrong_epoch_or_role_is_refused():
     node = primary_node()
     with pytest.raises(errors.WrongOwner):
-        node.op_get([SLOT, 2, b"k"])
+        node.op_get(records.get_request([SLOT, 2, b"k"]))
     with pytest.raises(errors.WrongOwner):
-        node.op_get([SLOT + 1, 3, b"k"])
+        node.op_get(records.get_request([SLOT + 1, 3, b"k"]))
 
 
 async def test_a_full_push_drops_what_it_does_not_list():
     node = primary_node()
-    node.op_assign({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]]})
+    node.op_assign(
+        records.assign_request({"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]]})
+    )
     assert set(node.assignments) == {SLOT, SLOT + 1}
     node.op_assign(
-        {"slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]], "confirm": True, "full": True}
+        records.assign_request(
+            {
+                "slots": [[SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]],
+                "confirm": True,
+                "full": True,
+            }
+        )
     )
     assert set(node.assignments) == {SLOT + 1}
 
@@ -108,15 +120,19 @@ async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
     node.confirmed = True
     repl = Replicator(node, None, "", "")  # type: ignore[arg-type]
     # primary s1 took the slot at epoch 5; the ISR changed since (epoch 6)
-    node.op_assign({"slots": [[SLOT, 6, REPLICA, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 5]]})
+    node.op_assign(records.assign_request({"slots": [[SLOT, 6, REPLICA, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 5]]}))
 
     node.wal = NoLog()  # type: ignore[assignment]
     mutation = [SLOT, 5, 1, "r", [[b"k", b"v", 0]], 0]
-    assert await repl.op_replicate([SLOT, 5, mutation]) is True  # same primary, older ISR epoch: fine
+    assert (
+        await repl.op_replicate(records.replicate_request([SLOT, 5, mutation])) is True
+    )  # same primary, older ISR epoch: fine
     with pytest.raises(errors.StaleEpoch):
-        repl.op_replicate([SLOT, 4, [SLOT, 4, 2, "r2", [[b"k", b"x", 0]], 0]])  # a deposed primary
+        repl.op_replicate(
+            records.replicate_request([SLOT, 4, [SLOT, 4, 2, "r2", [[b"k", b"x", 0]], 0]])
+        )  # a deposed primary
     with pytest.raises(errors.ReplicaGap):
-        repl.op_replicate([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]])  # missed 2..8
+        repl.op_replicate(records.replicate_request([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]]))  # missed 2..8
     assert node.engine.get(SLOT, b"k", 0)[0] == b"v"
     assert wire.OP_REPLICATE == "repl"
 
@@ -124,9 +140,9 @@ async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
 async def test_demoted_primary_fails_pending_reads_so_the_router_retries_elsewhere():
     acks = HeldAcks()
     node = primary_node(acks)
-    write = node.op_write([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]])
-    read = node.op_get([SLOT, 3, b"k"])
-    node.op_assign({"slots": [[SLOT, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], [], 4]]})
+    write = node.op_write(records.write_request([SLOT, 3, "r1", [[b"k", b"v", 0]], [None]]))
+    read = node.op_get(records.get_request([SLOT, 3, b"k"]))
+    node.op_assign(records.assign_request({"slots": [[SLOT, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], [], 4]]}))
     await asyncio.sleep(0)
     with pytest.raises(errors.WrongOwner):
         await read
@@ -149,7 +165,9 @@ async def test_a_repeated_push_is_no_change_and_makes_no_snapshot_due():
     node = primary_node()
     frame = [SLOT, 3, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], ["s2"], 3]
     node.dirty = False
-    node.op_assign({"slots": [frame], "confirm": True, "full": True})
+    node.op_assign(records.assign_request({"slots": [frame], "confirm": True, "full": True}))
     assert node.dirty is False
-    node.op_assign({"slots": [[SLOT, 4, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], [], 3]], "confirm": True})
+    node.op_assign(
+        records.assign_request({"slots": [[SLOT, 4, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], [], 3]], "confirm": True})
+    )
     assert node.dirty is True

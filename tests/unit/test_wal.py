@@ -10,6 +10,7 @@ import time
 import pytest
 
 from snapkv.common import errors
+from snapkv.store import formats
 from snapkv.store import wal as walmod
 from snapkv.store.wal import Wal
 
@@ -23,7 +24,7 @@ def write_records(path: str, count: int) -> list[int]:
     ends = []
     with open(path, "wb") as fh:
         for i in range(count):
-            fh.write(walmod.encode(walmod.MUTATION, mutation(i)))
+            fh.write(formats.encode_log(walmod.MUTATION, mutation(i)))
             ends.append(fh.tell())
     return ends
 
@@ -51,7 +52,7 @@ def test_a_log_cut_mid_record_keeps_every_complete_record_and_truncates_the_tail
     assert "event=wal_tail_truncated" in caplog.text
     # new records written after the repair follow the last good one and read back
     with open(path, "ab") as fh:
-        fh.write(walmod.encode(walmod.MUTATION, mutation(99)))
+        fh.write(formats.encode_log(walmod.MUTATION, mutation(99)))
     records, cut = walmod.read_segment(path, repair=True)
     assert not cut and records[-1] == (walmod.MUTATION, mutation(99)) and len(records) == 21
 

@@ -1,0 +1,298 @@
+"""Typed records of the internal wire, the log, the snapshots and the engine. Pure.
+
+Every record is a NamedTuple: msgpack packs it as the array the older code wrote by hand, so
+logs, snapshots and frames stay byte for byte what they were (tests/unit/test_file_compat.py
+recovers data dirs written before these types existed). What arrives (msgpack lists) becomes a
+record once, at the boundary, through the `decode_*` functions here; a frame of the wrong shape
+raises BadRequest there instead of an IndexError deep in a handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from . import errors
+
+PRIMARY, REPLICA = "primary", "replica"
+
+
+# -- the engine and what it writes --------------------------------------------------------------
+class Entry(NamedTuple):
+    """One key's current value in a slot."""
+
+    value: bytes
+    version: int  # epoch << 40 | seq (rule 8)
+    expires_at: int  # unix ms; 0 = never
+
+
+class Op(NamedTuple):
+    """One key's change inside a mutation: value None deletes."""
+
+    key: bytes
+    value: bytes | None
+    expires_at: int
+
+
+class Mutation(NamedTuple):
+    """A write as it is applied, logged, replicated and replayed: the same on every copy."""
+
+    slot: int
+    epoch: int
+    seq: int
+    rid: str  # request id ("" = none): a retry answers with the first result (rule 7)
+    ops: list[Op]
+    now_ms: int  # the primary's clock when it prepared the write (liveness of entries)
+
+
+class WriteResult(NamedTuple):
+    version: int
+    existed: list[bool]  # per op: whether the key was live before
+
+
+class SlotExport(NamedTuple):
+    """Point-in-time copy of one slot: a snapshot's slot record, a full sync, a RESET log record."""
+
+    slot: int
+    data_epoch: int
+    seq: int
+    flat: list[Any]  # key, value, version, expires_at, key, value, ... (compact on disk)
+    recent: list[tuple[str, WriteResult]]  # remembered request ids, oldest first
+
+
+# -- assignments ---------------------------------------------------------------------------------
+class Member(NamedTuple):
+    name: str
+    address: str
+
+
+class SlotAssignment(NamedTuple):
+    """What the broker says a store is for one slot: pushed, logged (ASSIGN) and snapshotted."""
+
+    slot: int
+    epoch: int
+    role: str  # PRIMARY or REPLICA
+    members: list[Member]  # primary first, then replicas
+    isr: list[str]  # names of in-sync replicas
+    leader_epoch: int  # the epoch at which the current primary took the slot
+
+    def logged(self) -> SlotAssignment:
+        """As the log and snapshots hold it: a leader epoch always written (0 from a push means
+        the slot's epoch)."""
+        return self if self.leader_epoch else self._replace(leader_epoch=self.epoch)
+
+
+class Drop(NamedTuple):
+    """Stop holding a slot; `primary` is who holds it now, at `epoch` (None: unknown)."""
+
+    slot: int
+    epoch: int
+    primary: str | None
+
+
+class AssignRequest(NamedTuple):
+    slots: list[SlotAssignment]
+    drop: list[Drop]
+    confirm: bool  # the store now holds the broker's view of what it owns (rule 3)
+    full: bool  # `slots` is all it owns: anything else is dropped
+    cluster: str
+    replication: str  # "sync" or "async", "" = unchanged
+
+
+class Position(NamedTuple):
+    """A store's copy of one slot as it registers it (inventory)."""
+
+    slot: int
+    role: str
+    seq: int
+    data_epoch: int
+    epoch: int
+
+
+# -- requests between broker and stores ----------------------------------------------------------
+class WriteOp(NamedTuple):
+    key: bytes
+    value: bytes | None  # None deletes
+    ttl_ms: int  # 0 = no expiry
+
+
+class GetRequest(NamedTuple):
+    slot: int
+    epoch: int
+    key: bytes
+    replica_read: bool = False  # an ISR replica answers while the primary is failing
+
+
+class WriteRequest(NamedTuple):
+    slot: int
+    epoch: int
+    rid: str
+    ops: list[WriteOp]
+    conditions: list[int | None]  # per op: exact version, MUST_EXIST, MUST_NOT_EXIST or None
+
+
+class ScanRequest(NamedTuple):
+    slots: list[int]
+    after_slot: int
+    after_key: bytes | None
+    prefix: bytes
+    limit: int
+    with_values: bool
+
+
+class ScanAnswer(NamedTuple):
+    items: list[list[Any]]  # [slot, key] or [slot, key, value]
+    more: bool
+    missing: bool  # some asked-for slot is not primary here any more
+
+
+# -- between stores -------------------------------------------------------------------------------
+class ReplicateRequest(NamedTuple):
+    slot: int
+    epoch: int  # the sender's assignment epoch
+    mutation: Mutation
+
+
+class SyncItem(NamedTuple):
+    slot: int
+    epoch: int
+    export: SlotExport
+
+
+# -- decoding at the boundary ----------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def _bad(what: str, raw: object) -> errors.BadRequest:
+    return errors.BadRequest(f"malformed {what}: {str(raw)[:120]}")
+
+
+def _seq(raw: object, what: str) -> Sequence[Any]:
+    if not isinstance(raw, list | tuple):
+        raise _bad(what, raw)
+    return raw
+
+
+def op(raw: Sequence[Any]) -> Op:
+    key, value, expires_at = raw
+    return Op(key, value, expires_at)
+
+
+def mutation(raw: object) -> Mutation:
+    try:
+        slot, epoch, seq, rid, ops, now = _seq(raw, "mutation")
+        return Mutation(slot, epoch, seq, rid, [Op(k, v, e) for k, v, e in ops], now)
+    except (TypeError, ValueError):
+        raise _bad("mutation", raw) from None
+
+
+def write_result(raw: Sequence[Any]) -> WriteResult:
+    version, existed = raw
+    return WriteResult(version, existed)
+
+
+def slot_export(raw: object) -> SlotExport:
+    try:
+        slot, data_epoch, seq, flat, recent = _seq(raw, "slot export")
+        return SlotExport(slot, data_epoch, seq, flat, [(rid, write_result(r)) for rid, r in recent])
+    except (TypeError, ValueError):
+        raise _bad("slot export", raw) from None
+
+
+def slot_assignment(raw: object) -> SlotAssignment:
+    """[slot, epoch, role, members, isr, leader_epoch?]: records older than leader epochs lack it."""
+    fields = _seq(raw, "assignment")
+    try:
+        slot, epoch, role, members, isr = fields[:5]
+        leader_epoch = fields[5] if len(fields) > 5 else epoch
+        return SlotAssignment(slot, epoch, role, [Member(n, a) for n, a in members], list(isr), leader_epoch)
+    except (TypeError, ValueError):
+        raise _bad("assignment", raw) from None
+
+
+def drop(raw: object) -> Drop:
+    """[slot, epoch, primary now], or a bare slot (from an older broker)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return Drop(raw, 0, None)
+    try:
+        slot, epoch, primary = _seq(raw, "drop")
+        return Drop(slot, epoch, primary)
+    except (TypeError, ValueError):
+        raise _bad("drop", raw) from None
+
+
+def assign_request(raw: object) -> AssignRequest:
+    if not isinstance(raw, dict):
+        raise _bad("assign", raw)
+    return AssignRequest(
+        [slot_assignment(r) for r in raw.get("slots", [])],
+        [drop(d) for d in raw.get("drop", [])],
+        bool(raw.get("confirm")),
+        bool(raw.get("full")),
+        str(raw.get("cluster") or ""),
+        str(raw.get("replication") or ""),
+    )
+
+
+def position(raw: object) -> Position:
+    try:
+        slot, role, seq, data_epoch, epoch = _seq(raw, "inventory entry")
+        return Position(slot, role, seq, data_epoch, epoch)
+    except (TypeError, ValueError):
+        raise _bad("inventory entry", raw) from None
+
+
+def get_request(raw: object) -> GetRequest:
+    fields = _seq(raw, "get")
+    try:
+        slot, epoch, key = fields[:3]
+    except ValueError:
+        raise _bad("get", raw) from None
+    return GetRequest(slot, epoch, key, len(fields) > 3 and bool(fields[3]))
+
+
+def write_request(raw: object) -> WriteRequest:
+    try:
+        slot, epoch, rid, ops, conditions = _seq(raw, "write")
+        return WriteRequest(slot, epoch, rid, [WriteOp(k, v, t) for k, v, t in ops], conditions)
+    except (TypeError, ValueError):
+        raise _bad("write", raw) from None
+
+
+def scan_request(raw: object) -> ScanRequest:
+    return _make(ScanRequest, raw, "scan")
+
+
+def scan_answer(raw: object) -> ScanAnswer:
+    return _make(ScanAnswer, raw, "scan answer")
+
+
+def replicate_request(raw: object) -> ReplicateRequest:
+    try:
+        slot, epoch, mut = _seq(raw, "replicate")
+    except ValueError:
+        raise _bad("replicate", raw) from None
+    return ReplicateRequest(slot, epoch, mutation(mut))
+
+
+def sync_items(raw: object) -> list[SyncItem]:
+    out = []
+    for item in _seq(raw, "sync"):
+        try:
+            slot, epoch, export = item
+        except (TypeError, ValueError):
+            raise _bad("sync item", item) from None
+        out.append(SyncItem(slot, epoch, slot_export(export)))
+    return out
+
+
+def nothing(raw: object) -> None:
+    """For ops that take no arguments."""
+    return None
+
+
+def _make(cls: Callable[..., T], raw: object, what: str) -> T:
+    try:
+        return cls(*_seq(raw, what))
+    except TypeError:
+        raise _bad(what, raw) from None
