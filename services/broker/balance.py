@@ -1,0 +1,207 @@
+"""Which copies to move so that every store holds its share: a plan of moves. Pure, no I/O.
+
+A move takes the copy of one slot on `source` to `target` (migration.py runs it as steps). Moving
+a primary onto a store that already holds an in-sync replica of the slot is a swap (no data to
+copy: the two exchange roles); any other move first copies the slot to the target.
+
+Order of business, as tikv/pd's balance schedulers: copies on leaving (draining) stores first,
+then equal primary counts, then equal replica counts, each store within one of the mean. Site
+diversity never drops: a move is taken only if the slot's copies span at least as many sites
+after it as before. Moves are bounded per store (in and out together, counting moves already
+running) and in total, so a join or drain proceeds as a steady stream, not a stampede.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from .slotmap import SlotMap
+
+JOIN, DRAIN, COUNT = "join", "drain", "count"
+
+
+@dataclass(frozen=True)
+class Move:
+    slot: int
+    source: str
+    target: str
+    primary: bool  # the copy that moves is the slot's primary
+    reason: str
+
+
+def is_swap(slotmap: SlotMap, move: Move) -> bool:
+    """A primary move onto an in-sync replica: the two copies exchange roles, nothing is copied."""
+    e = slotmap.entry(move.slot)
+    return move.primary and e.primary == move.source and move.target in e.isr
+
+
+class _Plan:
+    """The map as the planned moves leave it, with per-store counts kept current."""
+
+    def __init__(
+        self,
+        slotmap: SlotMap,
+        sites: Mapping[str, str],
+        busy: Mapping[str, int],
+        per_node: int,
+        limit: int,
+        skip: Collection[int],
+    ) -> None:
+        self.sites = sites
+        self.per_node = per_node
+        self.limit = limit
+        self.moves: list[Move] = []
+        self.moved: set[int] = set(skip)  # a slot moves at most once per plan
+        self.busy = dict(busy)
+        self.members: dict[int, list[str]] = {}  # slot -> [primary, *replicas] after the moves
+        self.isr: dict[int, set[str]] = {}
+        self.primaries: dict[str, list[int]] = {n: [] for n in sites}
+        self.replicas: dict[str, list[int]] = {n: [] for n in sites}
+        for slot, e in enumerate(slotmap.entries):
+            if e.primary is None or slot in skip:
+                continue
+            self.members[slot] = e.members()
+            self.isr[slot] = set(e.isr)
+            if e.primary in self.primaries:
+                self.primaries[e.primary].append(slot)
+            for r in e.replicas:
+                if r in self.replicas:
+                    self.replicas[r].append(slot)
+
+    def full(self) -> bool:
+        return len(self.moves) >= self.limit
+
+    def free(self, name: str) -> bool:
+        return self.busy.get(name, 0) < self.per_node
+
+    def spread(self, names: list[str]) -> int:
+        return len({self.sites.get(n, "") for n in names})
+
+    def keeps_sites(self, slot: int, source: str, target: str) -> bool:
+        members = self.members[slot]
+        after = [target if m == source else m for m in members]
+        return self.spread(after) >= self.spread(members)
+
+    def take(self, slot: int, source: str, target: str, primary: bool, reason: str) -> None:
+        members = self.members[slot]
+        swap = primary and target in members
+        if swap:  # roles exchange: the source stays as a replica
+            members.remove(target)
+            members[0] = target
+            self.replicas[target].remove(slot)
+            self.replicas.setdefault(source, []).append(slot)
+        else:
+            members[members.index(source)] = target
+            if not primary:
+                self.replicas.setdefault(source, [])
+                if slot in self.replicas[source]:
+                    self.replicas[source].remove(slot)
+                self.replicas[target].append(slot)
+        if primary:
+            if slot in self.primaries.get(source, []):
+                self.primaries[source].remove(slot)
+            self.primaries[target].append(slot)
+        self.moves.append(Move(slot, source, target, primary, reason))
+        self.moved.add(slot)
+        self.busy[source] = self.busy.get(source, 0) + 1
+        self.busy[target] = self.busy.get(target, 0) + 1
+
+
+def plan(
+    slotmap: SlotMap,
+    sites: Mapping[str, str],
+    leaving: Collection[str] = (),
+    *,
+    busy: Mapping[str, int] | None = None,
+    per_node: int = 4,
+    limit: int = 64,
+    skip: Collection[int] = (),
+) -> list[Move]:
+    """Moves to start now. `sites`: {name: site} of the stores that are up (leaving ones included);
+    `leaving`: stores to empty; `busy`: moves already running per store; `skip`: slots not to touch
+    (moving already, or not fully copied)."""
+    staying = {n: s for n, s in sites.items() if n not in leaving}
+    if not staying:
+        return []
+    p = _Plan(slotmap, sites, busy or {}, per_node, limit, skip)
+    _drain(p, staying, [n for n in sites if n in leaving])
+    _balance(p, staying, p.primaries, primary=True)
+    _balance(p, staying, p.replicas, primary=False)
+    return p.moves
+
+
+def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
+    for name in sorted(leaving):
+        for slot in sorted(p.primaries.get(name, [])):
+            if p.full() or not p.free(name):
+                return
+            if slot in p.moved:
+                continue
+            members = p.members[slot]
+            # an in-sync replica that stays takes over at once (swap); else the least loaded store
+            swaps = [r for r in members[1:] if r in staying and r in p.isr[slot] and p.free(r)]
+            others = [n for n in staying if n not in members and p.free(n) and p.keeps_sites(slot, name, n)]
+            pool = swaps or others
+            if pool:
+                target = min(pool, key=lambda n: (len(p.primaries[n]), n))
+                p.take(slot, name, target, True, DRAIN)
+        for slot in sorted(p.replicas.get(name, [])):
+            if p.full() or not p.free(name):
+                return
+            if slot in p.moved:
+                continue
+            members = p.members[slot]
+            pool = [n for n in staying if n not in members and p.free(n)]
+            diverse = [n for n in pool if p.keeps_sites(slot, name, n)]
+            if diverse or pool:
+                target = min(diverse or pool, key=lambda n: (len(p.replicas[n]), n))
+                p.take(slot, name, target, False, DRAIN)
+
+
+def _balance(p: _Plan, staying: Mapping[str, str], held: dict[str, list[int]], primary: bool) -> None:
+    """Move copies from the fullest staying store to the emptiest until all are within one."""
+    names = sorted(staying)
+    stuck: set[tuple[str, str]] = set()
+    while not p.full():
+        ready = [n for n in names if p.free(n)]
+        if len(ready) < 2:
+            return
+        by_count = sorted(ready, key=lambda n: (len(held[n]), n))
+        moved = False
+        for low in by_count:
+            for high in reversed(by_count):
+                if len(held[high]) - len(held[low]) <= 1:
+                    break
+                if (high, low) in stuck:
+                    continue
+                slot = _pick(p, held[high], high, low, primary)
+                if slot is None:
+                    stuck.add((high, low))
+                    continue
+                p.take(slot, high, low, primary, JOIN if not held[low] else COUNT)
+                moved = True
+                break
+            if moved:
+                break
+        if not moved:
+            return
+
+
+def _pick(p: _Plan, slots: list[int], source: str, target: str, primary: bool) -> int | None:
+    """A slot of `source` whose copy may go to `target`: for primaries a swap onto an in-sync replica
+    first (nothing to copy), then the highest slots (ranges stay contiguous at the low end)."""
+    best: int | None = None
+    for slot in reversed(slots):
+        if slot in p.moved:
+            continue
+        members = p.members[slot]
+        if target in members:
+            if primary and target in p.isr[slot] and members[0] == source:
+                return slot  # a swap keeps the same copies, so the same sites
+            continue
+        if best is None and p.keeps_sites(slot, source, target):
+            best = slot
+            if not primary:
+                return best
+    return best
