@@ -90,11 +90,7 @@ async def register(request: web.Request) -> web.Response:
     boot = body.get("boot") or ""
     if not isinstance(boot, str):
         raise errors.BadRequest("'boot' must be a string")
-    if svc.cluster.restarted(name, boot):
-        # restarted faster than it was found down: fail it over first, then take it back like any
-        # returning store (what an unsynced log tail lost must not come back as committed)
-        await svc.health.mark_down(name, reason="restarted")
-    svc.cluster.on_register(name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot)
+    await svc.membership.register(name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot)
     return web.json_response(
         {
             "message": "Store registered successfully",

@@ -1,6 +1,6 @@
 """Failover and re-replication: promote in-sync replicas of a down store's slots, restore copies.
 
-Every plan goes through Cluster.apply (persisted, then pushed). One lock orders failover plans
+Every plan goes through Pusher.apply (persisted, then pushed). One lock orders failover plans
 and the ISR changes primaries ask for (rule 1), so each sees the map the other left.
 """
 
@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
+from ..common.config import Settings
 from . import placement
-from .cluster import Cluster
-from .registry import DOWN
+from .clusterstate import ClusterState
+from .pusher import Pusher
 from .slotmap import Change
 
 log = logging.getLogger("snapkv.failover")
@@ -22,12 +23,16 @@ REPAIR_INTERVAL = 1.0
 
 
 class Failover:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: ClusterState, pusher: Pusher, settings: Settings) -> None:
         self.cluster = cluster
+        self.pusher = pusher
+        self.settings = settings
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
 
     async def start(self) -> None:
+        self._started = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -49,9 +54,8 @@ class Failover:
     def in_grace(self) -> bool:
         """After a restart with saved state, stores count as down until they answer: give them time
         to answer before moving anything (rule 4)."""
-        cluster = self.cluster
-        grace = cluster.settings.failure_timeout + cluster.settings.heartbeat_interval * 2
-        return cluster.loaded_state and time.monotonic() - cluster.started_at < grace
+        grace = self.settings.failure_timeout + self.settings.heartbeat_interval * 2
+        return self.cluster.loaded and time.monotonic() - self._started < grace
 
     async def repair(self, reason: str) -> int:
         cluster = self.cluster
@@ -59,11 +63,11 @@ class Failover:
             return 0
         async with self.lock:
             changes, promoted = placement.repair(
-                cluster.slotmap, cluster.registry.sites(), cluster.settings.replication_factor
+                cluster.slotmap, cluster.registry.sites(), self.settings.replication_factor
             )
             if not changes:
                 return 0
-            changed = await cluster.apply(changes, reason)
+            changed = await self.pusher.apply(changes, reason)
             cluster.failovers += promoted
             if promoted:
                 log.warning("event=failover reason=%s promoted=%d slots_changed=%d", reason, promoted, changed)
@@ -75,14 +79,14 @@ class Failover:
         cluster = self.cluster
         # right after a broker restart every store counts as down until it answers: wait for the
         # others, so that a trusted copy that is merely not heard from yet is not passed over
-        while self.in_grace() and any(n.status == DOWN for n in cluster.registry.nodes.values()):
+        while self.in_grace() and cluster.any_down():
             await asyncio.sleep(0.05)
         async with self.lock:
             changes = cluster.catch_up_plan(name)
             if not changes:
                 return
             promoted = sum(1 for c in changes if c.primary != name and cluster.slotmap.entry(c.slot).primary == name)
-            changed = await cluster.apply(changes, f"catch_up:{name}")
+            changed = await self.pusher.apply(changes, f"catch_up:{name}")
             cluster.failovers += promoted
             log.warning(
                 "event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d",
@@ -111,5 +115,5 @@ class Failover:
                 wanted[slot] = change
                 results.append(True)
             if wanted:
-                await cluster.apply(wanted.values(), f"isr:{store}")
+                await self.pusher.apply(wanted.values(), f"isr:{store}")
             return results

@@ -11,13 +11,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .cluster import Cluster
-from .registry import DOWN, DRAINED, DRAINING, SUSPECT, UP
+from .clusterstate import ClusterState, NodeStatus
 from .slotmap import DEGRADED, MIGRATING, OK, UNASSIGNED, UNAVAILABLE
 
 
 class BrokerMetrics:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: ClusterState) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
@@ -48,17 +47,17 @@ class BrokerMetrics:
 
 
 class _ClusterCollector(Collector):
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: ClusterState) -> None:
         self.cluster = cluster
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         c = self.cluster
         nodes = GaugeMetricFamily("snapkv_broker_nodes", "Stores by status", labels=["status"])
-        counts = {s: 0 for s in (UP, SUSPECT, DOWN, DRAINING, DRAINED)}
+        counts = {s: 0 for s in NodeStatus}
         for node in c.registry.nodes.values():
-            counts[node.status] = counts.get(node.status, 0) + 1
+            counts[node.status] += 1
         for status, n in counts.items():
-            nodes.add_metric([status], n)
+            nodes.add_metric([status.value], n)
         yield nodes
         slots = GaugeMetricFamily("snapkv_broker_slots", "Slots by state", labels=["state"])
         summary = c.slotmap.summary(c.registry.is_up, c.copies_wanted)

@@ -1,13 +1,27 @@
-"""Store nodes known to the broker: address, site, health, load. No I/O."""
+"""Store nodes known to the broker: address, site, status, load, incarnations, positions. No I/O.
+
+Status changes are ClusterState's (clusterstate.py); this module holds the records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from ..common import errors
 
-UP, SUSPECT, DOWN, DRAINING, DRAINED = "up", "suspect", "down", "draining", "drained"
+
+class NodeStatus(StrEnum):
+    """A store's health as the broker sees it; a str, so JSON and logs show "up", "down", ..."""
+
+    UP = "up"
+    SUSPECT = "suspect"  # missed a check: probed again at once
+    DOWN = "down"
+    DRAINING = "draining"  # not set yet (no draining)
+    DRAINED = "drained"
+
+
+LIVE = (NodeStatus.UP, NodeStatus.SUSPECT, NodeStatus.DRAINING, NodeStatus.DRAINED)  # counts as up
 
 
 @dataclass
@@ -15,7 +29,7 @@ class Node:
     name: str
     address: str
     site: str = ""
-    status: str = UP
+    status: NodeStatus = NodeStatus.UP
     last_ok: float = 0.0  # on the broker's running clock (clock.py)
     inventory: list[list[Any]] = field(default_factory=list)  # [slot, role, seq, data_epoch, epoch]
     stats: dict[str, Any] = field(default_factory=dict)
@@ -35,7 +49,7 @@ class Node:
 
     @property
     def up(self) -> bool:
-        return self.status in (UP, SUSPECT, DRAINING, DRAINED)
+        return self.status in LIVE
 
     @property
     def trusted(self) -> bool:
@@ -82,9 +96,9 @@ class Registry:
             node = self.nodes[name] = Node(name, address, site, last_ok=now)
             return node, True
         changed = node.address != address
-        if changed and node.status in (UP, DRAINING, DRAINED):
+        if changed and node.status in (NodeStatus.UP, NodeStatus.DRAINING, NodeStatus.DRAINED):
             raise errors.NameTaken(f"store {name!r} is registered at {node.address} and up", address=node.address)
-        was_down = node.status == DOWN
+        was_down = node.status == NodeStatus.DOWN
         node.address, node.site = address, site
         node.last_ok = now
         if changed or was_down:

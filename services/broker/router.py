@@ -2,6 +2,9 @@
 
 Writes to a slot whose primary is failing wait (bounded by the request deadline) for the map to
 change; reads of such a slot go to an in-sync replica at once.
+
+The data plane: it reads the cluster state (never changes it), calls stores over the pool, and
+reaches the control plane only through `Control`.
 """
 
 from __future__ import annotations
@@ -11,31 +14,49 @@ import functools
 import itertools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..common import errors, wire
+from ..common.config import Settings
+from ..common.pool import Pool
 from ..common.slots import key_slot
-from .cluster import Cluster
+from .clusterstate import ClusterState
 
 ArgsFor = Callable[[int], Any]  # epoch -> args of the internal call
 
 
+class Control(Protocol):
+    """What the data plane asks of the control plane (in this process now; a leader's later)."""
+
+    def unreachable(self, name: str) -> None:
+        """A call to this store failed or its connection dropped: check it now (rule 12)."""
+
+    def stale(self, name: str) -> None:
+        """This store missed an assignment: push it its whole assignment again (rule 3)."""
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Until the map or a store's status changes, at most `timeout` seconds."""
+
+
 class Router:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, cluster: ClusterState, pool: Pool, control: Control, settings: Settings) -> None:
+        self.cluster = cluster  # read only
+        self.pool = pool
+        self.control = control
+        self.request_deadline = settings.request_deadline
         self._rid_prefix = os.urandom(6).hex()
         self._rids = itertools.count(1)
         # one try may not take the whole deadline: a silent store must not hold a request hostage
-        self.attempt_timeout = max(1.0, cluster.settings.failure_timeout)
+        self.attempt_timeout = max(1.0, settings.failure_timeout)
 
     def new_rid(self) -> str:
         return f"{self._rid_prefix}-{next(self._rids)}"
 
     async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool, allow_replica: bool = True) -> Any:
         """Send to the slot's primary; reads fall back to an in-sync replica at once when it fails."""
-        cluster = self.cluster
+        cluster, control = self.cluster, self.control
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + cluster.settings.request_deadline
+        deadline = loop.time() + self.request_deadline
         attempt = 0
         failed: set[str] = set()  # nodes that failed this request: reads skip them
         last: errors.SnapkvError | None = None
@@ -54,7 +75,7 @@ class Router:
             if target is None:
                 if not cluster.slotmap.assigned and not cluster.registry.nodes:
                     raise errors.SlotUnavailable("no store has registered yet", slot=slot)
-                await cluster.wait_changed(min(remaining, 0.1))
+                await control.wait_changed(min(remaining, 0.1))
                 if attempt % 10 == 9:
                     failed.clear()  # give recovered nodes another chance
                 attempt += 1
@@ -63,7 +84,8 @@ class Router:
                 args = args_for(entry.epoch)
                 if replica_read:
                     args = [*args, 1]
-                return await cluster.conn(target).call(op, args, timeout=min(remaining, self.attempt_timeout))
+                conn = self.pool.get(target, cluster.address_of(target))
+                return await conn.call(op, args, timeout=min(remaining, self.attempt_timeout))
             except errors.SnapkvError as exc:
                 if not exc.retriable:
                     raise
@@ -74,14 +96,14 @@ class Router:
                     if not exc.detail.get("unconfirmed") and (
                         exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3
                     ):
-                        cluster.push_all(target)
+                        control.stale(target)
                 else:
                     failed.add(target)
-                    cluster.connection_lost(target)
+                    control.unreachable(target)
             attempt += 1
             if not write and failed and allow_replica:
                 continue  # try a replica straight away
-            await cluster.wait_changed(min(0.005 * 2 ** min(attempt, 6), max(deadline - loop.time(), 0)))
+            await control.wait_changed(min(0.005 * 2 ** min(attempt, 6), max(deadline - loop.time(), 0)))
 
     async def get(self, key: bytes) -> list[Any] | None:
         slot = key_slot(key)
@@ -99,8 +121,7 @@ class Router:
         self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool
     ) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
         """One page of live entries in (slot, key) order; the position to continue from, or None."""
-        cluster = self.cluster
-        slotmap = cluster.slotmap
+        slotmap = self.cluster.slotmap
         items: list[list[Any]] = []
         slot = after[0] if after is not None else 0
         while slot < len(slotmap) and len(items) < limit:
@@ -118,7 +139,7 @@ class Router:
                 slot, wire.OP_SCAN, functools.partial(_same, args), write=False, allow_replica=False
             )
             if missing:  # ownership moved under us: read the map again and redo this run
-                await cluster.wait_changed(0.05)
+                await self.control.wait_changed(0.05)
                 continue
             items.extend(page)
             if more:

@@ -1,8 +1,15 @@
-"""The broker's parts wired together: cluster state, router, health checks, metrics."""
+"""The broker's parts wired together, in two planes.
+
+Data plane (serves requests): kv -> router -> pool, reading the cluster state.
+Control plane (changes the state): health, failover, membership (registration, bootstrap) and the
+pusher (persistence, pushes). The data plane reaches the control plane only through `_Control`
+and the pool's `on_lost`, so a later broker that follows a leader swaps those two for remote ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -10,37 +17,89 @@ from aiohttp import web
 
 from ..common import errors, wire
 from ..common.config import Settings
-from .cluster import Cluster
+from ..common.pool import Pool
+from . import state
+from .clock import RunningClock
+from .clusterstate import ClusterState
 from .failover import Failover
 from .health import HealthMonitor
 from .kv import KeyValue
+from .membership import Membership
 from .metrics import BrokerMetrics
+from .pusher import Pusher
 from .router import Router
+from .watch import Watch
 
 SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
 SNAPSHOT_TIMEOUT = 120.0
+log = logging.getLogger("snapkv.cluster")  # the events' logger before the split: log queries keep working
+
+
+class _Control:
+    """The router's way to the control plane, in this process (router.Control)."""
+
+    def __init__(self, health: HealthMonitor, pusher: Pusher, watch: Watch) -> None:
+        self._health = health
+        self._pusher = pusher
+        self._watch = watch
+
+    def unreachable(self, name: str) -> None:
+        self._health.check_soon(name)
+
+    def stale(self, name: str) -> None:
+        self._pusher.push_all(name)
+
+    async def wait_changed(self, timeout: float) -> None:
+        await self._watch.wait(timeout)
 
 
 class BrokerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir or os.path.join("data", "broker")
-        # the data plane reaches the control plane only through these two callbacks
-        self.cluster = Cluster(
+        self.cluster = ClusterState(settings.replication_factor)
+        self.clock = RunningClock()  # silence of stores is measured without the broker's own stalls
+        self.watch = Watch()
+        # two loops close here: a lost connection starts a health check (which uses the pool), and a
+        # confirming push catches up first (the failover's, which applies plans through the pusher)
+        self.pool = Pool(
+            token=settings.cluster_token or None,
+            connect_timeout=settings.heartbeat_interval * 2,
+            on_lost=lambda name: self.health.check_soon(name),
+        )
+        self.pusher = Pusher(
+            self.cluster,
+            self.pool,
+            self.watch,
             settings,
             self.data_dir,
-            on_connection_lost=lambda name: self.health.check_soon(name),
             catch_up=lambda name: self.failover.catch_up(name),
         )
-        self.router = Router(self.cluster)
+        self.failover = Failover(self.cluster, self.pusher, settings)
+        self.health = HealthMonitor(
+            self.cluster, self.pool, self.clock, self.pusher, self.watch, settings, on_down=self.failover.node_down
+        )
+        self.membership = Membership(
+            self.cluster,
+            self.pusher,
+            self.clock,
+            settings,
+            mark_down=self.health.mark_down,
+            catch_up=self.failover.catch_up,
+        )
+        self.router = Router(self.cluster, self.pool, _Control(self.health, self.pusher, self.watch), settings)
         self.kv = KeyValue(self.router)
-        self.failover = Failover(self.cluster)
-        self.health = HealthMonitor(self.cluster, on_down=self.failover.node_down)
         self.metrics = BrokerMetrics(self.cluster)
         self.started = False
 
     async def start(self) -> None:
-        await self.cluster.start()
+        await self.clock.start()
+        saved = state.load(self.data_dir)
+        if saved is not None:
+            self.cluster.restore(saved, self.clock.now())
+            log.info(
+                "event=state_loaded epoch=%d nodes=%d", self.cluster.slotmap.epoch, len(self.cluster.registry.nodes)
+            )
         await self.health.start()
         await self.failover.start()
         self.started = True
@@ -48,7 +107,10 @@ class BrokerService:
     async def stop(self) -> None:
         await self.failover.stop()
         await self.health.stop()
-        await self.cluster.stop()
+        await self.membership.stop()
+        await self.pusher.stop()
+        await self.clock.stop()
+        await self.pool.close()
 
     def stores(self) -> list[dict[str, Any]]:
         counts = self.cluster.slotmap.counts()
@@ -60,7 +122,7 @@ class BrokerService:
                     "name": node.name,
                     "address": node.address,
                     "site": node.site,
-                    "status": node.status,
+                    "status": node.status.value,
                     "slots": counts.get(node.name, {"primary": 0, "replica": 0}),
                     "keys": {"primary": keys.get("primary", 0), "replica": keys.get("replica", 0)},
                     "load": round(node.load, 3),
@@ -80,7 +142,8 @@ class BrokerService:
             if not self.cluster.registry.is_up(name):  # answer at once: a down store cannot save
                 return failed(name, "store is down")
             try:
-                return await self.cluster.conn(name).call(wire.OP_SNAPSHOT, None, timeout=SNAPSHOT_TIMEOUT)
+                conn = self.pool.get(name, self.cluster.address_of(name))
+                return await conn.call(wire.OP_SNAPSHOT, None, timeout=SNAPSHOT_TIMEOUT)
             except errors.SnapkvError as exc:
                 return failed(name, exc.message)
 

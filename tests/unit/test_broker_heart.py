@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from snapkv.broker.clock import RunningClock
-from snapkv.broker.cluster import Cluster
+from snapkv.broker.clusterstate import ClusterState, NodeStatus
 from snapkv.broker.health import HealthMonitor
-from snapkv.broker.registry import DOWN, SUSPECT, UP
 from snapkv.broker.router import Router
 from snapkv.broker.slotmap import Change
+from snapkv.broker.watch import Watch
 from snapkv.common import errors
 from snapkv.common.config import Settings
 
@@ -35,39 +35,78 @@ class FakeConn:
         return outcome
 
 
-def cluster_with(conns: dict[str, FakeConn], on_lost: Any = None, **settings: Any) -> Cluster:
-    cluster = Cluster(Settings(**settings), "/nonexistent", on_connection_lost=on_lost)
+class FakePool:
+    def __init__(self, conns: dict[str, FakeConn]) -> None:
+        self.conns = conns
+        self.failed: list[str] = []
+
+    def get(self, key: str, address: str) -> FakeConn:
+        return self.conns[key]
+
+    def fail_pending(self, key: str, exc: Exception) -> None:
+        self.failed.append(key)
+
+
+class FakeControl:
+    """The control plane as the router sees it: records what it is asked."""
+
+    def __init__(self) -> None:
+        self.watch = Watch()
+        self.pushed: list[str] = []
+        self.checked: list[str] = []
+
+    def unreachable(self, name: str) -> None:
+        self.checked.append(name)
+
+    def stale(self, name: str) -> None:
+        self.pushed.append(name)
+
+    async def wait_changed(self, timeout: float) -> None:
+        await self.watch.wait(timeout)
+
+
+class FakePusher:
+    def __init__(self) -> None:
+        self.pushed: list[str] = []
+
+    def push_all(self, name: str) -> None:
+        self.pushed.append(name)
+
+
+def cluster_with(conns: dict[str, FakeConn]) -> ClusterState:
+    cluster = ClusterState(2)
     for name in conns:
         cluster.registry.register(name, f"127.0.0.1:{1000 + len(cluster.registry.nodes)}", "", 0.0)
-    cluster.slotmap.apply([Change(SLOT, "p", ["r"], ["r"])])
-    cluster.conn = lambda name: conns[name]  # type: ignore[method-assign]
-    cluster.pushed: list[str] = []  # type: ignore[attr-defined]
-    cluster.push_all = cluster.pushed.append  # type: ignore[attr-defined, method-assign]
+    cluster.apply([Change(SLOT, "p", ["r"], ["r"])])
     return cluster
+
+
+def router_for(conns: dict[str, FakeConn]) -> tuple[Router, FakeControl]:
+    control = FakeControl()
+    return Router(cluster_with(conns), FakePool(conns), control, Settings()), control  # type: ignore[arg-type]
 
 
 async def test_a_store_on_a_newer_epoch_gets_a_push_and_the_write_is_retried():
     conns = {"p": FakeConn([errors.WrongOwner("newer", slot=SLOT, epoch=99), [7, [False]]]), "r": FakeConn([])}
-    cluster = cluster_with(conns)
-    assert await Router(cluster).write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [False]]
-    assert cluster.pushed == ["p"] and len(conns["p"].calls) == 2
+    router, control = router_for(conns)
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [False]]
+    assert control.pushed == ["p"] and len(conns["p"].calls) == 2
 
 
 async def test_an_unconfirmed_store_is_not_pushed_to_it_waits_for_registration():
     restarted = errors.WrongOwner("restarted", slot=SLOT, unconfirmed=True)
     conns = {"p": FakeConn([restarted, [7, [True]]]), "r": FakeConn([])}
-    cluster = cluster_with(conns)
-    assert await Router(cluster).write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [True]]
-    assert cluster.pushed == []
+    router, control = router_for(conns)
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [True]]
+    assert control.pushed == []
 
 
 async def test_a_read_whose_primary_fails_goes_to_the_in_sync_replica_at_once():
     conns = {"p": FakeConn([errors.NodeUnreachable("lost")]), "r": FakeConn([[b"v", 1, 0]])}
-    checked: list[str] = []
-    cluster = cluster_with(conns, on_lost=checked.append)
-    got = await Router(cluster).call(SLOT, "get", lambda epoch: [SLOT, epoch, b"k"], write=False)
+    router, control = router_for(conns)
+    got = await router.call(SLOT, "get", lambda epoch: [SLOT, epoch, b"k"], write=False)
     assert got == [b"v", 1, 0]
-    assert checked == ["p"]
+    assert control.checked == ["p"]
     op, args = conns["r"].calls[0]
     assert op == "get" and args[-1] == 1  # flagged as a replica read
 
@@ -75,7 +114,7 @@ async def test_a_read_whose_primary_fails_goes_to_the_in_sync_replica_at_once():
 async def test_an_error_that_is_not_retriable_reaches_the_caller_at_once():
     conns = {"p": FakeConn([errors.VersionMismatch("differs")]), "r": FakeConn([])}
     with pytest.raises(errors.VersionMismatch):
-        await Router(cluster_with(conns)).write(SLOT, [[b"k", b"v", 0]], [5])
+        await router_for(conns)[0].write(SLOT, [[b"k", b"v", 0]], [5])
     assert len(conns["p"].calls) == 1
 
 
@@ -87,58 +126,82 @@ class FakeTime:
         return self.t
 
 
-def monitored(outcomes: list[Any], **settings: Any) -> tuple[Cluster, HealthMonitor, FakeTime, list[str]]:
-    cluster = cluster_with({"p": FakeConn(outcomes, then=errors.Timeout("silent")), "r": FakeConn([])}, **settings)
-    t = FakeTime()
-    cluster.clock = RunningClock(monotonic=t)
-    cluster.registry.nodes["p"].last_ok = cluster.clock.now()
-    downs: list[str] = []
+class Monitored:
+    """A health monitor over one primary "p" whose stats calls answer as scripted, on a fake clock."""
 
-    async def on_down(name: str) -> None:
-        downs.append(name)
+    def __init__(self, outcomes: list[Any], **settings: Any) -> None:
+        self.conns = {"p": FakeConn(outcomes, then=errors.Timeout("silent")), "r": FakeConn([])}
+        self.cluster = cluster_with(self.conns)
+        self.t = FakeTime()
+        self.clock = RunningClock(monotonic=self.t)
+        self.cluster.registry.nodes["p"].last_ok = self.clock.now()
+        self.pool = FakePool(self.conns)
+        self.pusher = FakePusher()
+        self.downs: list[str] = []
+        self.health = HealthMonitor(
+            self.cluster,
+            self.pool,  # type: ignore[arg-type]
+            self.clock,
+            self.pusher,  # type: ignore[arg-type]
+            Watch(),
+            Settings(**settings),
+            on_down=self.on_down,
+        )
 
-    return cluster, HealthMonitor(cluster, on_down=on_down), t, downs
+    async def on_down(self, name: str) -> None:
+        self.downs.append(name)
 
+    @property
+    def status(self) -> NodeStatus:
+        return self.cluster.registry.nodes["p"].status
 
-def run_for(cluster: Cluster, t: FakeTime, seconds: float) -> None:
-    """Broker time passing with the loop running (a look at the clock every 0.1 s: no stall)."""
-    for _ in range(round(seconds / 0.1)):
-        t.t += 0.1
-        cluster.clock.now()
+    def run_for(self, seconds: float) -> None:
+        """Broker time passing with the loop running (a look at the clock every 0.1 s: no stall)."""
+        for _ in range(round(seconds / 0.1)):
+            self.t.t += 0.1
+            self.clock.now()
 
 
 async def test_silence_makes_a_store_suspect_then_down_after_the_failure_timeout():
-    cluster, health, t, downs = monitored([errors.Timeout("t")] * 3, failure_timeout=2.0)
-    node = cluster.registry.nodes["p"]
-    run_for(cluster, t, 1.6)
-    await health.check("p")
-    assert node.status == SUSPECT and downs == []
-    run_for(cluster, t, 1.0)
-    await health.check("p")
-    assert node.status == DOWN and downs == ["p"]
-    await health.stop()
+    m = Monitored([errors.Timeout("t")] * 3, failure_timeout=2.0)
+    m.run_for(1.6)
+    await m.health.check("p")
+    assert m.status == NodeStatus.SUSPECT and m.downs == []
+    m.run_for(1.0)
+    await m.health.check("p")
+    assert m.status == NodeStatus.DOWN and m.downs == ["p"]
+    assert m.pool.failed == ["p"]  # the calls waiting on it fail at once
+    await m.health.stop()
 
 
 async def test_the_brokers_own_stall_is_not_silence():
-    cluster, health, t, downs = monitored([errors.Timeout("t"), {"boot": "", "ops": {}}])
-    t.t += 5.0  # the broker was stopped for 5 s: the check's timer fired late
-    await health.check("p")
-    assert cluster.registry.nodes["p"].status == SUSPECT and downs == []
+    m = Monitored([errors.Timeout("t"), {"boot": "", "ops": {}}])
+    m.t.t += 5.0  # the broker was stopped for 5 s: the check's timer fired late
+    await m.health.check("p")
+    assert m.status == NodeStatus.SUSPECT and m.downs == []
     await asyncio.sleep(0.05)  # the probe again at once answers
-    assert cluster.registry.nodes["p"].status == UP
-    await health.stop()
+    assert m.status == NodeStatus.UP
+    await m.health.stop()
 
 
 async def test_a_store_that_says_its_log_failed_is_down_at_once():
-    cluster, health, _t, downs = monitored([errors.Unavailable("log failed", log_failed=True)])
-    await health.check("p")
-    assert cluster.registry.nodes["p"].status == DOWN and downs == ["p"]
-    await health.stop()
+    m = Monitored([errors.Unavailable("log failed", log_failed=True)])
+    await m.health.check("p")
+    assert m.status == NodeStatus.DOWN and m.downs == ["p"]
+    await m.health.stop()
 
 
 async def test_a_store_that_answers_as_a_new_incarnation_is_failed_over_first():
-    cluster, health, _t, downs = monitored([{"boot": "second", "ops": {}}])
-    cluster.registry.nodes["p"].boot = "first"
-    await health.check("p")
-    assert cluster.registry.nodes["p"].status == DOWN and downs == ["p"]
-    await health.stop()
+    m = Monitored([{"boot": "second", "ops": {}}])
+    m.cluster.registry.nodes["p"].boot = "first"
+    await m.health.check("p")
+    assert m.status == NodeStatus.DOWN and m.downs == ["p"]
+    await m.health.stop()
+
+
+async def test_a_down_store_that_answers_is_up_and_gets_its_whole_assignment():
+    m = Monitored([{"boot": "b1", "ops": {}}])
+    m.cluster.mark_down("p")
+    await m.health.check("p")
+    assert m.status == NodeStatus.UP and m.pusher.pushed == ["p"]
+    await m.health.stop()

@@ -1,0 +1,282 @@
+"""The broker's cluster state and the decisions over it. Pure: no asyncio, no I/O.
+
+Registry (stores, their status and incarnations), slot map and cluster id. Every slot-map change
+goes through `ClusterState.apply`, which answers what changed, so the I/O side (pusher.py) knows
+what to persist and whom to tell (rules 3 and 4). Every status change of a store is a method here
+(`register`, `answered`, `missed`, `mark_down`, `confirmed`); the control loops (health.py,
+membership.py, pusher.py) do the I/O and act on what these methods answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..common import errors
+from ..common.slots import SLOTS
+from . import placement
+from .registry import Node, NodeStatus, Registry
+from .slotmap import Change, SlotMap
+
+__all__ = ["Applied", "Bootstrap", "ClusterState", "Missed", "NodeStatus", "Recovered", "Registration"]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one `apply` changed."""
+
+    epoch: int  # the map's epoch after it (unchanged when nothing changed)
+    slots: list[int] = field(default_factory=list)  # the slots that took the new epoch; empty: no change
+    # every store that holds or held a changed slot -> those slots: what it must be told (a drop or
+    # an assignment); whether it is up is for the pusher to see once the change is on disk
+    touched: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.slots)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a registration asks of the I/O side, in this order of precedence."""
+
+    announce: bool = False  # new, moved or back from down: log it
+    bootstrap: bool = False  # no map yet: (re)start the bootstrap, nothing else
+    push_all: bool = False  # new, moved, back from down or unconfirmed: catch up, then its whole assignment
+    catch_up: bool = False  # confirmed, but its fresh report is behind an in-sync replica's (rule 2)
+    persist: bool = False  # new or moved (or back from down): remember its address
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A suspect or down store answered a health check: it is up."""
+
+    was: NodeStatus
+    push_all: bool  # it was down or is not confirmed: catch up, then its whole assignment (rule 3)
+
+
+@dataclass(frozen=True)
+class Missed:
+    """What a failed health check means (rule 12)."""
+
+    down: str = ""  # the reason to mark it down now ("log_failed", "refused", "timeout"); "" if not
+    suspect: bool = False  # it just turned suspect
+    probe: bool = False  # check it again at once
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The first map: from what stores hold (rule 4), else a fresh one."""
+
+    changes: list[Change]
+    reason: str  # "rebuilt_from_stores" or "initial"
+    epoch_floor: int  # the new map's epoch goes above every epoch the stores hold
+
+
+class ClusterState:
+    def __init__(self, replication_factor: int, slots: int = SLOTS, cluster_id: str = "") -> None:
+        self.replication_factor = replication_factor
+        self.registry = Registry()
+        self.slotmap = SlotMap(slots)
+        self.cluster_id = cluster_id or uuid.uuid4().hex
+        self.loaded = False  # restored from saved state: every store counts as down until it answers
+        self.failovers = 0  # primaries promoted away from a failed or behind copy
+        self.slot_moves = 0
+
+    # -- saved state ----------------------------------------------------------------------------
+    def snapshot_state(self) -> dict[str, Any]:
+        """What cluster.json holds (state.py writes it)."""
+        nodes = {
+            n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot} for n in self.registry.nodes.values()
+        }
+        return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
+
+    def restore(self, saved: Mapping[str, Any], now: float) -> None:
+        """Take saved state back (at start): every store is down until it registers or answers."""
+        self.cluster_id = saved["cluster_id"]
+        self.slotmap = SlotMap.from_json(saved["map"])
+        for name, info in saved.get("nodes", {}).items():
+            node, _ = self.registry.register(name, info["address"], info.get("site", ""), now)
+            node.status = NodeStatus.DOWN
+            node.trusted_boot = info.get("boot", "")
+        self.loaded = True
+
+    # -- reading --------------------------------------------------------------------------------
+    @property
+    def copies_wanted(self) -> int:
+        live = sum(1 for n in self.registry.nodes.values() if not n.draining)
+        return max(1, min(self.replication_factor, live))
+
+    def address_of(self, name: str) -> str:
+        """Where to reach a store; NodeUnreachable for a store we do not know."""
+        node = self.registry.get(name)
+        if node is None:
+            raise errors.NodeUnreachable(f"unknown store {name!r}")
+        return node.address
+
+    def holds_anything(self, name: str) -> bool:
+        """Primary or in-sync replica of any slot: what a restart could have lost matters."""
+        return any(e.primary == name or name in e.isr for e in self.slotmap.entries)
+
+    def any_down(self) -> bool:
+        return any(n.status == NodeStatus.DOWN for n in self.registry.nodes.values())
+
+    def restarted(self, name: str, boot: str) -> bool:
+        """Whether `boot` is a new incarnation of a store we know as up and holding data: it may have
+        lost an unsynced log tail, so it must be failed over before it serves (not only confirmed)."""
+        node = self.registry.get(name)
+        return (
+            node is not None
+            and bool(node.boot)
+            and bool(boot)
+            and boot != node.boot
+            and node.status != NodeStatus.DOWN
+            and self.holds_anything(name)
+        )
+
+    def catch_up_plan(self, name: str) -> list[Change]:
+        """What catching up `name` takes now (placement.catch_up): slots it should hand over."""
+        node = self.registry.get(name)
+        if node is None:
+            return []
+        nodes = self.registry.nodes.values()
+        trusted = {n.name for n in nodes if n.trusted}
+        frozen = {n.name for n in nodes if n.positions_frozen}
+        return placement.catch_up(
+            self.slotmap,
+            name,
+            {n.name: n.positions for n in nodes},
+            trusted,
+            self.registry.sites(),
+            node.restarted,
+            frozen,
+        )
+
+    def bootstrap_plan(self) -> Bootstrap:
+        """The first map, from the registered stores: rebuilt from their claims when they hold data."""
+        claims: dict[int, list[tuple[str, str, int, int, int]]] = {}
+        floor = 0
+        for node in self.registry.nodes.values():
+            for slot, role, seq, data_epoch, epoch in node.inventory:
+                claims.setdefault(slot, []).append((node.name, role, seq, data_epoch, epoch))
+                floor = max(floor, epoch)
+        if claims:  # rule 4: stores hold data, so the map comes from what they hold
+            return Bootstrap(placement.from_claims(claims, len(self.slotmap)), "rebuilt_from_stores", floor)
+        changes = placement.initial(self.registry.sites(), len(self.slotmap), self.replication_factor)
+        return Bootstrap(changes, "initial", floor)
+
+    # -- the one way the map changes ------------------------------------------------------------
+    def apply(self, changes: Iterable[Change], epoch_floor: int = 0) -> Applied:
+        """Apply a plan as one new epoch (above `epoch_floor`); what changed, and who must hear of it."""
+        changes = list(changes)
+        self.slotmap.raise_epoch(epoch_floor)
+        before = {c.slot: self.slotmap.entry(c.slot).members() for c in changes}
+        epoch_before = self.slotmap.epoch
+        epoch = self.slotmap.apply(changes)
+        if epoch == epoch_before:
+            return Applied(epoch)
+        changed = [c.slot for c in changes if self.slotmap.entry(c.slot).epoch == epoch]
+        touched: dict[str, list[int]] = {}
+        for slot in changed:
+            for name in {*before[slot], *self.slotmap.entry(slot).members()}:
+                touched.setdefault(name, []).append(slot)
+        return Applied(epoch, changed, touched)
+
+    # -- status transitions ---------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        address: str,
+        site: str,
+        inventory: list[list[Any]],
+        *,
+        confirmed: bool,
+        boot: str,
+        now: float,
+    ) -> Registration:
+        """A store (re)registered; `confirmed`: it says it already holds its assignment from us.
+
+        The same name at a new address is refused (NameTaken, 409) unless the old one is down or
+        suspect. A store that was down is up again once there is a map (rule 3: it is confirmed
+        only by the full push that follows). Call `restarted` first: a new incarnation of an up
+        store is marked down before it registers (rule 2)."""
+        node, changed = self.registry.register(name, address, site, now)
+        node.new_boot(boot)
+        node.report(inventory, serving=confirmed)
+        if not confirmed:
+            node.confirmed = False
+        announce = changed or node.status == NodeStatus.DOWN
+        node.refused = 0
+        if not self.slotmap.assigned:
+            return Registration(announce=announce, bootstrap=True)
+        if changed or node.status == NodeStatus.DOWN or not node.confirmed:
+            if node.status == NodeStatus.DOWN:
+                node.status = NodeStatus.UP
+                node.last_ok = now
+            return Registration(announce=announce, push_all=True, persist=changed)
+        behind = not node.restarted and bool(self.catch_up_plan(name))
+        return Registration(announce=announce, catch_up=behind, persist=changed)
+
+    def answered(self, name: str, stats: dict[str, Any], now: float) -> Recovered | None:
+        """A health check answered (call `restarted` first): its stats, its load, and up again when
+        it was suspect or down; what that takes, or None when it was up already."""
+        node = self._node(name)
+        node.new_boot(stats.get("boot", ""))
+        previous_ops = sum(node.stats.get("ops", {}).values()) if node.stats else None
+        elapsed = max(now - node.last_ok, 1e-3)
+        node.stats = stats
+        if previous_ops is not None:
+            node.load = max(0.0, (sum(stats.get("ops", {}).values()) - previous_ops) / elapsed)
+        node.last_ok = now
+        node.refused = 0
+        if node.status not in (NodeStatus.SUSPECT, NodeStatus.DOWN):
+            return None
+        was, node.status = node.status, NodeStatus.UP
+        return Recovered(was, push_all=was == NodeStatus.DOWN or not node.confirmed)
+
+    def missed(self, name: str, *, refused: bool, log_failed: bool, now: float, failure_timeout: float) -> Missed:
+        """A health check failed. Down at once when its log failed, after two refused connections in
+        a row, or after `failure_timeout` of silence on the running clock (`now`); else suspect and
+        probed again (rule 12). Nothing for a store already down."""
+        node = self._node(name)
+        if refused:
+            node.refused += 1
+        if node.status == NodeStatus.DOWN:
+            return Missed()
+        if log_failed:
+            return Missed(down="log_failed")  # it says it cannot take writes: no wait
+        if node.refused >= 2 or now - node.last_ok >= failure_timeout:
+            return Missed(down="refused" if node.refused >= 2 else "timeout")
+        suspect = node.status == NodeStatus.UP
+        if suspect:
+            node.status = NodeStatus.SUSPECT
+        return Missed(suspect=suspect, probe=True)
+
+    def mark_down(self, name: str) -> bool:
+        """Down, and no longer confirmed (rule 3: it is confirmed again by a full push when it
+        returns); False when it was down already (or unknown)."""
+        node = self.registry.get(name)
+        if node is None or node.status == NodeStatus.DOWN:
+            return False
+        node.status = NodeStatus.DOWN
+        node.confirmed = False
+        return True
+
+    def confirmed(self, name: str) -> bool:
+        """It acknowledged a full push of everything it owns: it serves from now on, and this
+        incarnation is trusted (rule 2); True when the trusted boot changed (to be persisted)."""
+        node = self._node(name)
+        node.confirmed = True
+        node.positions_frozen = False
+        if node.boot and node.trusted_boot != node.boot:
+            node.trusted_boot = node.boot
+            return True
+        return False
+
+    def _node(self, name: str) -> Node:
+        node = self.registry.get(name)
+        if node is None:
+            raise errors.NodeUnreachable(f"unknown store {name!r}")
+        return node

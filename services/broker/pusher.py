@@ -1,0 +1,164 @@
+"""The I/O behind map changes: persist the state, then push assignments to the stores (rules 3, 4).
+
+`Pusher.apply` is the only path for map changes: ClusterState.apply says what changed, the state
+is written (fsync, in a thread, one writer at a time) and only then are stores told, in the
+background and in order per store. `push_all` confirms a (re)joining store: catch-up first, then
+its whole assignment, with retries. `assign_message` is the one place an `assign` is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+from ..common import errors, wire
+from ..common.config import Settings
+from ..common.pool import Pool
+from . import state
+from .clusterstate import ClusterState
+from .slotmap import Change
+from .watch import Watch
+
+log = logging.getLogger("snapkv.cluster")  # the events' logger before the split: log queries keep working
+
+
+def assign_message(
+    cluster: ClusterState, name: str, slots: Iterable[int], *, confirm: bool, replication: str
+) -> dict[str, Any]:
+    """The `assign` arguments that tell store `name` what the map says now about `slots`: an
+    assignment `[slot, epoch, role, members, isr, leader_epoch]` where it is a member (the leader
+    epoch fences old primaries, rule 1b), a drop `[slot, epoch, primary]` where it is not (any
+    more). With `confirm`, its whole assignment (it drops the rest): what it reported holding
+    and no longer does is dropped too. Each drop names who holds the slot now: a store never
+    drops the only in-sync copy it knows (rule 2)."""
+    slotmap, registry = cluster.slotmap, cluster.registry
+    slots = list(slots)
+    keep = sorted({s for s in slots if name in slotmap.entry(s).members()})
+    gone = {s for s in slots if name not in slotmap.entry(s).members()}
+    node = registry.get(name)
+    if confirm and node is not None and node.positions:
+        gone |= {s for s in node.positions if name not in slotmap.entry(s).members()}
+    drop = [[s, slotmap.entry(s).epoch, slotmap.entry(s).primary] for s in sorted(gone)]
+    frames = []
+    for s in keep:
+        e = slotmap.entry(s)
+        role = "primary" if e.primary == name else "replica"
+        members = [[m, registry.address(m)] for m in e.members()]
+        frames.append([s, e.epoch, role, members, list(e.isr), e.leader_epoch])
+    return {
+        "slots": frames,
+        "drop": drop,
+        "confirm": confirm,
+        "full": confirm,
+        "cluster": cluster.cluster_id,
+        "replication": replication,
+    }
+
+
+class Pusher:
+    def __init__(
+        self,
+        cluster: ClusterState,
+        pool: Pool,
+        watch: Watch,
+        settings: Settings,
+        data_dir: str,
+        *,
+        catch_up: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """`catch_up(name)`: before a store serves (again), a copy on it that may be behind hands
+        over to an in-sync replica (rule 2); the failover's, given by whoever wires them."""
+        self.cluster = cluster
+        self.pool = pool
+        self.watch = watch
+        self.settings = settings
+        self.data_dir = data_dir
+        self._catch_up = catch_up
+        self._pushes: dict[str, asyncio.Task[None]] = {}
+        self._push_locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._persist_lock = asyncio.Lock()
+
+    async def stop(self) -> None:
+        for task in [*self._pushes.values(), *self._background]:
+            task.cancel()
+
+    # -- persistence (rule 4) -------------------------------------------------------------------
+    async def persist(self) -> None:
+        """Write the state (fsync in a thread, so requests keep flowing); one writer at a time."""
+        snapshot = self.cluster.snapshot_state()
+        async with self._persist_lock:
+            await asyncio.to_thread(state.save, self.data_dir, snapshot)
+
+    def persist_later(self) -> None:
+        """Addresses and trusted boots: saved in the background (a late save errs on the safe side)."""
+        self._spawn(self.persist())
+
+    # -- map changes ----------------------------------------------------------------------------
+    async def apply(self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0) -> int:
+        """Persist a plan, then push it to every up store it touches; the number of slots changed."""
+        applied = self.cluster.apply(changes, epoch_floor)
+        if not applied.changed:
+            return 0
+        await self.persist()  # rule 4: on disk before any store hears of it
+        log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
+        if push:
+            for name, slots in applied.touched.items():
+                if self.cluster.registry.is_up(name):  # up now, after the write
+                    self._push_later(name, slots)
+        self.watch.changed()
+        return len(applied.slots)
+
+    def _push_later(self, name: str, slots: list[int]) -> None:
+        """Push in the background, in order per store (a dying store must not hold up the map)."""
+        lock = self._push_locks.setdefault(name, asyncio.Lock())
+
+        async def push() -> None:
+            async with lock:
+                try:
+                    await self._push(name, slots)
+                except errors.SnapkvError:
+                    pass  # the store is failing: health checks decide; a returning store gets push_all
+
+        self._spawn(push())
+
+    async def _push(self, name: str, slots: list[int], confirm: bool = False) -> None:
+        args = assign_message(self.cluster, name, slots, confirm=confirm, replication=self.settings.replication)
+        try:
+            conn = self.pool.get(name, self.cluster.address_of(name))
+            await conn.call(wire.OP_ASSIGN, args, timeout=self.settings.request_deadline)
+        except errors.SnapkvError as exc:
+            log.warning("event=push_failed node=%s slots=%d error=%s", name, len(args["slots"]), exc.code)
+            raise
+
+    # -- confirming a store (rule 3) ------------------------------------------------------------
+    def push_all(self, name: str) -> None:
+        """Tell a (re)registered store everything it owns now, and what to drop (in the background)."""
+        task = self._pushes.get(name)
+        if task is not None and not task.done():
+            return
+        self._pushes[name] = asyncio.get_running_loop().create_task(self._push_all(name))
+
+    async def _push_all(self, name: str) -> None:
+        if name not in self.cluster.registry:
+            return
+        lock = self._push_locks.setdefault(name, asyncio.Lock())
+        await self._catch_up(name)  # before it serves: a copy that may be behind hands over first
+        for attempt in range(20):
+            try:
+                async with lock:  # read the map under the lock: no later push may overtake this one
+                    held = self.cluster.slotmap.slots_of(name)
+                    await self._push(name, sorted(held["primary"] + held["replica"]), confirm=True)
+                if self.cluster.confirmed(name):
+                    self.persist_later()  # remember this incarnation as trusted across restarts
+                self.watch.changed()
+                return
+            except errors.SnapkvError:
+                await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
