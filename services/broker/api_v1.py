@@ -27,8 +27,8 @@ async def kv_get(request: web.Request) -> web.Response:
     if entry is None:
         raise errors.KeyNotFound("key not found", key=key.decode())
     headers = _etag(entry.version)
-    if entry.expires_at_ms:
-        headers["X-Expires-At-Ms"] = str(entry.expires_at_ms)
+    if entry.expires_at:
+        headers["X-Expires-At-Ms"] = str(entry.expires_at)
     return web.Response(body=entry.value, content_type="application/octet-stream", headers=headers)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..common import errors
+from ..common.records import Position
 from ..common.slots import SLOTS
 from . import placement
 from .registry import Node, NodeStatus, Registry
@@ -190,7 +191,7 @@ class ClusterState:
         name: str,
         address: str,
         site: str,
-        inventory: list[list[Any]],
+        inventory: list[Position],
         *,
         confirmed: bool,
         boot: str,

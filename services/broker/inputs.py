@@ -12,6 +12,7 @@ from urllib.parse import unquote_to_bytes
 import msgpack
 
 from ..common import errors
+from ..common.records import Position
 from ..common.slots import MAX_KEY_BYTES, SLOTS
 from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
@@ -188,7 +189,7 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def inventory(value: Any) -> list[list[Any]]:
+def inventory(value: Any) -> list[Position]:
     """A registration's inventory: [[slot, role, seq, data_epoch, epoch], ...], each field typed."""
     if value is None:
         return []
@@ -202,7 +203,7 @@ def inventory(value: Any) -> list[list[Any]]:
         for i in value
     ):
         raise errors.BadRequest("'inventory' must be a list of [slot, role, seq, data_epoch, epoch]")
-    return value
+    return [Position(*i) for i in value]
 
 
 def isr_changes(value: Any) -> list[list[Any]]:

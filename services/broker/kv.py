@@ -7,14 +7,11 @@ import asyncio
 from typing import Any, NamedTuple
 
 from ..common import errors
+from ..common.records import Entry, WriteOp
 from ..common.slots import key_slot
 from .router import Router
 
-
-class Entry(NamedTuple):
-    value: bytes
-    version: int  # epoch << 40 | seq of its last write: an ETag, unique across epochs
-    expires_at_ms: int  # 0 = never
+__all__ = ["Entry", "KeyValue", "MsetResult", "Written"]
 
 
 class Written(NamedTuple):
@@ -27,29 +24,24 @@ class MsetResult(NamedTuple):
     failed: errors.SnapkvError | None  # the first failure when some slots were not written
 
 
-def _entry(wire: list[Any] | None) -> Entry | None:
-    return None if wire is None else Entry(wire[0], wire[1], wire[2])
-
-
 class KeyValue:
     def __init__(self, router: Router) -> None:
         self.router = router
 
     async def get(self, key: bytes) -> Entry | None:
-        return _entry(await self.router.get(key))
+        return await self.router.get(key)
 
     async def put(self, key: bytes, value: bytes, ttl_ms: int = 0, condition: int | None = None) -> Written:
-        version, existed = await self.router.write(key_slot(key), [[key, value, ttl_ms]], [condition])
+        version, existed = await self.router.write(key_slot(key), [WriteOp(key, value, ttl_ms)], [condition])
         return Written(version, not existed[0])
 
     async def delete(self, key: bytes, condition: int | None = None) -> int:
         """The version of the delete; KeyNotFound when there was nothing to delete."""
-        version, _ = await self.router.write(key_slot(key), [[key, None, 0]], [condition])
+        version, _ = await self.router.write(key_slot(key), [WriteOp(key, None, 0)], [condition])
         return int(version)
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
-        found = await self.router.mget(keys)
-        return {key: _entry(found[key]) for key in keys}
+        return await self.router.mget(keys)
 
     async def mset(self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0) -> MsetResult:
         """One atomic write per slot, all slots at once; a failure leaves the other slots written."""
@@ -58,7 +50,10 @@ class KeyValue:
             by_slot.setdefault(key_slot(key), []).append((key, value))
         slots = list(by_slot)
         outcomes = await asyncio.gather(
-            *(self.router.write(s, [[k, v, ttl_ms] for k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots),
+            *(
+                self.router.write(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [None] * len(by_slot[s]))
+                for s in slots
+            ),
             return_exceptions=True,
         )
         versions: dict[bytes, int] = {}
@@ -70,7 +65,7 @@ class KeyValue:
                 failed = failed or outcome
                 continue
             for key, _ in by_slot[slot]:
-                versions[key] = outcome[0]
+                versions[key] = outcome.version
         return MsetResult(versions, failed)
 
     async def scan(

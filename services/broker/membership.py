@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..common.config import Settings
+from ..common.records import Position
 from .clock import RunningClock
 from .clusterstate import ClusterState
 from .pusher import Pusher
@@ -50,7 +51,7 @@ class Membership:
                 task.cancel()
 
     async def register(
-        self, name: str, address: str, site: str, inventory: list[list[Any]], confirmed: bool = False, boot: str = ""
+        self, name: str, address: str, site: str, inventory: list[Position], confirmed: bool = False, boot: str = ""
     ) -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
         if self.cluster.restarted(name, boot):

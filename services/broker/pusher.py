@@ -16,6 +16,7 @@ from typing import Any
 from ..common import errors, wire
 from ..common.config import Settings
 from ..common.pool import Pool
+from ..common.records import PRIMARY, REPLICA, Drop, Member, SlotAssignment
 from . import state
 from .clusterstate import ClusterState
 from .slotmap import Change
@@ -40,13 +41,13 @@ def assign_message(
     node = registry.get(name)
     if confirm and node is not None and node.positions:
         gone |= {s for s in node.positions if name not in slotmap.entry(s).members()}
-    drop = [[s, slotmap.entry(s).epoch, slotmap.entry(s).primary] for s in sorted(gone)]
+    drop = [Drop(s, slotmap.entry(s).epoch, slotmap.entry(s).primary) for s in sorted(gone)]
     frames = []
     for s in keep:
         e = slotmap.entry(s)
-        role = "primary" if e.primary == name else "replica"
-        members = [[m, registry.address(m)] for m in e.members()]
-        frames.append([s, e.epoch, role, members, list(e.isr), e.leader_epoch])
+        role = PRIMARY if e.primary == name else REPLICA
+        members = [Member(m, registry.address(m)) for m in e.members()]
+        frames.append(SlotAssignment(s, e.epoch, role, members, list(e.isr), e.leader_epoch))
     return {
         "slots": frames,
         "drop": drop,

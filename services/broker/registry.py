@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..common import errors
+from ..common.records import Position
 
 
 class NodeStatus(StrEnum):
@@ -31,7 +32,7 @@ class Node:
     site: str = ""
     status: NodeStatus = NodeStatus.UP
     last_ok: float = 0.0  # on the broker's running clock (clock.py)
-    inventory: list[list[Any]] = field(default_factory=list)  # [slot, role, seq, data_epoch, epoch]
+    inventory: list[Position] = field(default_factory=list)  # as it last registered
     stats: dict[str, Any] = field(default_factory=dict)
     load: float = 0.0
     refused: int = 0  # consecutive refused connections
@@ -61,7 +62,7 @@ class Node:
         """A new incarnation since its copies were last trusted."""
         return bool(self.trusted_boot) and bool(self.boot) and self.boot != self.trusted_boot
 
-    def report(self, inventory: list[list[Any]], serving: bool) -> None:
+    def report(self, inventory: list[Position], serving: bool) -> None:
         """Positions from a registration's inventory [slot, role, seq, data_epoch, epoch]; `serving`:
         the store said it is confirmed, so its positions move on after this report."""
         self.inventory = inventory

@@ -16,13 +16,15 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..common import errors, wire
+from ..common import errors, records, wire
 from ..common.config import Settings
 from ..common.pool import Pool
+from ..common.records import Entry, GetRequest, ScanAnswer, ScanRequest, WriteOp, WriteRequest, WriteResult
 from ..common.slots import key_slot
 from .clusterstate import ClusterState
 
-ArgsFor = Callable[[int], Any]  # epoch -> args of the internal call
+# (epoch, replica read) -> the request record; only reads may be answered by a replica
+ArgsFor = Callable[[int, bool], Any]
 
 
 class Control(Protocol):
@@ -81,9 +83,7 @@ class Router:
                 attempt += 1
                 continue
             try:
-                args = args_for(entry.epoch)
-                if replica_read:
-                    args = [*args, 1]
+                args = args_for(entry.epoch, replica_read)
                 conn = self.pool.get(target, cluster.address_of(target))
                 return await conn.call(op, args, timeout=min(remaining, self.attempt_timeout))
             except errors.SnapkvError as exc:
@@ -105,15 +105,21 @@ class Router:
                 continue  # try a replica straight away
             await control.wait_changed(min(0.005 * 2 ** min(attempt, 6), max(deadline - loop.time(), 0)))
 
-    async def get(self, key: bytes) -> list[Any] | None:
+    async def get(self, key: bytes) -> Entry | None:
         slot = key_slot(key)
-        return await self.call(slot, wire.OP_GET, lambda epoch: [slot, epoch, key], write=False)
+        answer = await self.call(
+            slot, wire.OP_GET, lambda epoch, replica: GetRequest(slot, epoch, key, replica), write=False
+        )
+        return records.entry(answer)
 
-    async def write(self, slot: int, ops: list[list[Any]], conditions: list[int | None]) -> list[Any]:
+    async def write(self, slot: int, ops: list[WriteOp], conditions: list[int | None]) -> WriteResult:
         rid = self.new_rid()
-        return await self.call(slot, wire.OP_WRITE, lambda epoch: [slot, epoch, rid, ops, conditions], write=True)
+        answer = await self.call(
+            slot, wire.OP_WRITE, lambda epoch, _: WriteRequest(slot, epoch, rid, ops, conditions), write=True
+        )
+        return records.write_answer(answer)
 
-    async def mget(self, keys: list[bytes]) -> dict[bytes, list[Any] | None]:
+    async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
         results = await asyncio.gather(*(self.get(k) for k in keys))
         return dict(zip(keys, results))
 
@@ -134,10 +140,11 @@ class Router:
                 slot = run_end + 1
                 continue
             start_key = after[1] if after is not None and after[0] == slot else None
-            args: list[Any] = [run, slot, start_key, prefix, limit - len(items), with_values]
-            page, more, missing = await self.call(
-                slot, wire.OP_SCAN, functools.partial(_same, args), write=False, allow_replica=False
+            args = ScanRequest(run, slot, start_key, prefix, limit - len(items), with_values)
+            answer: ScanAnswer = records.scan_answer(
+                await self.call(slot, wire.OP_SCAN, functools.partial(_same, args), write=False, allow_replica=False)
             )
+            page, more, missing = answer
             if missing:  # ownership moved under us: read the map again and redo this run
                 await self.control.wait_changed(0.05)
                 continue
@@ -152,6 +159,6 @@ class Router:
         return items, None
 
 
-def _same(args: list[Any], _epoch: int) -> list[Any]:
+def _same(args: ScanRequest, _epoch: int, _replica: bool) -> ScanRequest:
     """A scan's arguments do not depend on the epoch (the store answers what it owns)."""
     return args

@@ -56,6 +56,11 @@ class Settings:
     failure_timeout: float = _opt(2.0, "seconds of failed checks before a store is down", lo=0.1)
     request_deadline: float = _opt(5.0, "seconds a request may wait (e.g. during failover)", lo=0.1)
     prometheus_url: str = _opt("", "read load from this Prometheus instead of scraping stores")
+    rebalance: bool = _opt(True, "move slots by itself so that every store holds its share")
+    rebalance_interval: float = _opt(1.0, "seconds between rebalancing plans", lo=0.05)
+    moves_per_store: int = _opt(4, "slot moves running at once per store (in and out)", lo=1)
+    max_moves: int = _opt(32, "slot moves running at once in the cluster", lo=1)
+    move_timeout: float = _opt(60.0, "seconds a slot move may take before it is rolled back", lo=1)
 
     def validate(self) -> None:
         for f in fields(self):
@@ -81,7 +86,16 @@ def _is_host_port(text: str) -> bool:
 
 
 def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[str(f.type)]
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{f.name}={raw!r}: must be true or false")
     if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw
     try:

@@ -186,6 +186,24 @@ def mutation(raw: object) -> Mutation:
         raise _bad("mutation", raw) from None
 
 
+def entry(raw: object) -> Entry | None:
+    """A get's answer: the entry, or None for a missing key."""
+    if raw is None:
+        return None
+    try:
+        value, version, expires_at = _seq(raw, "entry")
+    except ValueError:
+        raise _bad("entry", raw) from None
+    return Entry(value, version, expires_at)
+
+
+def write_answer(raw: object) -> WriteResult:
+    try:
+        return write_result(_seq(raw, "write answer"))
+    except ValueError:
+        raise _bad("write answer", raw) from None
+
+
 def write_result(raw: Sequence[Any]) -> WriteResult:
     version, existed = raw
     return WriteResult(version, existed)

@@ -20,6 +20,7 @@ from ..common import errors, records, rpc, wire
 from ..common.config import Settings
 from ..common.httpjson import json_errors, require_cluster_access, warn_no_cluster_token
 from . import recovery, snapshot
+from .drain import Drainer
 from .engine import Engine
 from .metrics import StoreMetrics
 from .node import StoreNode
@@ -68,6 +69,14 @@ class StoreService:
             settings.register_interval,
             self.address,
             settings.site,
+        )
+        self._registering: asyncio.Task[None] | None = None
+        self.drainer = Drainer(
+            self.name,
+            settings.broker_url.rsplit("/register", 1)[0],
+            settings.cluster_token,
+            settings.drain_timeout,
+            before_exit=self.stop_registering,
         )
         self.snapshots: snapshot.Snapshotter | None = None
         self._lock_fd: int | None = None
@@ -142,6 +151,10 @@ class StoreService:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
+    def stop_registering(self) -> None:
+        if self._registering is not None:
+            self._registering.cancel()
+
     async def expire_loop(self) -> None:
         """Primaries delete expired keys in the background, at most a bounded batch per turn."""
         while True:
@@ -192,7 +205,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await service.start()
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(service.expire_loop())]
     if service.settings.broker_url:
-        tasks.append(asyncio.create_task(service.registrar.run(service._session)))
+        service._registering = asyncio.create_task(service.registrar.run(service._session))
+        tasks.append(service._registering)
+        service.drainer.install()  # SIGTERM drains first (scale-in), then the graceful exit
     else:
         log.warning("event=no_broker_url hint='set BROKER_URL, e.g. http://localhost:8080/register'")
     assert service.snapshots is not None

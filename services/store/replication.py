@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..common import errors, records, rpc, wire
+from ..common import errors, records, wire
+from ..common.pool import Pool
 from ..common.records import PRIMARY, REPLICA, Member, Mutation, SlotExport, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
@@ -47,7 +48,7 @@ class Replicator:
         self.broker_base = broker_base.rstrip("/")
         self.token = token
         self.mode = mode
-        self._peers: dict[str, rpc.RpcClient] = {}
+        self.peers = Pool(session, token=token or None)  # replicas by name, as the broker's stores
         self.slots: dict[int, SlotTracker] = {}  # slots we are primary of: what each replica has
         self._waiters: dict[int, SeqWaiters] = {}  # slot -> commits waiting for acknowledgements
         self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
@@ -62,14 +63,6 @@ class Replicator:
         self.on_behind: Callable[[], None] | None = None  # a replica holds more than we do: re-register
 
     # -- peers ----------------------------------------------------------------------------------
-    def peer(self, address: str) -> rpc.RpcClient:
-        conn = self._peers.get(address)
-        if conn is None:
-            conn = self._peers[address] = rpc.RpcClient(
-                self.session, f"http://{address}/internal/ws", token=self.token or None
-            )
-        return conn
-
     def _replicas(self, a: Assignment) -> list[Member]:
         return a.members[1:]
 
@@ -78,8 +71,7 @@ class Replicator:
         for task in [*self._sync_tasks.values(), self._isr_task]:
             if task is not None:
                 task.cancel()
-        for conn in self._peers.values():
-            await conn.close()
+        await self.peers.close()
 
     def lag(self) -> int:
         """Mutations sent but not yet acknowledged, over every slot we are primary for."""
@@ -117,7 +109,7 @@ class Replicator:
 
     def _send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> None:
         call = asyncio.ensure_future(
-            self.peer(address).call(
+            self.peers.get(name, address).call(
                 wire.OP_REPLICATE, records.ReplicateRequest(slot, mutation.epoch, mutation), timeout=REPL_TIMEOUT
             )
         )
@@ -210,7 +202,7 @@ class Replicator:
             if not items:
                 continue
             try:
-                results = await self.peer(address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
+                results = await self.peers.get(name, address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
                 failures = 0
             except errors.SnapkvError as exc:
                 failures += 1

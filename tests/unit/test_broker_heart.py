@@ -15,6 +15,7 @@ from snapkv.broker.slotmap import Change
 from snapkv.broker.watch import Watch
 from snapkv.common import errors
 from snapkv.common.config import Settings
+from snapkv.common.records import GetRequest
 
 SLOT = 5
 
@@ -89,7 +90,7 @@ def router_for(conns: dict[str, FakeConn]) -> tuple[Router, FakeControl]:
 async def test_a_store_on_a_newer_epoch_gets_a_push_and_the_write_is_retried():
     conns = {"p": FakeConn([errors.WrongOwner("newer", slot=SLOT, epoch=99), [7, [False]]]), "r": FakeConn([])}
     router, control = router_for(conns)
-    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [False]]
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == (7, [False])
     assert control.pushed == ["p"] and len(conns["p"].calls) == 2
 
 
@@ -97,18 +98,18 @@ async def test_an_unconfirmed_store_is_not_pushed_to_it_waits_for_registration()
     restarted = errors.WrongOwner("restarted", slot=SLOT, unconfirmed=True)
     conns = {"p": FakeConn([restarted, [7, [True]]]), "r": FakeConn([])}
     router, control = router_for(conns)
-    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == [7, [True]]
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == (7, [True])
     assert control.pushed == []
 
 
 async def test_a_read_whose_primary_fails_goes_to_the_in_sync_replica_at_once():
     conns = {"p": FakeConn([errors.NodeUnreachable("lost")]), "r": FakeConn([[b"v", 1, 0]])}
     router, control = router_for(conns)
-    got = await router.call(SLOT, "get", lambda epoch: [SLOT, epoch, b"k"], write=False)
+    got = await router.call(SLOT, "get", lambda epoch, replica: GetRequest(SLOT, epoch, b"k", replica), write=False)
     assert got == [b"v", 1, 0]
     assert control.checked == ["p"]
     op, args = conns["r"].calls[0]
-    assert op == "get" and args[-1] == 1  # flagged as a replica read
+    assert op == "get" and args.replica_read is True  # flagged as a replica read
 
 
 async def test_an_error_that_is_not_retriable_reaches_the_caller_at_once():

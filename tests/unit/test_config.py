@@ -47,3 +47,11 @@ def test_unknown_key_in_config_file_is_rejected(tmp_path):
     cfg.write_text("fsnyc: always\n")
     with pytest.raises(ValueError, match="fsnyc"):
         resolve({"config": str(cfg)}, {}, {})
+
+
+def test_a_switch_reads_true_and_false_and_refuses_anything_else():
+    assert resolve({}, {"SNAPKV_REBALANCE": "false"}, {}).rebalance is False
+    assert resolve({}, {"SNAPKV_REBALANCE": "ON"}, {}).rebalance is True
+    assert resolve({}, {}, {}).rebalance is True
+    with pytest.raises(ValueError, match="must be true or false"):
+        resolve({}, {"SNAPKV_REBALANCE": "maybe"}, {})

@@ -2,16 +2,18 @@
 
 from snapkv.broker.kv import Entry, KeyValue, Written
 from snapkv.common import errors
+from snapkv.common.records import Entry as RecordEntry
+from snapkv.common.records import WriteResult
 from snapkv.common.slots import key_slot
 
 
 class FakeRouter:
-    """Answers like the router: writes return [version, existed per op]; one slot can be made to fail."""
+    """Answers like the router: typed write results and entries; one slot can be made to fail."""
 
     def __init__(self, failing_slot: int | None = None) -> None:
         self.writes: list[tuple[int, list[list[object]]]] = []
         self.failing_slot = failing_slot
-        self.data: dict[bytes, list[object]] = {}
+        self.data: dict[bytes, RecordEntry] = {}
 
     async def write(self, slot, ops, conditions):
         if slot == self.failing_slot:
@@ -20,8 +22,8 @@ class FakeRouter:
         version = (1 << 40) | len(self.writes)
         existed = [op[0] in self.data for op in ops]
         for key, value, ttl in ops:
-            self.data[key] = [value, version, ttl]
-        return [version, existed]
+            self.data[key] = RecordEntry(value, version, ttl)
+        return WriteResult(version, existed)
 
     async def get(self, key):
         return self.data.get(key)
@@ -46,5 +48,5 @@ async def test_typed_results():
     assert isinstance(first, Written) and first.created
     assert (await kv.put(b"k", b"w")).created is False
     entry = await kv.get(b"k")
-    assert isinstance(entry, Entry) and entry.value == b"w" and entry.expires_at_ms == 0
+    assert isinstance(entry, Entry) and entry.value == b"w" and entry.expires_at == 0
     assert (await kv.mget([b"k", b"nope"])) == {b"k": entry, b"nope": None}
