@@ -90,7 +90,10 @@ async def register(request: web.Request) -> web.Response:
     boot = body.get("boot") or ""
     if not isinstance(boot, str):
         raise errors.BadRequest("'boot' must be a string")
-    await svc.membership.register(name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot)
+    behind = inputs.slot_list(body.get("behind"), "behind")
+    await svc.membership.register(
+        name, address, site, inventory, confirmed=bool(body.get("confirmed")), boot=boot, behind=behind
+    )
     return web.json_response(
         {
             "message": "Store registered successfully",
@@ -113,6 +116,18 @@ async def isr_change(request: web.Request) -> web.Response:
     return web.json_response({"results": results, "epoch": svc.cluster.slotmap.epoch})
 
 
+async def drain_self(request: web.Request) -> web.Response:
+    """Internal: a store that got SIGTERM asks to be drained before it exits (store/drain.py)."""
+    svc = _svc(request)
+    require_cluster_access(request, svc.settings.cluster_token)
+    body = await read_json_object(request)
+    store = body.get("store")
+    if not isinstance(store, str):
+        raise errors.BadRequest("'store' must be a store name")
+    report = await svc.drain(store)
+    return web.json_response(report, status=200 if report["status"] == "drained" else 202)
+
+
 def _host_port(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
@@ -128,3 +143,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/stores/list", list_stores)
     app.router.add_post("/register", register)
     app.router.add_post("/internal/isr", isr_change)
+    app.router.add_post("/internal/drain", drain_self)

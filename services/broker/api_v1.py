@@ -107,6 +107,12 @@ async def stores(request: web.Request) -> web.Response:
     return web.json_response({"stores": _svc(request).stores()})
 
 
+async def drain(request: web.Request) -> web.Response:
+    """Move every copy off a store (202 while it drains, 200 once it holds nothing)."""
+    report = await _svc(request).drain(request.match_info["name"])
+    return web.json_response(report, status=200 if report["status"] == "drained" else 202)
+
+
 def add_routes(app: web.Application) -> None:
     kv = app.router.add_resource(r"/v1/kv/{key:[\s\S]+}")
     kv.add_route("GET", kv_get)
@@ -117,3 +123,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_get("/v1/stores", stores)
+    app.router.add_post("/v1/stores/{name}/drain", drain)

@@ -15,7 +15,14 @@ from .service import SERVICE, BrokerService
 
 log = logging.getLogger("snapkv.broker")
 BODY_ROOM = 64 * 1024  # JSON framing around the largest value
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/register", "/internal/isr")  # internal: cluster token (or loopback)
+OPEN_PATHS = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/register",
+    "/internal/isr",
+    "/internal/drain",
+)  # internal: cluster token (or loopback)
 
 
 async def healthz(request: web.Request) -> web.Response:

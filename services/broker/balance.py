@@ -59,7 +59,7 @@ class _Plan:
         self.primaries: dict[str, list[int]] = {n: [] for n in sites}
         self.replicas: dict[str, list[int]] = {n: [] for n in sites}
         for slot, e in enumerate(slotmap.entries):
-            if e.primary is None or slot in skip:
+            if e.primary is None:  # skipped slots count too: they are held, only not moved
                 continue
             self.members[slot] = e.members()
             self.isr[slot] = set(e.isr)
@@ -82,6 +82,16 @@ class _Plan:
         members = self.members[slot]
         after = [target if m == source else m for m in members]
         return self.spread(after) >= self.spread(members)
+
+    def assume(self, move: Move) -> None:
+        """A move already running: count the map as it will leave it (else the next plan moves
+        copies back and forth), and leave its slot alone."""
+        if move.slot not in self.members or move.source not in self.members[move.slot]:
+            return
+        self.take(move.slot, move.source, move.target, move.primary, move.reason)
+        self.moves.pop()
+        self.busy[move.source] -= 1  # counted by the caller's busy already
+        self.busy[move.target] -= 1
 
     def take(self, slot: int, source: str, target: str, primary: bool, reason: str) -> None:
         members = self.members[slot]
@@ -117,14 +127,17 @@ def plan(
     per_node: int = 4,
     limit: int = 64,
     skip: Collection[int] = (),
+    running: Collection[Move] = (),
 ) -> list[Move]:
     """Moves to start now. `sites`: {name: site} of the stores that are up (leaving ones included);
     `leaving`: stores to empty; `busy`: moves already running per store; `skip`: slots not to touch
-    (moving already, or not fully copied)."""
+    (not fully copied, moved a moment ago); `running`: the moves under way, counted as done."""
     staying = {n: s for n, s in sites.items() if n not in leaving}
     if not staying:
         return []
     p = _Plan(slotmap, sites, busy or {}, per_node, limit, skip)
+    for move in running:
+        p.assume(move)
     _drain(p, staying, [n for n in sites if n in leaving])
     _balance(p, staying, p.primaries, primary=True)
     _balance(p, staying, p.replicas, primary=False)

@@ -89,9 +89,12 @@ class ClusterState:
     # -- saved state ----------------------------------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:
         """What cluster.json holds (state.py writes it)."""
-        nodes = {
+        nodes: dict[str, dict[str, Any]] = {
             n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot} for n in self.registry.nodes.values()
         }
+        for n in self.registry.nodes.values():
+            if n.draining:  # only then: older brokers read the file as before
+                nodes[n.name]["draining"] = True
         return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
 
     def restore(self, saved: Mapping[str, Any], now: float) -> None:
@@ -102,6 +105,7 @@ class ClusterState:
             node, _ = self.registry.register(name, info["address"], info.get("site", ""), now)
             node.status = NodeStatus.DOWN
             node.trusted_boot = info.get("boot", "")
+            node.draining = bool(info.get("draining", False))
         self.loaded = True
 
     # -- reading --------------------------------------------------------------------------------
@@ -124,6 +128,57 @@ class ClusterState:
     def any_down(self) -> bool:
         return any(n.status == NodeStatus.DOWN for n in self.registry.nodes.values())
 
+    def unsettled(self) -> bool:
+        """A store is down or suspect: failover may be under way, no slot should move now."""
+        return any(n.status in (NodeStatus.DOWN, NodeStatus.SUSPECT) for n in self.registry.nodes.values())
+
+    def leaving(self) -> set[str]:
+        """Stores being drained."""
+        return {n.name for n in self.registry.nodes.values() if n.draining}
+
+    # -- draining -------------------------------------------------------------------------------
+    def drain(self, name: str) -> bool:
+        """Start emptying `name`: its copies move to the stores that stay. StoreNotFound (404)
+        for a store we do not know; CannotDrain (409) when no other up store could take its slots.
+        True when it was not draining yet (the state must be saved)."""
+        node = self.registry.get(name)
+        if node is None:
+            raise errors.StoreNotFound(f"no store named {name!r}")
+        if node.draining:
+            return False
+        holds = self.holds_anything(name) or any(name in e.replicas for e in self.slotmap.entries)
+        staying = [n for n in self.registry.nodes.values() if n.name != name and n.up and not n.draining]
+        if holds and not staying:
+            raise errors.CannotDrain(
+                f"store {name!r} cannot be drained: no other store is up to take its slots",
+                store=name,
+            )
+        node.draining = True
+        if node.status in (NodeStatus.UP, NodeStatus.DRAINED):
+            node.status = NodeStatus.DRAINING
+        return True
+
+    def drained(self, name: str) -> bool:
+        """Draining and holding no copy any more."""
+        node = self.registry.get(name)
+        return node is not None and node.draining and not self._holds_copy(name)
+
+    def mark_drained(self) -> bool:
+        """Draining stores' statuses from what they hold (draining -> drained once empty, and back
+        after they were down); True when one changed."""
+        changed = False
+        for node in self.registry.nodes.values():
+            if not node.draining or node.status in (NodeStatus.DOWN, NodeStatus.SUSPECT):
+                continue
+            status = NodeStatus.DRAINING if self._holds_copy(node.name) else NodeStatus.DRAINED
+            if node.status != status:
+                node.status = status
+                changed = True
+        return changed
+
+    def _holds_copy(self, name: str) -> bool:
+        return any(e.primary == name or name in e.replicas for e in self.slotmap.entries)
+
     def restarted(self, name: str, boot: str) -> bool:
         """Whether `boot` is a new incarnation of a store we know as up and holding data: it may have
         lost an unsynced log tail, so it must be failed over before it serves (not only confirmed)."""
@@ -138,10 +193,22 @@ class ClusterState:
         )
 
     def catch_up_plan(self, name: str) -> list[Change]:
-        """What catching up `name` takes now (placement.catch_up): slots it should hand over."""
+        """What catching up `name` takes now (placement.catch_up): slots it should hand over.
+
+        A store that serves (confirmed, same incarnation) is caught up only on the slots it says
+        it is behind on: its report and its replicas' were taken at different moments while
+        writes went on, so a replica's may be "ahead" of it without anything lost."""
         node = self.registry.get(name)
         if node is None:
             return []
+        if node.confirmed and not node.restarted:
+            if not node.behind:
+                return []
+            return [c for c in self._catch_up(node) if c.slot in node.behind]
+        return self._catch_up(node)
+
+    def _catch_up(self, node: Node) -> list[Change]:
+        name = node.name
         nodes = self.registry.nodes.values()
         trusted = {n.name for n in nodes if n.trusted}
         frozen = {n.name for n in nodes if n.positions_frozen}
@@ -150,7 +217,7 @@ class ClusterState:
             name,
             {n.name: n.positions for n in nodes},
             trusted,
-            self.registry.sites(),
+            self.registry.sites(staying=False),
             node.restarted,
             frozen,
         )
@@ -196,6 +263,7 @@ class ClusterState:
         confirmed: bool,
         boot: str,
         now: float,
+        behind: Iterable[int] = (),
     ) -> Registration:
         """A store (re)registered; `confirmed`: it says it already holds its assignment from us.
 
@@ -204,8 +272,15 @@ class ClusterState:
         only by the full push that follows). Call `restarted` first: a new incarnation of an up
         store is marked down before it registers (rule 2)."""
         node, changed = self.registry.register(name, address, site, now)
+        if node.draining and boot and node.boot and boot != node.boot:
+            # a new incarnation of a drained (or draining) store: it is back to take work
+            node.draining = False
+            changed = True
+            if node.status in (NodeStatus.DRAINING, NodeStatus.DRAINED):
+                node.status = NodeStatus.UP
         node.new_boot(boot)
         node.report(inventory, serving=confirmed)
+        node.behind = set(behind)
         if not confirmed:
             node.confirmed = False
         announce = changed or node.status == NodeStatus.DOWN
@@ -217,8 +292,8 @@ class ClusterState:
                 node.status = NodeStatus.UP
                 node.last_ok = now
             return Registration(announce=announce, push_all=True, persist=changed)
-        behind = not node.restarted and bool(self.catch_up_plan(name))
-        return Registration(announce=announce, catch_up=behind, persist=changed)
+        caught_up = not node.restarted and bool(self.catch_up_plan(name))
+        return Registration(announce=announce, catch_up=caught_up, persist=changed)
 
     def answered(self, name: str, stats: dict[str, Any], now: float) -> Recovered | None:
         """A health check answered (call `restarted` first): its stats, its load, and up again when

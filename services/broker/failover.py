@@ -1,7 +1,9 @@
 """Failover and re-replication: promote in-sync replicas of a down store's slots, restore copies.
 
-Every plan goes through Pusher.apply (persisted, then pushed). One lock orders failover plans
-and the ISR changes primaries ask for (rule 1), so each sees the map the other left.
+Every plan goes through Pusher.stage/apply (persisted, then pushed). One lock orders failover
+plans, migrations and the ISR changes primaries ask for (rule 1), so each sees the map the
+other left: each is planned and applied to the map in one loop turn under it, and the disk
+write (group commit) and the pushes follow outside it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..common.config import Settings
@@ -23,10 +26,21 @@ REPAIR_INTERVAL = 1.0
 
 
 class Failover:
-    def __init__(self, cluster: ClusterState, pusher: Pusher, settings: Settings) -> None:
+    def __init__(
+        self,
+        cluster: ClusterState,
+        pusher: Pusher,
+        settings: Settings,
+        *,
+        moving: Callable[[], Collection[int]] = frozenset,
+    ) -> None:
+        """`moving()`: the slots a migration is moving now or moved a moment ago: repair leaves
+        their copies alone, and a store that did not restart is not caught up on them (its
+        report and the others' were taken at different points of the move)."""
         self.cluster = cluster
         self.pusher = pusher
         self.settings = settings
+        self._moving = moving
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
@@ -63,15 +77,20 @@ class Failover:
             return 0
         async with self.lock:
             changes, promoted = placement.repair(
-                cluster.slotmap, cluster.registry.sites(), self.settings.replication_factor
+                cluster.slotmap,
+                cluster.registry.sites(staying=False),
+                self.settings.replication_factor,
+                leaving=cluster.leaving(),
+                moving=self._moving(),
             )
             if not changes:
                 return 0
-            changed = await self.pusher.apply(changes, reason)
+            pending = self.pusher.stage(changes, reason)  # the map changes now; the disk after the lock
             cluster.failovers += promoted
-            if promoted:
-                log.warning("event=failover reason=%s promoted=%d slots_changed=%d", reason, promoted, changed)
-            return changed
+        changed = await pending
+        if promoted:
+            log.warning("event=failover reason=%s promoted=%d slots_changed=%d", reason, promoted, changed)
+        return changed
 
     async def catch_up(self, name: str) -> None:
         """Before a store serves (again), and when its report is behind: let an in-sync replica that
@@ -83,18 +102,23 @@ class Failover:
             await asyncio.sleep(0.05)
         async with self.lock:
             changes = cluster.catch_up_plan(name)
+            node = cluster.registry.get(name)
+            if node is not None and not node.restarted:
+                moving = self._moving()
+                changes = [c for c in changes if c.slot not in moving]
             if not changes:
                 return
             promoted = sum(1 for c in changes if c.primary != name and cluster.slotmap.entry(c.slot).primary == name)
-            changed = await self.pusher.apply(changes, f"catch_up:{name}")
+            pending = self.pusher.stage(changes, f"catch_up:{name}")
             cluster.failovers += promoted
-            log.warning(
-                "event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d",
-                name,
-                cluster.registry.nodes[name].restarted,
-                promoted,
-                changed,
-            )
+        changed = await pending
+        log.warning(
+            "event=catch_up node=%s restarted=%s promoted=%d slots_changed=%d",
+            name,
+            cluster.registry.nodes[name].restarted,
+            promoted,
+            changed,
+        )
 
     async def isr_change(self, store: str, requests: list[list[Any]]) -> list[bool]:
         """Apply ISR changes a primary asks for, when it is still the primary at that epoch."""
@@ -114,6 +138,7 @@ class Failover:
                     change.isr.append(name)
                 wanted[slot] = change
                 results.append(True)
-            if wanted:
-                await self.pusher.apply(wanted.values(), f"isr:{store}")
-            return results
+            pending = self.pusher.stage(wanted.values(), f"isr:{store}") if wanted else None
+        if pending is not None:
+            await pending  # on disk before the primary hears yes (rule 1: it may commit without it)
+        return results

@@ -206,6 +206,15 @@ def inventory(value: Any) -> list[Position]:
     return [Position(*i) for i in value]
 
 
+def slot_list(value: Any, field: str) -> list[int]:
+    """A list of slot numbers (None: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_count(s) and s < SLOTS for s in value):
+        raise errors.BadRequest(f"'{field}' must be a list of slot numbers below {SLOTS}")
+    return list(value)
+
+
 def isr_changes(value: Any) -> list[list[Any]]:
     """ISR requests of a primary: [[slot, epoch, "add"|"remove", replica], ...]."""
     if not isinstance(value, list) or any(

@@ -51,7 +51,14 @@ class Membership:
                 task.cancel()
 
     async def register(
-        self, name: str, address: str, site: str, inventory: list[Position], confirmed: bool = False, boot: str = ""
+        self,
+        name: str,
+        address: str,
+        site: str,
+        inventory: list[Position],
+        confirmed: bool = False,
+        boot: str = "",
+        behind: list[int] | None = None,
     ) -> None:
         """A store (re)registered; `confirmed` says whether it already has its assignment from us."""
         if self.cluster.restarted(name, boot):
@@ -59,7 +66,7 @@ class Membership:
             # returning store (what an unsynced log tail lost must not come back as committed)
             await self._mark_down(name, "restarted")
         decision = self.cluster.register(
-            name, address, site, inventory, confirmed=confirmed, boot=boot, now=self.clock.now()
+            name, address, site, inventory, confirmed=confirmed, boot=boot, now=self.clock.now(), behind=behind or ()
         )
         self._last_registration = time.monotonic()
         if decision.announce:

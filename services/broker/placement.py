@@ -97,16 +97,27 @@ def from_claims(claims: Mapping[int, list[tuple[str, str, int, int, int]]], slot
     return changes
 
 
-def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) -> tuple[list[Change], int]:
+def repair(
+    slotmap: SlotMap,
+    nodes: Mapping[str, str],
+    replication_factor: int,
+    *,
+    leaving: Collection[str] = (),
+    moving: Collection[int] = (),
+) -> tuple[list[Change], int]:
     """After failures, a plan that keeps every slot served and copied: (changes, primaries promoted).
 
     nodes: {name: site} of the stores that are up. A slot whose primary is down is promoted to an
     in-sync replica that is up (rule 1: only ISR members); with none up it is left as it is, to come
     back when a copy returns. Down replicas leave the slot; missing copies are added site-aware on
-    the least loaded nodes (they join the ISR after a full sync from the primary). Copies crowded on
+    the least loaded nodes that are not `leaving` (draining: they still serve what they hold),
+    and join the ISR after a full sync from the primary. Copies crowded on
     one site (after a whole site was down) get one more copy on the returned site, and the surplus
-    copy leaves only once the in-sync copies span the sites again.
+    copy leaves only once the in-sync copies span the sites again. Slots `moving` (migration.py
+    holds an extra copy on purpose) keep their copies unless one is down.
     """
+    up = nodes
+    nodes = {n: s for n, s in up.items() if n not in leaving}  # where new copies may go
     copies = max(1, min(replication_factor, len(nodes)))
     want_sites = min(copies, len(set(nodes.values())))
     load: dict[str, int] = {n: 0 for n in nodes}
@@ -120,33 +131,35 @@ def repair(slotmap: SlotMap, nodes: Mapping[str, str], replication_factor: int) 
         if e.primary is None:
             continue
         primary = e.primary
-        if primary not in nodes:
-            candidates = [r for r in e.isr if r in nodes]
+        if primary not in up:
+            candidates = [r for r in e.isr if r in nodes] or [r for r in e.isr if r in up]
             if not candidates:
                 continue
             primary = candidates[0]
             promoted += 1
-        replicas = [r for r in e.replicas if r in nodes and r != primary]
+        replicas = [r for r in e.replicas if r in up and r != primary]
         isr = [r for r in e.isr if r in replicas]
-        if len(replicas) + 1 < copies:
+        if slot in moving:
+            pass  # the move adds and removes copies itself; only down copies leave
+        elif len(replicas) + 1 < copies:
             extra = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
             for r in extra:
                 load[r] += 1
             replicas += extra
-        elif len(replicas) + 1 == copies and len(_sites(nodes, [primary, *replicas])) < want_sites:
+        elif len(replicas) + 1 == copies and len(_sites(up, [primary, *replicas])) < want_sites:
             # a whole site was down: one copy more on a site without one; the surplus leaves once in sync
             extra = [
                 r
                 for r in pick_replicas(primary, nodes, copies + 1, load, existing=tuple(replicas))
-                if nodes[r] not in _sites(nodes, [primary, *replicas])
+                if nodes[r] not in _sites(up, [primary, *replicas])
             ]
             for r in extra:
                 load[r] += 1
             replicas += extra
-        elif len(replicas) + 1 > copies and len(_sites(nodes, [primary, *isr])) >= want_sites:
-            for r in sorted(replicas, key=lambda n: (n in isr, n)):  # out-of-sync copies leave first
+        elif len(replicas) + 1 > copies and len(_sites(up, [primary, *isr])) >= want_sites:
+            for r in sorted(replicas, key=lambda n: (n not in leaving, n in isr, n)):  # leaving, out-of-sync first
                 others = [primary, *(x for x in isr if x != r)]
-                if len(replicas) + 1 > copies and len(_sites(nodes, others)) >= want_sites:
+                if len(replicas) + 1 > copies and len(_sites(up, others)) >= want_sites:
                     replicas.remove(r)
                     if r in isr:
                         isr.remove(r)

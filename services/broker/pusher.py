@@ -18,7 +18,7 @@ from ..common.config import Settings
 from ..common.pool import Pool
 from ..common.records import PRIMARY, REPLICA, Drop, Member, SlotAssignment
 from . import state
-from .clusterstate import ClusterState
+from .clusterstate import Applied, ClusterState
 from .slotmap import Change
 from .watch import Watch
 
@@ -81,6 +81,8 @@ class Pusher:
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
+        self._asked = 0  # persist calls so far
+        self._saved = 0  # calls whose state a finished write covers
 
     async def stop(self) -> None:
         for task in [*self._pushes.values(), *self._background]:
@@ -88,45 +90,79 @@ class Pusher:
 
     # -- persistence (rule 4) -------------------------------------------------------------------
     async def persist(self) -> None:
-        """Write the state (fsync in a thread, so requests keep flowing); one writer at a time."""
-        snapshot = self.cluster.snapshot_state()
+        """Write the state (fsync in a thread, so requests keep flowing); one writer at a time.
+        Group commit: callers that arrive while a write runs share the next one, which reads the
+        state when it starts and so holds every change made before they called."""
+        self._asked += 1
+        mine = self._asked
         async with self._persist_lock:
+            if self._saved >= mine:
+                return  # a write that started after our call covered us
+            covers = self._asked
+            snapshot = self.cluster.snapshot_state()
             await asyncio.to_thread(state.save, self.data_dir, snapshot)
+            self._saved = covers
 
     def persist_later(self) -> None:
         """Addresses and trusted boots: saved in the background (a late save errs on the safe side)."""
         self._spawn(self.persist())
 
     # -- map changes ----------------------------------------------------------------------------
-    async def apply(self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0) -> int:
-        """Persist a plan, then push it to every up store it touches; the number of slots changed."""
+    async def apply(
+        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+    ) -> int:
+        """Persist a plan, then push it to every up store it touches; the number of slots changed.
+        With `wait`, until those stores have acknowledged it (a failed push is left to health
+        checks and registration, as always), in order with the background pushes per store."""
+        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait)
+
+    def stage(
+        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+    ) -> asyncio.Task[int]:
+        """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
+        still hold and a lock it holds need not wait for the disk), and the rest in a task.
+
+        What each store is told is built now, from the map as this change leaves it: once this
+        change is on disk, so is every change before it (group commit), so no store hears of a
+        change that is not on disk (rule 4), whatever is applied meanwhile."""
         applied = self.cluster.apply(changes, epoch_floor)
+        messages = {}
+        if applied.changed and push:
+            messages = {
+                name: assign_message(self.cluster, name, slots, confirm=False, replication=self.settings.replication)
+                for name, slots in applied.touched.items()
+            }
+        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait))
+
+    async def _commit(self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool) -> int:
         if not applied.changed:
             return 0
         await self.persist()  # rule 4: on disk before any store hears of it
         log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
-        if push:
-            for name, slots in applied.touched.items():
-                if self.cluster.registry.is_up(name):  # up now, after the write
-                    self._push_later(name, slots)
+        pushes = [
+            self._send_later(name, args)
+            for name, args in messages.items()
+            if self.cluster.registry.is_up(name)  # up now, after the write
+        ]
+        if wait:
+            await asyncio.gather(*pushes, return_exceptions=True)
         self.watch.changed()
         return len(applied.slots)
 
-    def _push_later(self, name: str, slots: list[int]) -> None:
+    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Task[None]:
         """Push in the background, in order per store (a dying store must not hold up the map)."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
 
         async def push() -> None:
             async with lock:
                 try:
-                    await self._push(name, slots)
+                    await self._send(name, args)
                 except errors.SnapkvError:
                     pass  # the store is failing: health checks decide; a returning store gets push_all
 
-        self._spawn(push())
+        return self._spawn(push())
 
-    async def _push(self, name: str, slots: list[int], confirm: bool = False) -> None:
-        args = assign_message(self.cluster, name, slots, confirm=confirm, replication=self.settings.replication)
+    async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:
             conn = self.pool.get(name, self.cluster.address_of(name))
             await conn.call(wire.OP_ASSIGN, args, timeout=self.settings.request_deadline)
@@ -151,7 +187,13 @@ class Pusher:
             try:
                 async with lock:  # read the map under the lock: no later push may overtake this one
                     held = self.cluster.slotmap.slots_of(name)
-                    await self._push(name, sorted(held["primary"] + held["replica"]), confirm=True)
+                    slots = sorted(held["primary"] + held["replica"])
+                    args = assign_message(
+                        self.cluster, name, slots, confirm=True, replication=self.settings.replication
+                    )
+                    # what it says is on disk once a write that starts after this call ends (rule 4)
+                    await self.persist()
+                    await self._send(name, args)
                 if self.cluster.confirmed(name):
                     self.persist_later()  # remember this incarnation as trusted across restarts
                 self.watch.changed()
@@ -159,7 +201,8 @@ class Pusher:
             except errors.SnapkvError:
                 await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task

@@ -18,8 +18,8 @@ class NodeStatus(StrEnum):
     UP = "up"
     SUSPECT = "suspect"  # missed a check: probed again at once
     DOWN = "down"
-    DRAINING = "draining"  # not set yet (no draining)
-    DRAINED = "drained"
+    DRAINING = "draining"  # up, its copies moving to the stores that stay
+    DRAINED = "drained"  # up, holding nothing: may be stopped
 
 
 LIVE = (NodeStatus.UP, NodeStatus.SUSPECT, NodeStatus.DRAINING, NodeStatus.DRAINED)  # counts as up
@@ -47,6 +47,9 @@ class Node:
     positions: dict[int, tuple[int, int, int]] | None = None
     # those positions came from a store not serving yet (unconfirmed): they are still its positions
     positions_frozen: bool = False
+    # slots where the store found a replica holding more than it does (a full sync refused as
+    # newer), as its last registration said: the only slots a serving store is caught up on
+    behind: set[int] = field(default_factory=set)
 
     @property
     def up(self) -> bool:
@@ -110,12 +113,13 @@ class Registry:
         node = self.nodes.get(name)
         return node is not None and node.up
 
-    def sites(self, names: list[str] | None = None) -> dict[str, str]:
-        """{name: site} of up nodes (optionally of the given names), as placement wants it."""
+    def sites(self, names: list[str] | None = None, *, staying: bool = True) -> dict[str, str]:
+        """{name: site} of up nodes (optionally of the given names), as placement wants it; with
+        `staying`, not the draining ones (they take no new copies)."""
         return {
             n.name: n.site
             for n in self.nodes.values()
-            if n.up and not n.draining and (names is None or n.name in names)
+            if n.up and not (staying and n.draining) and (names is None or n.name in names)
         }
 
     def address(self, name: str) -> str:

@@ -22,6 +22,7 @@ from ..common.pool import Pool
 from ..common.records import Entry, GetRequest, ScanAnswer, ScanRequest, WriteOp, WriteRequest, WriteResult
 from ..common.slots import key_slot
 from .clusterstate import ClusterState
+from .gate import SlotGate
 
 # (epoch, replica read) -> the request record; only reads may be answered by a replica
 ArgsFor = Callable[[int, bool], Any]
@@ -41,10 +42,13 @@ class Control(Protocol):
 
 
 class Router:
-    def __init__(self, cluster: ClusterState, pool: Pool, control: Control, settings: Settings) -> None:
+    def __init__(
+        self, cluster: ClusterState, pool: Pool, control: Control, settings: Settings, gate: SlotGate | None = None
+    ) -> None:
         self.cluster = cluster  # read only
         self.pool = pool
         self.control = control
+        self.gate = gate or SlotGate()  # a slot whose primary is switching holds its requests here
         self.request_deadline = settings.request_deadline
         self._rid_prefix = os.urandom(6).hex()
         self._rids = itertools.count(1)
@@ -56,7 +60,7 @@ class Router:
 
     async def call(self, slot: int, op: str, args_for: ArgsFor, *, write: bool, allow_replica: bool = True) -> Any:
         """Send to the slot's primary; reads fall back to an in-sync replica at once when it fails."""
-        cluster, control = self.cluster, self.control
+        cluster, control, gate = self.cluster, self.control, self.gate
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_deadline
         attempt = 0
@@ -67,6 +71,9 @@ class Router:
             if remaining <= 0:
                 detail = f": {last.message}" if last is not None else ""
                 raise errors.SlotUnavailable(f"slot {slot} is unavailable{detail}", slot=slot)
+            if gate.held(slot):  # its primary is switching (migration.py): a short pause, no error
+                await gate.wait(slot, remaining)
+                continue
             entry = cluster.slotmap.entry(slot)
             target, replica_read = entry.primary, False
             if target is not None and (not cluster.registry.is_up(target) or (not write and target in failed)):
@@ -85,7 +92,11 @@ class Router:
             try:
                 args = args_for(entry.epoch, replica_read)
                 conn = self.pool.get(target, cluster.address_of(target))
-                return await conn.call(op, args, timeout=min(remaining, self.attempt_timeout))
+                gate.enter(slot)
+                try:
+                    return await conn.call(op, args, timeout=min(remaining, self.attempt_timeout))
+                finally:
+                    gate.leave(slot)
             except errors.SnapkvError as exc:
                 if not exc.retriable:
                     raise

@@ -22,11 +22,14 @@ from . import state
 from .clock import RunningClock
 from .clusterstate import ClusterState
 from .failover import Failover
+from .gate import SlotGate
 from .health import HealthMonitor
 from .kv import KeyValue
 from .membership import Membership
 from .metrics import BrokerMetrics
+from .migration import Migrator
 from .pusher import Pusher
+from .rebalancer import Rebalancer
 from .router import Router
 from .watch import Watch
 
@@ -75,7 +78,7 @@ class BrokerService:
             self.data_dir,
             catch_up=lambda name: self.failover.catch_up(name),
         )
-        self.failover = Failover(self.cluster, self.pusher, settings)
+        self.failover = Failover(self.cluster, self.pusher, settings, moving=lambda: self.migrator.unsettled())
         self.health = HealthMonitor(
             self.cluster, self.pool, self.clock, self.pusher, self.watch, settings, on_down=self.failover.node_down
         )
@@ -87,7 +90,20 @@ class BrokerService:
             mark_down=self.health.mark_down,
             catch_up=self.failover.catch_up,
         )
-        self.router = Router(self.cluster, self.pool, _Control(self.health, self.pusher, self.watch), settings)
+        self.gate = SlotGate()
+        self.router = Router(
+            self.cluster, self.pool, _Control(self.health, self.pusher, self.watch), settings, self.gate
+        )
+        # live migration and the loop that plans it: control plane, holding slots at the data plane's gate
+        self.migrator = Migrator(self.cluster, self.pusher, self.gate, self.watch, self.failover.lock, settings)
+        self.rebalancer = Rebalancer(
+            self.cluster,
+            self.migrator,
+            self.watch,
+            settings,
+            in_grace=self.failover.in_grace,
+            persist=self.pusher.persist_later,
+        )
         self.kv = KeyValue(self.router)
         self.metrics = BrokerMetrics(self.cluster)
         self.started = False
@@ -102,9 +118,11 @@ class BrokerService:
             )
         await self.health.start()
         await self.failover.start()
+        await self.rebalancer.start()
         self.started = True
 
     async def stop(self) -> None:
+        await self.rebalancer.stop()
         await self.failover.stop()
         await self.health.stop()
         await self.membership.stop()
@@ -158,4 +176,16 @@ class BrokerService:
             "replication_factor": self.settings.replication_factor,
             "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
             "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
+            "moves": self.migrator.view(),
         }
+
+    async def drain(self, name: str) -> dict[str, Any]:
+        """Start (or report on) draining a store: its copies move to the stores that stay."""
+        if self.cluster.drain(name):
+            await self.pusher.persist()  # a broker restart keeps draining it
+            log.info("event=drain_started node=%s", name)
+            self.watch.changed()
+        self.cluster.mark_drained()
+        node = self.cluster.registry.nodes[name]
+        held = self.cluster.slotmap.counts().get(name, {"primary": 0, "replica": 0})
+        return {"name": name, "status": node.status.value, "slots": held}

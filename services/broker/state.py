@@ -32,7 +32,7 @@ def save(data_dir: str, state: dict[str, Any]) -> None:
     path = os.path.join(data_dir, FILE)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, separators=(",", ":"))
+        fh.write(json.dumps(state, separators=(",", ":")))  # the C encoder: json.dump streams in Python
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

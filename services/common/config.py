@@ -58,8 +58,8 @@ class Settings:
     prometheus_url: str = _opt("", "read load from this Prometheus instead of scraping stores")
     rebalance: bool = _opt(True, "move slots by itself so that every store holds its share")
     rebalance_interval: float = _opt(1.0, "seconds between rebalancing plans", lo=0.05)
-    moves_per_store: int = _opt(4, "slot moves running at once per store (in and out)", lo=1)
-    max_moves: int = _opt(32, "slot moves running at once in the cluster", lo=1)
+    moves_per_store: int = _opt(32, "slot moves running at once per store (in and out)", lo=1)
+    max_moves: int = _opt(64, "slot moves running at once in the cluster", lo=1)
     move_timeout: float = _opt(60.0, "seconds a slot move may take before it is rolled back", lo=1)
 
     def validate(self) -> None:

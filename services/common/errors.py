@@ -46,8 +46,16 @@ class MethodNotAllowed(SnapkvError):
     status, code = 405, "method_not_allowed"
 
 
+class StoreNotFound(SnapkvError):
+    status, code = 404, "store_not_found"
+
+
 class NameTaken(SnapkvError):
     status, code = 409, "name_taken"
+
+
+class CannotDrain(SnapkvError):
+    status, code = 409, "cannot_drain"
 
 
 class VersionMismatch(SnapkvError):

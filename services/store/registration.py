@@ -24,10 +24,14 @@ class Registrar:
         self.address = address
         self.site = site
         self.registered = False  # the broker has heard of us since we started
+        self.behind: set[int] = set()  # slots to report as behind at the next registration
         self._now = asyncio.Event()
 
-    def soon(self) -> None:
-        """Tell the broker our positions now rather than at the next interval."""
+    def soon(self, behind: int | None = None) -> None:
+        """Tell the broker our positions now rather than at the next interval; `behind`: a slot
+        where a replica holds more than we do (the broker hands it over)."""
+        if behind is not None:
+            self.behind.add(behind)
         self._now.set()
 
     async def register_once(self, session: aiohttp.ClientSession) -> None:
@@ -42,13 +46,16 @@ class Registrar:
             "inventory": node.inventory(),
             "confirmed": node.confirmed,
             "boot": node.boot,
+            "behind": sorted(self.behind),
         }
+        reported = set(self.behind)
         async with session.post(
             self.broker_url, json=body, headers=self.headers, timeout=aiohttp.ClientTimeout(total=3)
         ) as resp:
             if resp.status != 200:
                 text = await resp.text()
                 raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
+        self.behind -= reported
         if not self.registered:
             log.info("event=registered broker=%s address=%s site=%s", self.broker_url, self.address, self.site or "-")
         self.registered = True

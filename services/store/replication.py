@@ -60,7 +60,8 @@ class Replicator:
         # replica side: slot -> leader epoch our copy was last synced or streamed under; within one
         # leadership a full sync never takes an in-sync copy back (the primary lost what it sent)
         self._copied_under: dict[int, int] = {}
-        self.on_behind: Callable[[], None] | None = None  # a replica holds more than we do: re-register
+        # a replica holds more of this slot than we do: re-register, saying so
+        self.on_behind: Callable[[int], None] | None = None
 
     # -- peers ----------------------------------------------------------------------------------
     def _replicas(self, a: Assignment) -> list[Member]:
@@ -235,7 +236,7 @@ class Replicator:
     def _replica_newer(self, slot: int, name: str) -> None:
         log.error("event=sync_refused slot=%d replica=%s reason=replica_holds_newer_copy action=report", slot, name)
         if self.on_behind is not None:
-            self.on_behind()  # our fresh position lets the broker hand the slot to that replica
+            self.on_behind(slot)  # the broker hands the slot to that replica
 
     def _export(self, name: str, slots: list[int]) -> tuple[list[SyncItem], str]:
         """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""

@@ -74,13 +74,13 @@ class Workload:
                     self.reads += 1
                     if r.status == 404:
                         if floor is not None:
-                            self.stale_reads.append(f"{key}: 404 after {floor} was acknowledged")
+                            self.stale_reads.append(f"{key}: 404 after {floor} was acknowledged {_now()}")
                     elif r.status != 200:
                         self.read_errors.append(f"{key}: {r.status} {body[:200]!r}")
                     else:
                         value = int(body)
                         if floor is not None and value < floor:
-                            self.stale_reads.append(f"{key}: read {value} after {floor} was acknowledged")
+                            self.stale_reads.append(f"{key}: read {value} after {floor} was acknowledged {_now()}")
                         if value > self.attempted.get(key, 0):
                             self.stale_reads.append(f"{key}: read {value}, never written")
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -100,6 +100,11 @@ class Workload:
                     if not acked <= value <= self.attempted[key]:
                         problems.append(f"{key}: {value}, acknowledged {acked}, attempted {self.attempted[key]}")
         return problems
+
+
+def _now() -> str:
+    """Wall-clock time as the processes' logs print it, to find a bad read in them."""
+    return time.strftime("%H:%M:%S", time.localtime()) + f",{int(time.time() * 1000) % 1000:03d}"
 
 
 def copies_ok(view: dict, sites: dict[str, str], copies: int) -> bool:

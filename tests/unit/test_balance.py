@@ -144,3 +144,31 @@ def test_other_replication_factors_balance_too(rf):
     counts = m.counts()
     # with rf 3 on three sites every slot needs all three: moves are swaps or same-site, within 2
     assert max(c["primary"] for c in counts.values()) - min(c["primary"] for c in counts.values()) <= max(1, rf - 1)
+
+
+def test_moves_under_way_count_as_done_so_the_next_plan_never_undoes_them():
+    sites = {"s1": "a", "s2": "b", "s3": "a"}
+    m = cluster(sites)
+    sites["s4"] = "b"
+    running: list[balance.Move] = []
+    for _ in range(600):
+        busy = Counter([mv.source for mv in running] + [mv.target for mv in running])
+        moves = balance.plan(m, sites, busy=busy, per_node=64, skip={mv.slot for mv in running}, running=running)
+        for mv in moves:  # no move reverses one that is still running
+            assert not any(r.slot == mv.slot for r in running)
+            assert not any((r.source, r.target) == (mv.target, mv.source) and r.primary == mv.primary for r in running)
+        for mv in running[:-8]:  # all but the last few of what runs finishes each round
+            run(m, mv)
+        running = running[-8:] + moves
+        if not running:
+            break
+    counts = m.counts()
+    assert all(abs(c["primary"] - SLOTS / 4) <= 1 for c in counts.values()), counts
+
+
+def test_copies_of_skipped_slots_still_count():
+    sites = {"s1": "a", "s2": "b", "s3": "a", "s4": "b"}
+    m = cluster(sites)
+    # every slot of s1 is skipped (moving): the others must not take s1 for empty
+    skip = set(m.slots_of("s1")["primary"]) | set(m.slots_of("s1")["replica"])
+    assert balance.plan(m, sites, skip=skip, per_node=100, limit=1000) == []

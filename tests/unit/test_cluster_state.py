@@ -21,11 +21,18 @@ def state_with(*names: str, slots: int = 8) -> ClusterState:
 
 
 def register(
-    state: ClusterState, name: str, *, address: str = "", confirmed: bool = True, boot: str = "", inventory=()
+    state: ClusterState,
+    name: str,
+    *,
+    address: str = "",
+    confirmed: bool = True,
+    boot: str = "",
+    inventory=(),
+    behind=(),
 ):
     node = state.registry.get(name)
     address = address or (node.address if node is not None else "127.0.0.1:7999")
-    return state.register(name, address, "", list(inventory), confirmed=confirmed, boot=boot, now=1.0)
+    return state.register(name, address, "", list(inventory), confirmed=confirmed, boot=boot, now=1.0, behind=behind)
 
 
 # -- apply ----------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ def test_an_unconfirmed_store_at_the_same_address_gets_its_whole_assignment_but_
     assert not state.registry.nodes["a"].confirmed
 
 
-def test_a_confirmed_store_is_left_alone_unless_its_fresh_report_is_behind_an_in_sync_replica():
+def test_a_confirmed_store_is_caught_up_only_on_slots_it_says_it_is_behind_on():
     state = state_with("a", "b")
     at = state.slotmap.entry(SLOT).epoch
     for name, seq in (("a", 90), ("b", 100)):
@@ -195,9 +202,18 @@ def test_a_confirmed_store_is_left_alone_unless_its_fresh_report_is_behind_an_in
         state.confirmed(name)
     quiet = register(state, "b", confirmed=True, boot="boot-b", inventory=[[SLOT, "replica", 100, at, at]])
     assert quiet == Registration()  # nothing to do: no push, no catch-up, no save
-    behind = register(state, "a", confirmed=True, boot="boot-a", inventory=[[SLOT, "primary", 90, at, at]])
+    # a serving primary's report taken before its replica's looks behind while writes go on
+    raced = register(state, "a", confirmed=True, boot="boot-a", inventory=[[SLOT, "primary", 90, at, at]])
+    assert not raced.catch_up
+    # a replica refused its full sync as newer: the store says so, and hands the slot over
+    behind = register(
+        state, "a", confirmed=True, boot="boot-a", inventory=[[SLOT, "primary", 90, at, at]], behind=[SLOT]
+    )
     assert behind.catch_up and not behind.push_all and not behind.persist
-    level = register(state, "a", confirmed=True, boot="boot-a", inventory=[[SLOT, "primary", 100, at, at]])
+    assert [c.primary for c in state.catch_up_plan("a")] == ["b"]
+    level = register(
+        state, "a", confirmed=True, boot="boot-a", inventory=[[SLOT, "primary", 100, at, at]], behind=[SLOT]
+    )
     assert not level.catch_up
 
 

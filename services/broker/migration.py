@@ -1,0 +1,252 @@
+"""Live slot migration: a move (balance.py) run as steps, each one map change (tikv/pd's operator).
+
+  copy    the target joins the slot as a replica outside the ISR; the primary full-syncs it and
+          streams to it through the ordinary replication, and asks the broker to add it to the
+          ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
+  switch  (primary moves) new requests of the slot wait at the gate; once the ones in flight
+          have answered, the target becomes primary at a new epoch, the source a replica in the
+          ISR; both acknowledge the assignment before the slot's requests are let go again.
+  drop    the source's copy leaves the slot (last, once the target holds everything).
+
+Every step checks first that the slot is still as the previous step left it, under the map lock
+that failover and ISR changes take too, so each sees the map the other left. A move whose source
+or target dies, or that outlives `move_timeout`, is rolled back: a target that is not in the ISR
+leaves the slot, and the slot keeps its owner throughout. After a broker restart a half-done
+move is an extra replica that the failover's repair removes (out-of-sync copies first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from ..common.config import Settings
+from .balance import Move, is_swap
+from .clusterstate import ClusterState
+from .gate import SlotGate
+from .pusher import Pusher
+from .slotmap import Change
+from .watch import Watch
+
+log = logging.getLogger("snapkv.migration")
+
+DRAIN_WAIT = 1.0  # seconds a switch waits for the slot's requests in flight before it goes ahead
+COOLDOWN = 5.0  # seconds a slot that just moved stays where it is (no back and forth)
+
+
+class Aborted(Exception):
+    pass
+
+
+class _Settled:
+    """`slot in settled`: not moved in the last COOLDOWN seconds."""
+
+    def __init__(self, recent: set[int]) -> None:
+        self._recent = recent
+
+    def __contains__(self, slot: object) -> bool:
+        return slot not in self._recent
+
+
+@dataclass
+class Running:
+    move: Move
+    swap: bool
+    step: str = "copy"
+    started: float = field(default_factory=time.monotonic)
+
+
+class Migrator:
+    def __init__(
+        self,
+        cluster: ClusterState,
+        pusher: Pusher,
+        gate: SlotGate,
+        watch: Watch,
+        lock: asyncio.Lock,
+        settings: Settings,
+    ) -> None:
+        """`lock`: the map lock (Failover.lock) that orders every plan with the ISR changes."""
+        self.cluster = cluster
+        self.pusher = pusher
+        self.gate = gate
+        self.watch = watch
+        self.lock = lock
+        self.timeout = settings.move_timeout
+        self.running: dict[int, Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.done: Counter[str] = Counter()  # finished moves by reason
+        self.rolled_back: Counter[str] = Counter()
+        self.pauses: deque[float] = deque(maxlen=1000)  # seconds each switch held its slot
+        self.finished = asyncio.Event()  # set when a move ends: the rebalancer plans the next ones
+        self._ended: dict[int, float] = {}  # slot -> when its last move ended
+
+    # -- what runs ------------------------------------------------------------------------------
+    def slots(self) -> set[int]:
+        return set(self.running)
+
+    def unsettled(self) -> set[int]:
+        """Slots moving now or a moment ago: their copies' reported positions say little yet."""
+        self.settled()  # forget the old ones
+        return set(self.running) | set(self._ended)
+
+    def settled(self) -> _Settled:
+        """Slots whose last move ended more than COOLDOWN ago (or never moved)."""
+        now = time.monotonic()
+        for slot in [s for s, t in self._ended.items() if now - t >= COOLDOWN]:
+            del self._ended[slot]
+        return _Settled(set(self._ended))
+
+    def busy(self) -> dict[str, int]:
+        """Moves running per store, in and out."""
+        out: Counter[str] = Counter()
+        for r in self.running.values():
+            out[r.move.source] += 1
+            out[r.move.target] += 1
+        return dict(out)
+
+    def view(self) -> list[dict[str, object]]:
+        return [
+            {
+                "slot": slot,
+                "from": r.move.source,
+                "to": r.move.target,
+                "role": "primary" if r.move.primary else "replica",
+                "step": r.step,
+                "reason": r.move.reason,
+                "seconds": round(time.monotonic() - r.started, 1),
+            }
+            for slot, r in sorted(self.running.items())
+        ]
+
+    def start(self, move: Move) -> bool:
+        if move.slot in self.running:
+            return False
+        self.running[move.slot] = Running(move, is_swap(self.cluster.slotmap, move))
+        self.cluster.slotmap.entry(move.slot).migrating_to = move.target
+        task = asyncio.get_running_loop().create_task(self._run(move))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- the steps ------------------------------------------------------------------------------
+    async def _run(self, move: Move) -> None:
+        running = self.running[move.slot]
+        try:
+            if not running.swap:
+                await self._copy(move)
+            if move.primary:
+                running.step = "switch"
+                await self._switch(move)
+            if not running.swap:
+                running.step = "drop"
+                await self._drop(move)
+            self.done[move.reason] += 1
+            self.cluster.slot_moves += 1
+            log.info(
+                "event=slot_moved slot=%d from=%s to=%s role=%s reason=%s seconds=%.2f",
+                move.slot,
+                move.source,
+                move.target,
+                "primary" if move.primary else "replica",
+                move.reason,
+                time.monotonic() - running.started,
+            )
+        except Aborted as exc:
+            self.rolled_back[move.reason] += 1
+            log.warning("event=move_rolled_back slot=%d from=%s to=%s why=%s", move.slot, move.source, move.target, exc)
+            await self._roll_back(move)
+        except Exception:
+            self.rolled_back[move.reason] += 1
+            log.exception("event=move_failed slot=%d from=%s to=%s", move.slot, move.source, move.target)
+            await self._roll_back(move)
+        finally:
+            self.running.pop(move.slot, None)
+            self.cluster.slotmap.entry(move.slot).migrating_to = None
+            self._ended[move.slot] = time.monotonic()
+            self.finished.set()
+            self.watch.changed()
+
+    def _check(self, move: Move, *, target_member: bool | None = None) -> None:
+        """The slot is still as the move expects: source holds its copy in its role, both are up."""
+        e = self.cluster.slotmap.entry(move.slot)
+        registry = self.cluster.registry
+        if move.source not in e.members() or (e.primary == move.source) != move.primary:
+            raise Aborted(f"the slot changed owners (primary {e.primary}, replicas {e.replicas})")
+        for name in (move.source, move.target):
+            node = registry.get(name)
+            if node is None or node.status.value not in ("up", "draining"):
+                raise Aborted(f"{name} is {node.status.value if node else 'gone'}")
+        if target_member is not None and (move.target in e.members()) != target_member:
+            raise Aborted("the target left the slot" if target_member else "the target holds the slot already")
+
+    async def _copy(self, move: Move) -> None:
+        async with self.lock:
+            self._check(move, target_member=False)
+            e = self.cluster.slotmap.entry(move.slot)
+            change = Change(move.slot, e.primary, [*e.replicas, move.target], list(e.isr))
+            pending = self.pusher.stage([change], f"move_copy:{move.reason}")
+        await pending
+        deadline = time.monotonic() + self.timeout
+        while move.target not in self.cluster.slotmap.entry(move.slot).isr:
+            self._check(move, target_member=True)
+            if time.monotonic() > deadline:
+                raise Aborted(f"the target did not catch up within {self.timeout:.0f}s")
+            await self.watch.wait(0.2)
+
+    async def _switch(self, move: Move) -> None:
+        slot = move.slot
+        self.gate.hold(slot)
+        held = time.monotonic()
+        try:
+            await self.gate.drained(slot, DRAIN_WAIT)  # what is in flight answers from the old primary
+            async with self.lock:
+                self._check(move, target_member=True)
+                e = self.cluster.slotmap.entry(slot)
+                if move.target not in e.isr:
+                    raise Aborted("the target left the ISR")
+                replicas = [move.source] + [r for r in e.replicas if r != move.target]
+                isr = [move.source] + [r for r in e.isr if r != move.target]
+                # both hear of it before the slot's requests go on: the new primary takes them
+                change = Change(slot, move.target, replicas, isr)
+                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True)
+            await pending
+        finally:
+            self.gate.release(slot)
+            self.pauses.append(time.monotonic() - held)
+
+    async def _drop(self, move: Move) -> None:
+        async with self.lock:
+            e = self.cluster.slotmap.entry(move.slot)
+            holder_in_sync = move.target == e.primary or move.target in e.isr
+            if move.source not in e.members() or move.source == e.primary or not holder_in_sync:
+                raise Aborted("the slot changed before the old copy could leave")
+            change = Change(
+                move.slot,
+                e.primary,
+                [r for r in e.replicas if r != move.source],
+                [r for r in e.isr if r != move.source],
+            )
+            pending = self.pusher.stage([change], f"move_drop:{move.reason}")
+        await pending
+
+    async def _roll_back(self, move: Move) -> None:
+        """A target that does not hold everything leaves the slot; a slot keeps its owner."""
+        try:
+            async with self.lock:
+                e = self.cluster.slotmap.entry(move.slot)
+                if move.target not in e.replicas or move.target in e.isr:
+                    return
+                replicas = [r for r in e.replicas if r != move.target]
+                pending = self.pusher.stage([Change(move.slot, e.primary, replicas, list(e.isr))], "move_rollback")
+            await pending
+        except Exception:
+            log.exception("event=move_rollback_failed slot=%d", move.slot)
