@@ -129,8 +129,24 @@ class ClusterState:
         return any(n.status == NodeStatus.DOWN for n in self.registry.nodes.values())
 
     def unsettled(self) -> bool:
-        """A store is down or suspect: failover may be under way, no slot should move now."""
-        return any(n.status in (NodeStatus.DOWN, NodeStatus.SUSPECT) for n in self.registry.nodes.values())
+        """A store that holds copies is down or suspect: failover may be under way, no slot should
+        move now (a drained store that stopped holds nothing and holds nothing up)."""
+        return any(
+            n.status in (NodeStatus.DOWN, NodeStatus.SUSPECT) and self._holds_copy(n.name)
+            for n in self.registry.nodes.values()
+        )
+
+    def forget_drained(self) -> list[str]:
+        """Drained stores that stopped (scaled in): no longer listed; the names forgotten. One
+        that comes back registers as a new store and gets its share."""
+        gone = [
+            n.name
+            for n in self.registry.nodes.values()
+            if n.draining and n.status == NodeStatus.DOWN and not self._holds_copy(n.name)
+        ]
+        for name in gone:
+            del self.registry.nodes[name]
+        return gone
 
     def leaving(self) -> set[str]:
         """Stores being drained."""

@@ -86,6 +86,8 @@ class HealthMonitor:
         try:
             stats = await self.pool.get(name, node.address).call(wire.OP_STATS, None, timeout=timeout)
         except errors.SnapkvError as exc:
+            if cluster.registry.get(name) is None:
+                return  # forgotten meanwhile (drained and stopped)
             missed = cluster.missed(
                 name,
                 refused=bool(exc.detail.get("refused")),
@@ -102,6 +104,8 @@ class HealthMonitor:
                 await asyncio.sleep(min(settings.heartbeat_interval, 0.02))
                 self._checking.pop(name, None)
                 self.check_soon(name)
+            return
+        if cluster.registry.get(name) is None:
             return
         if cluster.restarted(name, stats.get("boot", "")):
             await self.mark_down(name, reason="restarted")  # it comes back as a returning store

@@ -42,7 +42,9 @@ class Rebalancer:
         self._in_grace = in_grace
         self._persist = persist
         self._task: asyncio.Task[None] | None = None
-        self.last_plan: list[balance.Move] = []
+        # nothing runs and nothing is left to move (recently moved slots counted): what
+        # /v1/cluster shows as "balanced"
+        self.balanced = False
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -66,13 +68,14 @@ class Rebalancer:
             except Exception:
                 log.exception("event=rebalance_failed")
 
-    def plan(self, limit: int | None = None) -> list[balance.Move]:
-        """The moves to start now (none while something is failing)."""
+    def plan(self, limit: int | None = None, *, cooldown: bool = True) -> list[balance.Move]:
+        """The moves to start now (none while something is failing); without `cooldown`, also
+        those of slots that moved a moment ago."""
         c = self.cluster
         if not c.slotmap.assigned or self._in_grace() or c.unsettled():
             return []
         moving = self.migrator.slots()
-        settled = self.migrator.settled()
+        settled = self.migrator.settled() if cooldown else range(len(c.slotmap))
         copies = c.copies_wanted
         skip = {
             s
@@ -95,7 +98,10 @@ class Rebalancer:
 
     def step(self) -> int:
         """Mark drained stores, then start what the plan says; the number of moves started."""
-        if self.cluster.mark_drained():
+        gone = self.cluster.forget_drained()
+        for name in gone:
+            log.info("event=store_removed node=%s reason=drained_and_stopped", name)
+        if self.cluster.mark_drained() or gone:
             self._persist()
             self.watch.changed()
         if not self.settings.rebalance and not self.cluster.leaving():
@@ -104,6 +110,13 @@ class Rebalancer:
         if not self.settings.rebalance:  # still empty draining stores, never anything else
             moves = [m for m in moves if m.reason == balance.DRAIN]
         started = sum(1 for m in moves if self.migrator.start(m))
+        c = self.cluster
+        self.balanced = (
+            not self.migrator.running
+            and not c.unsettled()
+            and all(c.drained(n) for n in c.leaving())
+            and not self.plan(cooldown=False)
+        )
         if started:
             log.info("event=moves_started count=%d running=%d", started, len(self.migrator.running))
         return started

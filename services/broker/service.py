@@ -177,6 +177,7 @@ class BrokerService:
             "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
             "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
             "moves": self.migrator.view(),
+            "balanced": self.rebalancer.balanced,
         }
 
     async def drain(self, name: str) -> dict[str, Any]:

@@ -193,6 +193,13 @@ class StoreService:
         result = await self.snapshots.take(reason="manual")
         return web.json_response(result, status=200 if result["ok"] else 502)
 
+    async def drain_route(self, request: web.Request) -> web.Response:
+        """POST /drain (the chart's preStop): hand every copy to the stores that stay, at most
+        `drain_timeout`; the SIGTERM that follows then finds nothing left to move."""
+        require_cluster_access(request, self.settings.cluster_token)
+        drained = await self.drainer.drain()
+        return web.json_response({"name": self.name, "drained": drained}, status=200 if drained else 503)
+
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"name": self.name, "address": self.address, "site": self.site, "ready": self.ready, **self.node.stats()}
@@ -231,6 +238,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", service.readyz)
     app.router.add_get("/metrics", service.metrics_route)
     app.router.add_post("/snapshot", service.snapshot_route)
+    app.router.add_post("/drain", service.drain_route)
     app.router.add_get("/info", service.info)
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(service.close_internal)
