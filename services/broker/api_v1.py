@@ -113,6 +113,10 @@ async def drain(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if report["status"] == "drained" else 202)
 
 
+async def rebalance_plan(request: web.Request) -> web.Response:
+    return web.json_response(_svc(request).rebalance_plan())
+
+
 def add_routes(app: web.Application) -> None:
     kv = app.router.add_resource(r"/v1/kv/{key:[\s\S]+}")
     kv.add_route("GET", kv_get)
@@ -124,3 +128,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_get("/v1/stores", stores)
     app.router.add_post("/v1/stores/{name}/drain", drain)
+    app.router.add_get("/v1/rebalance/plan", rebalance_plan)

@@ -84,7 +84,6 @@ class ClusterState:
         self.cluster_id = cluster_id or uuid.uuid4().hex
         self.loaded = False  # restored from saved state: every store counts as down until it answers
         self.failovers = 0  # primaries promoted away from a failed or behind copy
-        self.slot_moves = 0
 
     # -- saved state ----------------------------------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:

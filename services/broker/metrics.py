@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,7 +16,8 @@ from .slotmap import DEGRADED, MIGRATING, OK, UNASSIGNED, UNAVAILABLE
 
 
 class BrokerMetrics:
-    def __init__(self, cluster: ClusterState) -> None:
+    def __init__(self, cluster: ClusterState, moves: Callable[[], Mapping[str, int]] = dict) -> None:
+        """`moves()`: finished slot moves by reason (the migrator's)."""
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
@@ -32,7 +33,13 @@ class BrokerMetrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.registry.register(_ClusterCollector(cluster))
+        self.switch_seconds = Histogram(
+            "snapkv_broker_slot_switch_seconds",
+            "How long a moving slot's requests were held while its primary switched",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.registry.register(_ClusterCollector(cluster, moves))
 
     @web.middleware
     async def middleware(
@@ -47,8 +54,9 @@ class BrokerMetrics:
 
 
 class _ClusterCollector(Collector):
-    def __init__(self, cluster: ClusterState) -> None:
+    def __init__(self, cluster: ClusterState, moves: Callable[[], Mapping[str, int]]) -> None:
         self.cluster = cluster
+        self.moves = moves
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         c = self.cluster
@@ -71,5 +79,8 @@ class _ClusterCollector(Collector):
         yield CounterMetricFamily(
             "snapkv_broker_failovers", "Slot primaries promoted after a failure", value=c.failovers
         )
-        yield CounterMetricFamily("snapkv_broker_slot_moves", "Slots moved between stores", value=c.slot_moves)
+        moves = CounterMetricFamily("snapkv_broker_slot_moves", "Slot copies moved between stores", labels=["reason"])
+        for reason, n in sorted(self.moves().items()):
+            moves.add_metric([reason], n)
+        yield moves
         yield GaugeMetricFamily("snapkv_broker_epoch", "Current cluster epoch", value=c.slotmap.epoch)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..common.config import Settings
@@ -68,8 +69,11 @@ class Migrator:
         watch: Watch,
         lock: asyncio.Lock,
         settings: Settings,
+        *,
+        observe_pause: Callable[[float], None] | None = None,
     ) -> None:
-        """`lock`: the map lock (Failover.lock) that orders every plan with the ISR changes."""
+        """`lock`: the map lock (Failover.lock) that orders every plan with the ISR changes;
+        `observe_pause(seconds)`: how long each switch held its slot (the metrics' histogram)."""
         self.cluster = cluster
         self.pusher = pusher
         self.gate = gate
@@ -81,6 +85,7 @@ class Migrator:
         self.done: Counter[str] = Counter()  # finished moves by reason
         self.rolled_back: Counter[str] = Counter()
         self.pauses: deque[float] = deque(maxlen=1000)  # seconds each switch held its slot
+        self.observe_pause = observe_pause or (lambda seconds: None)
         self.finished = asyncio.Event()  # set when a move ends: the rebalancer plans the next ones
         self._ended: dict[int, float] = {}  # slot -> when its last move ended
 
@@ -150,7 +155,6 @@ class Migrator:
                 running.step = "drop"
                 await self._drop(move)
             self.done[move.reason] += 1
-            self.cluster.slot_moves += 1
             log.info(
                 "event=slot_moved slot=%d from=%s to=%s role=%s reason=%s seconds=%.2f",
                 move.slot,
@@ -221,7 +225,9 @@ class Migrator:
             await pending
         finally:
             self.gate.release(slot)
-            self.pauses.append(time.monotonic() - held)
+            paused = time.monotonic() - held
+            self.pauses.append(paused)
+            self.observe_pause(paused)
 
     async def _drop(self, move: Move) -> None:
         async with self.lock:

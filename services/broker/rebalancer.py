@@ -68,9 +68,10 @@ class Rebalancer:
             except Exception:
                 log.exception("event=rebalance_failed")
 
-    def plan(self, limit: int | None = None, *, cooldown: bool = True) -> list[balance.Move]:
+    def plan(self, limit: int | None = None, *, cooldown: bool = True, bounded: bool = True) -> list[balance.Move]:
         """The moves to start now (none while something is failing); without `cooldown`, also
-        those of slots that moved a moment ago."""
+        those of slots that moved a moment ago; without `bounded`, as if no store had a limit
+        of moves at once (a dry run's whole plan)."""
         c = self.cluster
         if not c.slotmap.assigned or self._in_grace() or c.unsettled():
             return []
@@ -90,7 +91,7 @@ class Rebalancer:
             c.registry.sites(staying=False),
             c.leaving(),
             busy=self.migrator.busy(),
-            per_node=self.settings.moves_per_store,
+            per_node=self.settings.moves_per_store if bounded else len(c.slotmap),
             limit=room,
             skip=skip,
             running=[r.move for r in self.migrator.running.values()],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 from typing import Any
 
 from aiohttp import web
@@ -95,7 +96,16 @@ class BrokerService:
             self.cluster, self.pool, _Control(self.health, self.pusher, self.watch), settings, self.gate
         )
         # live migration and the loop that plans it: control plane, holding slots at the data plane's gate
-        self.migrator = Migrator(self.cluster, self.pusher, self.gate, self.watch, self.failover.lock, settings)
+        self.metrics = BrokerMetrics(self.cluster, moves=lambda: self.migrator.done)
+        self.migrator = Migrator(
+            self.cluster,
+            self.pusher,
+            self.gate,
+            self.watch,
+            self.failover.lock,
+            settings,
+            observe_pause=self.metrics.switch_seconds.observe,
+        )
         self.rebalancer = Rebalancer(
             self.cluster,
             self.migrator,
@@ -105,7 +115,7 @@ class BrokerService:
             persist=self.pusher.persist_later,
         )
         self.kv = KeyValue(self.router)
-        self.metrics = BrokerMetrics(self.cluster)
+
         self.started = False
 
     async def start(self) -> None:
@@ -178,6 +188,29 @@ class BrokerService:
             "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
             "moves": self.migrator.view(),
             "balanced": self.rebalancer.balanced,
+            "moved": dict(self.migrator.done),  # finished moves by reason, since the broker started
+            # the longest time one slot's requests were held for a switch, over the last 1,000
+            "longest_switch_ms": round(max(self.migrator.pauses, default=0.0) * 1000, 1),
+            "median_switch_ms": round(statistics.median(self.migrator.pauses or [0.0]) * 1000, 1),
+        }
+
+    def rebalance_plan(self) -> dict[str, Any]:
+        """What the rebalancer would start now if nothing bounded it (a dry run: nothing moves)."""
+        moves = self.rebalancer.plan(limit=len(self.cluster.slotmap), cooldown=False, bounded=False)
+        return {
+            "balanced": self.rebalancer.balanced,
+            "running": len(self.migrator.running),
+            "count": len(moves),
+            "moves": [
+                {
+                    "slot": m.slot,
+                    "from": m.source,
+                    "to": m.target,
+                    "role": "primary" if m.primary else "replica",
+                    "reason": m.reason,
+                }
+                for m in moves
+            ],
         }
 
     async def drain(self, name: str) -> dict[str, Any]:

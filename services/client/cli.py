@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from . import progress
 from .client import Client, SnapkvHTTPError
 from .local import run_local_cluster
 
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("stores", help="list the stores")
     sub.add_parser("cluster", help="show the slot map summary")
     sub.add_parser("snapshot", help="snapshot every store now")
+    dr = sub.add_parser("drain", help="move every copy off a store (before stopping it)")
+    dr.add_argument("name")
+    dr.add_argument("--wait", action="store_true", help="follow until it holds nothing")
+    dr.add_argument("--timeout", type=float, default=600.0)
+    rb = sub.add_parser("rebalance", help="show or follow the broker's rebalancing")
+    rb.add_argument("--dry-run", action="store_true", help="print the moves it would start now")
+    rb.add_argument("--wait", action="store_true", help="follow until every store holds its share")
+    rb.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -66,6 +75,20 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(view, indent=2))
         elif args.command == "snapshot":
             print(json.dumps(client.snapshot(), indent=2))
+        elif args.command == "drain":
+            print(json.dumps(client.drain(args.name)))
+            if args.wait and not progress.follow(client, progress.drain_left(args.name), "drain", args.timeout):
+                print(f"snapkv: {args.name} not drained after {args.timeout:.0f}s", file=sys.stderr)
+                raise SystemExit(1)
+        elif args.command == "rebalance":
+            if args.dry_run or not args.wait:
+                plan = client.rebalance_plan()
+                for move in plan["moves"]:
+                    print(f"slot {move['slot']:>4} {move['role']:<7} {move['from']} -> {move['to']} ({move['reason']})")
+                print(f"{plan['count']} moves planned, {plan['running']} running, balanced: {plan['balanced']}")
+            if args.wait and not progress.follow(client, progress.rebalance_left, "rebalance", args.timeout):
+                print(f"snapkv: not balanced after {args.timeout:.0f}s", file=sys.stderr)
+                raise SystemExit(1)
     except SnapkvHTTPError as exc:
         print(f"snapkv: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

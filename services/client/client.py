@@ -102,6 +102,14 @@ class Client:
     def snapshot(self) -> dict[str, Any]:
         return self._json("POST", "/kvstore/snapshot/manual")
 
+    def drain(self, name: str) -> dict[str, Any]:
+        """Start draining a store (its copies move to the others); its status and slots now."""
+        return self._json("POST", f"/v1/stores/{quote(name, safe='')}/drain")
+
+    def rebalance_plan(self) -> dict[str, Any]:
+        """The moves the broker would start now (a dry run)."""
+        return self._json("GET", "/v1/rebalance/plan")
+
 
 class AsyncClient:
     """aiohttp client: async with AsyncClient(url) as c: await c.put("k", b"v")."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -101,7 +103,13 @@ def test_a_joined_store_takes_its_share_while_clients_run_with_no_failed_request
 
     share, done = asyncio.run(main())
     held = {n: (s["slots"]["primary"], s["slots"]["replica"]) for n, s in stores(c).items()}
+    view = cluster_view(c)
     print(f"joined store: share (25% +- 5%) after {share:.1f}s, every move done after {done:.1f}s: {held}")
+    pauses = f"median {view['median_switch_ms']} ms, longest {view['longest_switch_ms']} ms"
+    print(f"moves: {view['moved']}, switch pause {pauses}")
+    metrics = http("GET", f"{c.url}/metrics")[1].decode()
+    assert f'snapkv_broker_slot_moves_total{{reason="join"}} {float(view["moved"]["join"])}' in metrics
+    assert "snapkv_broker_slot_switch_seconds_count" in metrics
     print(f"clients: {workload.writes} writes, {workload.reads} reads during the join")
     no_failures(workload)
     assert all(abs(p - SLOTS / 4) <= 2 and abs(r - SLOTS / 4) <= 2 for p, r in held.values()), held
@@ -203,3 +211,26 @@ def test_draining_the_only_store_that_could_hold_the_slots_is_refused(local_clus
     assert status == 409 and body["error"]["code"] == "cannot_drain", body
     assert "no other store" in body["error"]["message"]
     assert stores(c)["s1"]["status"] == "up"
+
+
+def test_cli_rebalance_dry_run_moves_nothing_and_drain_wait_follows_to_the_end(local_cluster):
+    """With `rebalance: false` a joined store gets nothing by itself; the dry run shows the plan;
+    `snapkv drain --wait` still empties a store and returns once it is drained."""
+    c = local_cluster
+    start(c, ["a", "b", "a"], rebalance="false")
+    data = preload(c, 2_000)
+    c.add_store("s4", site="b")
+    c.wait_ready(stores=4)
+    cli = [sys.executable, "-m", "snapkv.client.cli", "--url", c.url]
+    dry = subprocess.run([*cli, "rebalance", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    planned = int(dry.stdout.strip().splitlines()[-1].split()[0])
+    assert planned > 1000 and "-> s4 (join)" in dry.stdout
+    time.sleep(2.0)
+    assert stores(c)["s4"]["slots"] == {"primary": 0, "replica": 0}  # nothing moved by itself
+    drained = subprocess.run([*cli, "drain", "s1", "--wait", "--timeout", "120"], capture_output=True, text=True)
+    assert drained.returncode == 0, drained.stderr
+    assert "drain [" in drained.stderr and " 0 left" in drained.stderr.splitlines()[-1]
+    assert stores(c)["s1"]["status"] == "drained"
+    assert stores(c)["s1"]["slots"] == {"primary": 0, "replica": 0}
+    assert intact(c, data) == []

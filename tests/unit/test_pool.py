@@ -5,45 +5,10 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from snapkv.common import errors, rpc
+from snapkv.common import errors
 from snapkv.common.pool import Pool
-
-
-class Peer:
-    """A real aiohttp server serving rpc frames: `ping` answers who it is, `hold` never answers."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.hold: list[asyncio.Future[object]] = []
-        self.sockets: set[web.WebSocketResponse] = set()
-
-    def handle(self, op: str, args: object) -> object:
-        if op == "hold":
-            fut = asyncio.get_running_loop().create_future()
-            self.hold.append(fut)
-            return fut
-        return [self.name, args]
-
-    async def route(self, request: web.Request) -> web.StreamResponse:
-        return await rpc.serve(request, self.handle, self.sockets)
-
-    async def __aenter__(self) -> "Peer":
-        app = web.Application()
-        app.router.add_get("/internal/ws", self.route)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for fut in self.hold:
-            if not fut.done():
-                fut.cancel()
-        await self.runner.cleanup()
+from support.rpcpeer import Peer
 
 
 async def test_one_client_per_key_and_a_new_address_replaces_and_closes_the_old_one():

@@ -4,50 +4,9 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from snapkv.common import errors, rpc, wire
-
-
-class Peer:
-    """A real aiohttp server on 127.0.0.1 serving rpc frames with a handler the test controls."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.hold: list[asyncio.Future[object]] = []
-        self.sockets: set[web.WebSocketResponse] = set()
-
-    def handle(self, op: str, args: object) -> object:
-        if op == "hold":  # answered only when the test says so (or never)
-            fut = asyncio.get_running_loop().create_future()
-            self.hold.append(fut)
-            return fut
-        if op == "boom":
-            raise errors.KeyNotFound("no such key")
-        return ["echo", args]
-
-    async def route(self, request: web.Request) -> web.StreamResponse:
-        return await rpc.serve(request, self.handle, self.sockets)
-
-    async def __aenter__(self) -> "Peer":
-        app = web.Application()
-        app.router.add_get("/internal/ws", self.route)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for fut in self.hold:
-            if not fut.done():
-                fut.cancel()
-        await self.runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/internal/ws"
+from support.rpcpeer import Peer
 
 
 async def test_calls_queued_in_one_loop_turn_leave_as_one_message(monkeypatch):
