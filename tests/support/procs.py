@@ -144,7 +144,7 @@ class LocalCluster:
         proc.start()
 
     def wait_ready(self, stores: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        """Until every slot is ok and `stores` stores are up and confirmed."""
+        """Until every slot is ok, nothing is left to move, and `stores` stores are up and confirmed."""
         want = len(self.stores) if stores is None else stores
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -154,7 +154,10 @@ class LocalCluster:
                 _, listed, _ = http("GET", f"{self.url}/stores/list", timeout=2, headers=self.api_headers)
                 last = (view, listed)
                 up = [s for s in listed if s["status"] == "up"]
-                if status == 200 and view["summary"]["ok"] == view["slots"] and len(up) >= want:
+                # balanced: the rebalancer has nothing left to move (a store that just joined or
+                # came back holds its share), so what a test reads next does not move under it
+                balanced = view.get("balanced", True)
+                if status == 200 and view["summary"]["ok"] == view["slots"] and balanced and len(up) >= want:
                     ready = all(self._confirmed(p) for p in self.stores.values() if p.alive)
                     if ready:
                         return view
