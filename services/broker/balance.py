@@ -28,6 +28,7 @@ class Move:
     target: str
     primary: bool  # the copy that moves is the slot's primary
     reason: str
+    swap: bool = False  # a primary move onto an in-sync replica: the source stays as a replica
 
 
 def is_swap(slotmap: SlotMap, move: Move) -> bool:
@@ -85,37 +86,46 @@ class _Plan:
 
     def assume(self, move: Move) -> None:
         """A move already running: count the map as it will leave it (else the next plan moves
-        copies back and forth), and leave its slot alone."""
-        if move.slot not in self.members or move.source not in self.members[move.slot]:
+        copies back and forth), and leave its slot alone. The map may show any of its steps
+        already (the target added, the primary switched), so the end state is built from the
+        copies there are now, not replayed."""
+        if move.slot not in self.members:
             return
-        self.take(move.slot, move.source, move.target, move.primary, move.reason)
-        self.moves.pop()
-        self.busy[move.source] -= 1  # counted by the caller's busy already
-        self.busy[move.target] -= 1
+        self._set(move.slot, _after(self.members[move.slot], move.source, move.target, move.primary, move.swap))
+        self.moved.add(move.slot)
 
     def take(self, slot: int, source: str, target: str, primary: bool, reason: str) -> None:
         members = self.members[slot]
         swap = primary and target in members
-        if swap:  # roles exchange: the source stays as a replica
-            members.remove(target)
-            members[0] = target
-            self.replicas[target].remove(slot)
-            self.replicas.setdefault(source, []).append(slot)
-        else:
-            members[members.index(source)] = target
-            if not primary:
-                self.replicas.setdefault(source, [])
-                if slot in self.replicas[source]:
-                    self.replicas[source].remove(slot)
-                self.replicas[target].append(slot)
-        if primary:
-            if slot in self.primaries.get(source, []):
-                self.primaries[source].remove(slot)
-            self.primaries[target].append(slot)
-        self.moves.append(Move(slot, source, target, primary, reason))
+        self._set(slot, _after(members, source, target, primary, swap))
+        self.moves.append(Move(slot, source, target, primary, reason, swap))
         self.moved.add(slot)
         self.busy[source] = self.busy.get(source, 0) + 1
         self.busy[target] = self.busy.get(target, 0) + 1
+
+    def _set(self, slot: int, members: list[str]) -> None:
+        """The slot's copies are now `members` (primary first): per-store counts follow."""
+        for name in self.members[slot]:
+            for held in (self.primaries.get(name), self.replicas.get(name)):
+                if held is not None and slot in held:
+                    held.remove(slot)
+        self.members[slot] = members
+        if members and members[0] in self.primaries:
+            self.primaries[members[0]].append(slot)
+        for name in members[1:]:
+            if name in self.replicas:
+                self.replicas[name].append(slot)
+
+
+def _after(members: list[str], source: str, target: str, primary: bool, swap: bool) -> list[str]:
+    """A slot's copies once a move is done, from its copies at any step of it: a primary move
+    makes the target primary (the source stays a replica only in a swap); a replica move
+    replaces the source by the target."""
+    others = [m for m in members[1:] if m not in (source, target)]
+    if primary:
+        return [target, *others, *([source] if swap else [])]
+    head = members[0] if members and members[0] not in (source, target) else None
+    return [*([head] if head else []), *others, target]
 
 
 def plan(
@@ -147,8 +157,10 @@ def plan(
 def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
     for name in sorted(leaving):
         for slot in sorted(p.primaries.get(name, [])):
-            if p.full() or not p.free(name):
+            if p.full():
                 return
+            if not p.free(name):
+                break  # this store is busy: the next leaving one may still move
             if slot in p.moved:
                 continue
             members = p.members[slot]
@@ -160,8 +172,10 @@ def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
                 target = min(pool, key=lambda n: (len(p.primaries[n]), n))
                 p.take(slot, name, target, True, DRAIN)
         for slot in sorted(p.replicas.get(name, [])):
-            if p.full() or not p.free(name):
+            if p.full():
                 return
+            if not p.free(name):
+                break
             if slot in p.moved:
                 continue
             members = p.members[slot]

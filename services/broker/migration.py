@@ -57,6 +57,7 @@ class Running:
     move: Move
     swap: bool
     step: str = "copy"
+    added: bool = False  # the copy step added the target: only then does a rollback remove it
     started: float = field(default_factory=time.monotonic)
 
 
@@ -198,6 +199,7 @@ class Migrator:
             e = self.cluster.slotmap.entry(move.slot)
             change = Change(move.slot, e.primary, [*e.replicas, move.target], list(e.isr))
             pending = self.pusher.stage([change], f"move_copy:{move.reason}")
+            self.running[move.slot].added = True
         await pending
         deadline = time.monotonic() + self.timeout
         while move.target not in self.cluster.slotmap.entry(move.slot).isr:
@@ -245,7 +247,11 @@ class Migrator:
         await pending
 
     async def _roll_back(self, move: Move) -> None:
-        """A target that does not hold everything leaves the slot; a slot keeps its owner."""
+        """A target this move added that does not hold everything leaves the slot (a copy that
+        was there before the move stays); a slot keeps its owner."""
+        running = self.running.get(move.slot)
+        if running is None or not running.added:
+            return
         try:
             async with self.lock:
                 e = self.cluster.slotmap.entry(move.slot)

@@ -157,7 +157,7 @@ def repair(
                 load[r] += 1
             replicas += extra
         elif len(replicas) + 1 > copies and len(_sites(up, [primary, *isr])) >= want_sites:
-            for r in sorted(replicas, key=lambda n: (n not in leaving, n in isr, n)):  # leaving, out-of-sync first
+            for r in sorted(replicas, key=lambda n: (n in isr, n not in leaving, n)):  # out-of-sync, leaving first
                 others = [primary, *(x for x in isr if x != r)]
                 if len(replicas) + 1 > copies and len(_sites(up, others)) >= want_sites:
                     replicas.remove(r)

@@ -45,6 +45,7 @@ class Rebalancer:
         # nothing runs and nothing is left to move (recently moved slots counted): what
         # /v1/cluster shows as "balanced"
         self.balanced = False
+        self.settled = False  # nothing moving and nothing about to: what /v1/cluster shows as "settled"
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -99,25 +100,23 @@ class Rebalancer:
 
     def step(self) -> int:
         """Mark drained stores, then start what the plan says; the number of moves started."""
-        gone = self.cluster.forget_drained()
+        c = self.cluster
+        gone = c.forget_drained()
         for name in gone:
             log.info("event=store_removed node=%s reason=drained_and_stopped", name)
-        if self.cluster.mark_drained() or gone:
+        if c.mark_drained() or gone:
             self._persist()
             self.watch.changed()
-        if not self.settings.rebalance and not self.cluster.leaving():
-            return 0
-        moves = self.plan()
-        if not self.settings.rebalance:  # still empty draining stores, never anything else
-            moves = [m for m in moves if m.reason == balance.DRAIN]
-        started = sum(1 for m in moves if self.migrator.start(m))
-        c = self.cluster
-        self.balanced = (
-            not self.migrator.running
-            and not c.unsettled()
-            and all(c.drained(n) for n in c.leaving())
-            and not self.plan(cooldown=False)
-        )
-        if started:
-            log.info("event=moves_started count=%d running=%d", started, len(self.migrator.running))
+        started = 0
+        if self.settings.rebalance or c.leaving():
+            moves = self.plan()
+            if not self.settings.rebalance:  # still empty draining stores, never anything else
+                moves = [m for m in moves if m.reason == balance.DRAIN]
+            started = sum(1 for m in moves if self.migrator.start(m))
+            if started:
+                log.info("event=moves_started count=%d running=%d", started, len(self.migrator.running))
+        idle = not self.migrator.running and not c.unsettled() and all(c.drained(n) for n in c.leaving())
+        self.balanced = idle and not self.plan(cooldown=False)
+        # nothing moves now and nothing will by itself (with rebalance off, only drains move)
+        self.settled = idle and (self.balanced or not self.settings.rebalance)
         return started

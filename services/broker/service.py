@@ -187,7 +187,8 @@ class BrokerService:
             "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
             "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
             "moves": self.migrator.view(),
-            "balanced": self.rebalancer.balanced,
+            "balanced": self.rebalancer.balanced,  # every store holds its share
+            "settled": self.rebalancer.settled,  # nothing moves now, and nothing will by itself
             "moved": dict(self.migrator.done),  # finished moves by reason, since the broker started
             # the longest time one slot's requests were held for a switch, over the last 1,000
             "longest_switch_ms": round(max(self.migrator.pauses, default=0.0) * 1000, 1),
@@ -198,7 +199,8 @@ class BrokerService:
         """What the rebalancer would start now if nothing bounded it (a dry run: nothing moves)."""
         moves = self.rebalancer.plan(limit=len(self.cluster.slotmap), cooldown=False, bounded=False)
         return {
-            "balanced": self.rebalancer.balanced,
+            "balanced": self.rebalancer.balanced,  # every store holds its share
+            "settled": self.rebalancer.settled,  # nothing moves now, and nothing will by itself
             "running": len(self.migrator.running),
             "count": len(moves),
             "moves": [

@@ -35,6 +35,7 @@ class Drainer:
         self.timeout = timeout
         self.before_exit = before_exit
         self.draining = False
+        self._deadline: float | None = None  # one budget per process: preStop and SIGTERM share it
         self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
@@ -62,7 +63,9 @@ class Drainer:
             return False
         self.draining = True
         started = time.monotonic()
-        deadline = started + self.timeout
+        if self._deadline is None:  # a drain that already ran (preStop) used up its part of it
+            self._deadline = started + self.timeout
+        deadline = self._deadline
         log.info("event=drain_started timeout=%.0f", self.timeout)
         failures = 0
         async with aiohttp.ClientSession() as session:
@@ -72,7 +75,7 @@ class Drainer:
                         self.url,
                         json={"store": self.name},
                         headers=self.headers,
-                        timeout=aiohttp.ClientTimeout(total=3),
+                        timeout=aiohttp.ClientTimeout(total=max(0.1, min(3.0, deadline - time.monotonic()))),
                     ) as resp:
                         body = await resp.json(content_type=None)
                         status = resp.status
@@ -95,7 +98,7 @@ class Drainer:
                     return True
                 if status not in (200, 202):
                     log.warning("event=drain_request_failed status=%d body=%s", status, str(body)[:200])
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(max(0.0, min(POLL, deadline - time.monotonic())))
         log.warning("event=drain_timeout seconds=%.0f action=exit", self.timeout)
         return False
 

@@ -154,10 +154,10 @@ class LocalCluster:
                 _, listed, _ = http("GET", f"{self.url}/stores/list", timeout=2, headers=self.api_headers)
                 last = (view, listed)
                 up = [s for s in listed if s["status"] == "up"]
-                # balanced: the rebalancer has nothing left to move (a store that just joined or
+                # settled: nothing moves and nothing will by itself (a store that just joined or
                 # came back holds its share), so what a test reads next does not move under it
-                balanced = view.get("balanced", True)
-                if status == 200 and view["summary"]["ok"] == view["slots"] and balanced and len(up) >= want:
+                settled = view.get("settled", True)
+                if status == 200 and view["summary"]["ok"] == view["slots"] and settled and len(up) >= want:
                     ready = all(self._confirmed(p) for p in self.stores.values() if p.alive)
                     if ready:
                         return view

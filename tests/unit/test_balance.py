@@ -172,3 +172,36 @@ def test_copies_of_skipped_slots_still_count():
     # every slot of s1 is skipped (moving): the others must not take s1 for empty
     skip = set(m.slots_of("s1")["primary"]) | set(m.slots_of("s1")["replica"])
     assert balance.plan(m, sites, skip=skip, per_node=100, limit=1000) == []
+
+
+@pytest.mark.parametrize("step", ["planned", "copied", "switched"])
+def test_a_running_move_counts_the_same_at_every_step_it_may_be_at(step):
+    """The migrator changes the map at each step; the plan must read the move's end state from
+    any of them (a replay of the move on a half-done map crashed or counted copies twice)."""
+    sites = {"s1": "a", "s2": "b", "s3": "a"}
+    m = cluster(sites)
+    sites["s4"] = "b"
+    first = balance.plan(m, sites, per_node=8, limit=8)
+    prim = next(mv for mv in first if mv.primary and not mv.swap)
+    e = m.entry(prim.slot)
+    if step in ("copied", "switched"):  # the target added as a replica, in the ISR
+        m.apply([Change(prim.slot, e.primary, [*e.replicas, prim.target], [*e.isr, prim.target])])
+    if step == "switched":  # the target primary, the source a replica
+        e = m.entry(prim.slot)
+        others = [r for r in e.replicas if r != prim.target]
+        m.apply([Change(prim.slot, prim.target, [prim.source, *others], [prim.source, *others])])
+    again = balance.plan(m, sites, per_node=8, limit=8, skip={prim.slot}, running=[prim])
+    assert prim.slot not in {mv.slot for mv in again}
+    baseline = cluster({"s1": "a", "s2": "b", "s3": "a"})
+    run(baseline, prim)  # the move done: what the plan must count
+    expected = balance.plan(baseline, sites, per_node=8, limit=8, skip={prim.slot})
+    assert [(mv.source, mv.target, mv.primary) for mv in again] == [
+        (mv.source, mv.target, mv.primary) for mv in expected
+    ]
+
+
+def test_two_draining_stores_both_move_in_the_same_plan_when_one_is_at_its_limit():
+    sites = {"s1": "a", "s2": "b", "s3": "a", "s4": "b", "s5": "a"}
+    m = cluster(sites)
+    moves = balance.plan(m, sites, {"s4", "s5"}, per_node=4, limit=64)
+    assert {mv.source for mv in moves} >= {"s4", "s5"}

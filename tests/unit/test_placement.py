@@ -109,3 +109,10 @@ def test_repair_brings_copies_back_to_a_returned_site():
     m.apply([Change(s, e.primary, e.replicas, list(e.replicas)) for s, e in enumerate(m.entries)])  # synced
     m.apply(placement.repair(m, nodes, 2)[0])  # then the surplus same-site copy leaves
     assert all(len(e.replicas) == 1 and {nodes[n] for n in e.members()} == {"a", "b"} for e in m.entries)
+
+
+def test_a_surplus_copy_leaves_out_of_sync_first_even_when_an_in_sync_one_sits_on_a_draining_store():
+    m = SlotMap(4)
+    m.apply([Change(0, "p", ["a", "c"], ["a"])])  # a in sync (draining), c still syncing
+    changes, _ = placement.repair(m, {"p": "", "a": "", "c": ""}, 3, leaving={"a"})
+    assert [(c.replicas, c.isr) for c in changes if c.slot == 0] == [(["a"], ["a"])]
