@@ -108,11 +108,12 @@ def _now() -> str:
 
 
 def copies_ok(view: dict, sites: dict[str, str], copies: int) -> bool:
-    """Every slot has `copies` in-sync copies on distinct sites (as many sites as exist)."""
+    """Every slot has `copies` in-sync copies on distinct sites (as many sites as exist); a slot
+    being moved counts by its in-sync copies too (the copy on its way in is not one yet)."""
     site_count = len(set(sites.values()))
     for r in view["ranges"]:
         members = [r["primary"], *r["isr"]]
-        if r["state"] != "ok" or len(members) < copies:
+        if r["state"] not in ("ok", "migrating") or len(members) < copies:
             return False
         if len({sites.get(m) for m in members}) < min(copies, site_count):
             return False
