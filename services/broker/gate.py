@@ -62,6 +62,3 @@ class SlotGate:
         released = self._held.pop(slot, None)
         if released is not None:
             released.set()
-
-    def inflight(self, slot: int) -> int:
-        return self._inflight.get(slot, 0)

@@ -173,11 +173,6 @@ def _seq(raw: object, what: str) -> Sequence[Any]:
     return raw
 
 
-def op(raw: Sequence[Any]) -> Op:
-    key, value, expires_at = raw
-    return Op(key, value, expires_at)
-
-
 def mutation(raw: object) -> Mutation:
     try:
         slot, epoch, seq, rid, ops, now = _seq(raw, "mutation")
