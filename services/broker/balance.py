@@ -9,6 +9,9 @@ then equal primary counts, then equal replica counts, each store within one of t
 diversity never drops: a move is taken only if the slot's copies span at least as many sites
 after it as before. Moves are bounded per store (in and out together, counting moves already
 running) and in total, so a join or drain proceeds as a steady stream, not a stampede.
+
+Load (`load_plan`, once the counts are even) moves hot primaries off the busiest store in
+exchange for cold ones of the idlest, so the counts stay even and count balancing never undoes it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 from .slotmap import SlotMap
 
-JOIN, DRAIN, COUNT = "join", "drain", "count"
+JOIN, DRAIN, COUNT, LOAD = "join", "drain", "count", "load"
+NARROW = 0.2  # a load move narrows the gap between its two stores by at least this share of it
 
 
 @dataclass(frozen=True)
@@ -231,4 +235,99 @@ def _pick(p: _Plan, slots: list[int], source: str, target: str, primary: bool) -
             best = slot
             if not primary:
                 return best
+    return best
+
+
+def overloaded(
+    scores: Mapping[str, float], requests: Mapping[str, float], threshold: float, floor: float
+) -> tuple[str | None, str]:
+    """(the store to take load off, why): the busiest store when its load is more than `threshold`
+    above the mean and the stores serve at least `floor` requests/s on average; else None."""
+    if len(scores) < 2:
+        return None, "fewer than two stores"
+    mean = sum(scores.values()) / len(scores)
+    name = max(scores, key=lambda n: (scores[n], n))
+    if mean <= 0 or scores[name] <= mean * (1 + threshold):
+        return None, "within the threshold"
+    if sum(requests.values()) / len(requests) < floor:
+        return None, "below the floor"
+    return name, f"{name} over the threshold"
+
+
+def load_plan(
+    slotmap: SlotMap,
+    sites: Mapping[str, str],
+    requests: Mapping[str, float],
+    hot: Mapping[str, list[tuple[int, float]]],
+    *,
+    hottest: int,
+    least: float,
+    busy: Mapping[str, int] | None = None,
+    per_node: int = 4,
+    limit: int = 8,
+    skip: Collection[int] = (),
+) -> list[Move]:
+    """Moves that even out the stores' client request rates (`requests`: {name: requests/s} of the
+    stores that stay). `hot`: each store's hottest slots [(slot, requests/s)], at most `hottest`
+    of them (a slot not listed had at most the last one's rate). Each step takes the busiest and
+    the idlest store and swaps one of the busiest's hot primaries for one of the idlest's cold
+    ones: the hot slot whose rate comes closest to half their gap, and only if the swap narrows
+    their gap by at least NARROW (so two stores never just trade places, and nothing moves back
+    and forth), the slot carries at least `least` requests/s, and the swap keeps both slots' site
+    diversity. Swapping keeps primary counts as they are."""
+    p = _Plan(slotmap, sites, busy or {}, per_node, limit, skip)
+    rates = dict(requests)
+    listed = {name: {slot for slot, _ in items} for name, items in hot.items()}
+    while len(p.moves) + 2 <= p.limit and len(rates) >= 2:
+        order = sorted(rates, key=lambda n: (rates[n], n))
+        high = order[-1]
+        if not p.free(high):
+            return p.moves
+        for low in order[:-1]:  # the idlest store first, then the next idlest
+            gap = rates[high] - rates[low]
+            if gap <= 0 or not p.free(low):
+                continue
+            cold_rate = hot[low][-1][1] if len(hot.get(low, [])) >= hottest else 0.0
+            chosen: tuple[int, float] | None = None
+            for slot, rate in hot.get(high, []):
+                members = p.members.get(slot)
+                net = rate - cold_rate
+                narrows = abs(gap - 2 * net) <= gap * (1 - NARROW)  # no mere trading places
+                if slot in p.moved or not members or members[0] != high or rate < least or not narrows:
+                    continue
+                if not _may_take(p, slot, high, low):
+                    continue
+                if chosen is None or abs(net - gap / 2) < abs(chosen[1] - cold_rate - gap / 2):
+                    chosen = (slot, rate)
+            cold = _coldest(p, low, high, listed.get(low, set())) if chosen is not None else None
+            if chosen is not None and cold is not None:
+                p.take(chosen[0], high, low, True, LOAD)
+                p.take(cold, low, high, True, LOAD)
+                rates[high] -= chosen[1] - cold_rate
+                rates[low] += chosen[1] - cold_rate
+                break
+        else:
+            return p.moves
+    return p.moves
+
+
+def _may_take(p: _Plan, slot: int, source: str, target: str) -> bool:
+    """Whether `target` may take over the primary of `slot` from `source`: as a swap when it holds
+    an in-sync replica (the same copies, the same sites), else as a move that keeps the sites."""
+    if target in p.members[slot]:
+        return target in p.isr[slot]
+    return p.keeps_sites(slot, source, target)
+
+
+def _coldest(p: _Plan, name: str, other: str, hot: Collection[int]) -> int | None:
+    """A primary of `name` with no listed load that may go to `other`: one where `other` holds an
+    in-sync replica first (a swap, nothing to copy), then the highest."""
+    best: int | None = None
+    for slot in reversed(p.primaries.get(name, [])):
+        if slot in p.moved or slot in hot or not _may_take(p, slot, name, other):
+            continue
+        if other in p.members[slot]:
+            return slot
+        if best is None:
+            best = slot
     return best

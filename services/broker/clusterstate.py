@@ -311,15 +311,11 @@ class ClusterState:
         return Registration(announce=announce, catch_up=caught_up, persist=changed)
 
     def answered(self, name: str, stats: dict[str, Any], now: float) -> Recovered | None:
-        """A health check answered (call `restarted` first): its stats, its load, and up again when
+        """A health check answered (call `restarted` first): its stats (hot slots too), and up again when
         it was suspect or down; what that takes, or None when it was up already."""
         node = self._node(name)
         node.new_boot(stats.get("boot", ""))
-        previous_ops = sum(node.stats.get("ops", {}).values()) if node.stats else None
-        elapsed = max(now - node.last_ok, 1e-3)
         node.stats = stats
-        if previous_ops is not None:
-            node.load = max(0.0, (sum(stats.get("ops", {}).values()) - previous_ops) / elapsed)
         node.last_ok = now
         node.refused = 0
         if node.status not in (NodeStatus.SUSPECT, NodeStatus.DOWN):

@@ -72,10 +72,19 @@ class _ClusterCollector(Collector):
         for state in (OK, DEGRADED, UNAVAILABLE, MIGRATING, UNASSIGNED):
             slots.add_metric([state], summary[state])
         yield slots
-        load = GaugeMetricFamily("snapkv_broker_node_load", "Load score per store", labels=["node"])
+        load = GaugeMetricFamily(
+            "snapkv_broker_node_load", "Load per store relative to the mean (1 = average)", labels=["node"]
+        )
+        requests = GaugeMetricFamily(
+            "snapkv_broker_node_requests_per_second",
+            "Client requests/s per store, as the load monitor read",
+            labels=["node"],
+        )
         for node in c.registry.nodes.values():
             load.add_metric([node.name], node.load)
+            requests.add_metric([node.name], node.requests)
         yield load
+        yield requests
         yield CounterMetricFamily(
             "snapkv_broker_failovers", "Slot primaries promoted after a failure", value=c.failovers
         )

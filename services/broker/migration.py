@@ -89,6 +89,7 @@ class Migrator:
         self.observe_pause = observe_pause or (lambda seconds: None)
         self.finished = asyncio.Event()  # set when a move ends: the rebalancer plans the next ones
         self._ended: dict[int, float] = {}  # slot -> when its last move ended
+        self.last_end = 0.0  # monotonic time the last move ended: load read before says little
 
     # -- what runs ------------------------------------------------------------------------------
     def slots(self) -> set[int]:
@@ -176,7 +177,7 @@ class Migrator:
         finally:
             self.running.pop(move.slot, None)
             self.cluster.slotmap.entry(move.slot).migrating_to = None
-            self._ended[move.slot] = time.monotonic()
+            self._ended[move.slot] = self.last_end = time.monotonic()
             self.finished.set()
             self.watch.changed()
 

@@ -4,17 +4,26 @@ Each interval, when the map is assigned and nothing is failing (no store down or
 slot that is not moving has all its copies), it plans moves around the ones running: draining
 stores are emptied, joined or returned stores take their share of primaries and replicas. A
 draining store left with no copy is listed `drained`.
+
+Once the counts are even and nothing moves, each new load reading (loadmon.py) is weighed: when
+the busiest store's load is more than `load_threshold` above the mean in two readings in a row,
+both taken after the last move ended, and the stores serve at least `load_floor` requests/s on
+average, hot primaries are swapped off it for cold ones (balance.load_plan). A slot moved for
+load stays where it is for LOAD_HOLD (hysteresis); a missing or stale reading moves nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
+from ..common import wire
 from ..common.config import Settings
 from . import balance
 from .clusterstate import ClusterState
+from .loadmon import LoadMonitor
 from .migration import Migrator
 from .slotmap import OK
 from .watch import Watch
@@ -22,6 +31,10 @@ from .watch import Watch
 log = logging.getLogger("snapkv.rebalancer")
 
 PLAN_GAP = 0.1  # seconds between plans while moves end (a plan reads the whole map)
+LOAD_HOLD = 60.0  # seconds a slot moved for load does not move for load again
+LOAD_ROUNDS = 2  # readings in a row over the threshold before load moves slots
+LOAD_MOVES = 8  # moves (4 swaps of a hot and a cold slot) per decision
+LEAST_SHARE = 0.005  # a hot slot worth moving carries at least this share of all requests
 
 
 class Rebalancer:
@@ -31,6 +44,7 @@ class Rebalancer:
         migrator: Migrator,
         watch: Watch,
         settings: Settings,
+        load: LoadMonitor,
         *,
         in_grace: Callable[[], bool],
         persist: Callable[[], None],
@@ -46,6 +60,11 @@ class Rebalancer:
         # /v1/cluster shows as "balanced"
         self.balanced = False
         self.settled = False  # nothing moving and nothing about to: what /v1/cluster shows as "settled"
+        self.load = load
+        self._read = 0  # the load reading last weighed (LoadMonitor.rounds)
+        self._over = 0  # readings in a row with a store over the threshold
+        self._load_moved: dict[int, float] = {}  # slot -> when it was last moved for load
+        self.decision: dict[str, object] = {"decision": "no reading yet"}  # the last one, for /v1/cluster
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -115,8 +134,105 @@ class Rebalancer:
             started = sum(1 for m in moves if self.migrator.start(m))
             if started:
                 log.info("event=moves_started count=%d running=%d", started, len(self.migrator.running))
+        if self.settings.rebalance and not started and not self.migrator.running:
+            started = self.load_step()
         idle = not self.migrator.running and not c.unsettled() and all(c.drained(n) for n in c.leaving())
         self.balanced = idle and not self.plan(cooldown=False)
         # nothing moves now and nothing will by itself (with rebalance off, only drains move)
         self.settled = idle and (self.balanced or not self.settings.rebalance)
         return started
+
+    # -- load -----------------------------------------------------------------------------------
+    def _decide(self, decision: str, **facts: object) -> None:
+        self.decision = {"decision": decision, **facts}
+
+    def load_step(self) -> int:
+        """Weigh a new load reading (once each); start load moves when it calls for them."""
+        monitor = self.load
+        if monitor.rounds == self._read:
+            return 0
+        self._read = monitor.rounds
+        reading, c = monitor.reading, self.cluster
+        if reading is None or monitor.stale:
+            return 0  # never on missing data: the last decision stands
+        if reading.since < self.migrator.last_end or c.unsettled() or self._in_grace():
+            self._over = 0  # slots moved while this was measured: it says little of the next layout
+            self._decide("waiting for a reading taken after the last move")
+            return 0
+        leaving = set(c.leaving())
+        staying = [n for n in reading.scores if n not in leaving and c.registry.is_up(n)]
+        if len(staying) < 2:
+            return 0
+        scores = {n: reading.scores[n] for n in staying}
+        requests = {n: reading.samples[n].requests for n in staying}
+        mean = sum(requests.values()) / len(requests)
+        busiest, why = balance.overloaded(scores, requests, self.settings.load_threshold, self.settings.load_floor)
+        facts: dict[str, object] = {
+            "busiest": max(scores, key=lambda n: (scores[n], n)),
+            "max_over_mean": round(max(scores.values()) / (sum(scores.values()) / len(scores)), 3),
+            "mean_requests": round(mean, 1),
+        }
+        if busiest is None:
+            self._over = 0
+            self._decide(f"no move: {why}", **facts)
+            return 0
+        self._over += 1
+        if self._over < LOAD_ROUNDS:
+            self._decide(f"{why}: {self._over} of {LOAD_ROUNDS} readings", **facts)
+            return 0
+        self._over = 0
+        moves = self._load_moves(staying, requests)
+        if not moves:
+            log.info("event=load_skew_kept node=%s reason=no_move_helps %s", busiest, _kv(facts))
+            self._decide(f"no move: no swap of {busiest}'s hot slots narrows the gap", **facts)
+            return 0
+        now = time.monotonic()
+        started = 0
+        for move in moves:
+            if self.migrator.start(move):
+                started += 1
+                self._load_moved[move.slot] = now
+                log.info(
+                    "event=load_move slot=%d from=%s to=%s reason=%s %s",
+                    move.slot,
+                    move.source,
+                    move.target,
+                    balance.LOAD,
+                    _kv(facts),
+                )
+        self._decide(f"moved {started} slots for load", **facts)
+        return started
+
+    def _load_moves(self, staying: list[str], requests: dict[str, float]) -> list[balance.Move]:
+        c = self.cluster
+        now = time.monotonic()
+        for slot in [s for s, t in self._load_moved.items() if now - t >= LOAD_HOLD]:
+            del self._load_moved[slot]
+        copies = c.copies_wanted
+        settled = self.migrator.settled()
+        skip = {
+            s
+            for s in range(len(c.slotmap))
+            if s in self._load_moved or s not in settled or c.slotmap.state(s, c.registry.is_up, copies) != OK
+        }
+        hot: dict[str, list[tuple[int, float]]] = {}
+        for name in staying:
+            node = c.registry.get(name)
+            listed = node.stats.get("hot", []) if node is not None else []
+            hot[name] = [(int(slot), float(rate)) for slot, rate in listed]
+        return balance.load_plan(
+            c.slotmap,
+            c.registry.sites(staying=False),
+            requests,
+            hot,
+            hottest=wire.HOT_SLOTS,
+            least=LEAST_SHARE * sum(requests.values()),
+            busy=self.migrator.busy(),
+            per_node=self.settings.moves_per_store,
+            limit=min(LOAD_MOVES, self.settings.max_moves),
+            skip=skip,
+        )
+
+
+def _kv(facts: dict[str, object]) -> str:
+    return " ".join(f"{k}={v}" for k, v in facts.items())

@@ -34,7 +34,10 @@ class Node:
     last_ok: float = 0.0  # on the broker's running clock (clock.py)
     inventory: list[Position] = field(default_factory=list)  # as it last registered
     stats: dict[str, Any] = field(default_factory=dict)
-    load: float = 0.0
+    load: float = 0.0  # relative to the mean of the stores, from the load monitor (loadmon.py)
+    requests: float = 0.0  # client requests/s, CPU seconds/s, resident bytes: the load's parts
+    cpu: float = 0.0
+    memory: float = 0.0
     refused: int = 0  # consecutive refused connections
     draining: bool = False
     confirmed: bool = False  # has acknowledged a full push of what it owns since it registered

@@ -26,6 +26,7 @@ from .failover import Failover
 from .gate import SlotGate
 from .health import HealthMonitor
 from .kv import KeyValue
+from .loadmon import LoadMonitor
 from .membership import Membership
 from .metrics import BrokerMetrics
 from .migration import Migrator
@@ -106,11 +107,13 @@ class BrokerService:
             settings,
             observe_pause=self.metrics.switch_seconds.observe,
         )
+        self.load = LoadMonitor(self.cluster, settings)  # each store's load, from its metrics
         self.rebalancer = Rebalancer(
             self.cluster,
             self.migrator,
             self.watch,
             settings,
+            self.load,
             in_grace=self.failover.in_grace,
             persist=self.pusher.persist_later,
         )
@@ -128,11 +131,13 @@ class BrokerService:
             )
         await self.health.start()
         await self.failover.start()
+        await self.load.start()
         await self.rebalancer.start()
         self.started = True
 
     async def stop(self) -> None:
         await self.rebalancer.stop()
+        await self.load.stop()
         await self.failover.stop()
         await self.health.stop()
         await self.membership.stop()
@@ -153,7 +158,11 @@ class BrokerService:
                     "status": node.status.value,
                     "slots": counts.get(node.name, {"primary": 0, "replica": 0}),
                     "keys": {"primary": keys.get("primary", 0), "replica": keys.get("replica", 0)},
-                    "load": round(node.load, 3),
+                    "load": round(node.load, 3),  # 1.0 = the mean of the stores (loadmon.py)
+                    "requests_per_second": round(node.requests, 1),
+                    "cpu": round(node.cpu, 3),  # CPU seconds per second
+                    "memory_bytes": int(node.memory),
+                    "hot_slots": [{"slot": s, "requests_per_second": r} for s, r in node.stats.get("hot", [])[:5]],
                 }
             )
         return out
@@ -193,6 +202,13 @@ class BrokerService:
             # the longest time one slot's requests were held for a switch, over the last 1,000
             "longest_switch_ms": round(max(self.migrator.pauses, default=0.0) * 1000, 1),
             "median_switch_ms": round(statistics.median(self.migrator.pauses or [0.0]) * 1000, 1),
+            # the load monitor's source and the rebalancer's last decision on load
+            "load": {
+                "source": self.load.mode,
+                "stale": self.load.stale,
+                "readings": self.load.rounds,
+                **self.rebalancer.decision,
+            },
         }
 
     def rebalance_plan(self) -> dict[str, Any]:

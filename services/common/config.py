@@ -61,6 +61,10 @@ class Settings:
     moves_per_store: int = _opt(32, "slot moves running at once per store (in and out)", lo=1)
     max_moves: int = _opt(64, "slot moves running at once in the cluster", lo=1)
     move_timeout: float = _opt(60.0, "seconds a slot move may take before it is rolled back", lo=1)
+    load_interval: float = _opt(10.0, "seconds between load readings (store scrapes or PromQL queries)", lo=0.2)
+    load_window: float = _opt(60.0, "seconds of the rate() window in PromQL queries (PROMETHEUS_URL)", lo=1)
+    load_threshold: float = _opt(0.15, "move hot slots off a store this far above the mean load", lo=0.01)
+    load_floor: float = _opt(50.0, "client requests/s per store below which load never moves slots", lo=0)
 
     def validate(self) -> None:
         for f in fields(self):

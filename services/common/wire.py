@@ -25,6 +25,9 @@ OP_SNAPSHOT = "snapshot"
 OP_REPLICATE = "repl"
 OP_SYNC = "sync"
 
+# a store's stats list at most this many of its hottest slots (with their requests/s)
+HOT_SLOTS = 16
+
 # write conditions (If-Match) besides an exact version
 MUST_EXIST = -1
 MUST_NOT_EXIST = -2

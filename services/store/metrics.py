@@ -10,6 +10,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from ..common import wire
+
+CLIENT_OPS = (wire.OP_GET, wire.OP_WRITE, wire.OP_SCAN)
+
 if TYPE_CHECKING:
     from .node import StoreNode
 
@@ -73,6 +77,19 @@ class _StateCollector(Collector):
         for op, count in sorted(node.ops.items()):
             ops.add_metric([op], count)
         yield ops
+        # client requests served (what the broker's load monitor and PromQL rate() read)
+        requests = CounterMetricFamily("snapkv_store_requests", "Client requests handled", labels=["op"])
+        for op in CLIENT_OPS:
+            requests.add_metric([op], node.ops.get(op, 0))
+        yield requests
+        hot = GaugeMetricFamily(
+            "snapkv_store_hot_slot_requests_per_second",
+            "Requests/s of this store's hottest slots over the last window",
+            labels=["slot"],
+        )
+        for slot, rate in node.load.hottest():
+            hot.add_metric([str(slot)], rate)
+        yield hot
         yield GaugeMetricFamily(
             "snapkv_store_replication_lag_seq",
             "Mutations not yet acknowledged by replicas, summed over slots",

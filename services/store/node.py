@@ -20,6 +20,7 @@ from ..common.records import PRIMARY, REPLICA, Entry, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine
+from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.store")
@@ -61,6 +62,7 @@ class StoreNode:
         self.replicator: Any = None  # set by the app once replication is wired
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
         self.ops: dict[str, int] = {}
+        self.load = SlotLoad()  # client requests per slot: the hot slots the broker may move
         self.dirty = False  # something changed since the last snapshot
         self.routes = Routes()
         self.routes.add(wire.OP_GET, records.get_request, self.op_get)
@@ -97,8 +99,10 @@ class StoreNode:
                 raise errors.WrongOwner(
                     f"{self.name} does not hold slot {slot} at epoch {epoch}", slot=slot, epoch=a.epoch if a else 0
                 )
+            self.load.hit(slot)
             return self._read_again(slot, key)
         self.owned(slot, epoch)
+        self.load.hit(slot)
         entry = self.engine.get(slot, key, now_ms())
         if entry is None:
             # the key may be gone through a delete that is not committed yet: answer after it is
@@ -143,6 +147,7 @@ class StoreNode:
     def op_write(self, req: records.WriteRequest) -> Reply:
         slot, epoch, rid, ops, conditions = req
         self.owned(slot, epoch)
+        self.load.hit(slot)
         data = self.engine.slot(slot)
         if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
             result = data.recent[rid]
@@ -273,6 +278,7 @@ class StoreNode:
         changed = previous != assignment
         if previous is not None and previous.role == PRIMARY and (assignment is None or assignment.role != PRIMARY):
             self.fail_waiters(slot)  # those commits will not happen here: the router retries elsewhere
+            self.load.forget(slot)  # its requests go to another store now
         if assignment is None:
             self.assignments.pop(slot, None)
             self.engine.drop(slot)
@@ -332,7 +338,15 @@ class StoreNode:
             data = self.engine.slots.get(slot)
             if data is not None:
                 keys[a.role] = keys.get(a.role, 0) + len(data.entries)
-        return {"name": self.name, "boot": self.boot, "slots": roles, "keys": keys, "ops": dict(self.ops)}
+        return {
+            "name": self.name,
+            "boot": self.boot,
+            "slots": roles,
+            "keys": keys,
+            "ops": dict(self.ops),
+            # [[slot, requests/s], ...] hottest first, over the last window (slotload.py)
+            "hot": [list(item) for item in self.load.hottest()],
+        }
 
 
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:

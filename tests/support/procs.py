@@ -127,8 +127,9 @@ class LocalCluster:
         self.broker.start()
         return self.broker
 
-    def add_store(self, name: str, site: str = "", **settings: str) -> Proc:
-        port = free_port()
+    def add_store(self, name: str, site: str = "", *, port: int = 0, **settings: str) -> Proc:
+        """`port`: where it listens (0: a free one)."""
+        port = port or free_port()
         data = str(self.root / name)
         env = self.env({f"SNAPKV_{k.upper()}": v for k, v in settings.items()})
         args = [sys.executable, "-m", "snapkv.store", name, str(port), "--host", "127.0.0.1", "--data-dir", data]
