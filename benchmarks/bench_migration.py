@@ -1,0 +1,217 @@
+"""Live migration: a 4th store joins a loaded cluster; how fast its share moves and what clients feel.
+
+A real cluster (broker + 3 stores on sites a, b, a; processes on 127.0.0.1) is loaded with
+`--keys` keys (default 1,000,000) of `--value-bytes` bytes. Closed-loop clients (`--clients`,
+half GETs, half PUTs of keys among the loaded ones) run throughout. Their p99 latency is taken for
+`--rest` seconds at rest, then a 4th store (site b) joins and the same p99 is taken until every
+move is done. Figures, one JSON line each:
+
+- `join_share_seconds`: from the 4th store's start until it holds 25% +- 5% of the primaries
+  (goal <= 60 s with 1,000,000 keys);
+- `join_done_seconds`: until nothing is left to move (every store within one of its share);
+- `migration_keys_per_second`, `migration_mb_per_second`: keys (and their key + value bytes) the
+  joined store holds at the end, primary and replica copies, over `join_done_seconds`;
+- `p99_rebalance_ratio`: the clients' p99 while moves run over their p99 at rest, same run
+  (goal <= 2);
+- `longest_switch_ms`, `median_switch_ms`: how long single slots' requests were held for their
+  primary switch (the broker's own measure, over the last 1,000 switches; goal <= 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.procs import LocalCluster, http
+
+SLOTS = 4096
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def load(url: str, keys: int, value: str, batch: int = 500, parallel: int = 4) -> None:
+    """`keys` keys `k{i}` written with mset, `parallel` requests in flight."""
+    starts = iter(range(0, keys, batch))
+    timeout = aiohttp.ClientTimeout(total=120)
+
+    async def writer(session: aiohttp.ClientSession) -> None:
+        for start in starts:
+            items = {f"k{i}": value for i in range(start, min(start + batch, keys))}
+            for attempt in range(5):  # loading is not what is measured: a busy moment is retried
+                async with session.post(f"{url}/v1/mset", json={"items": items}) as r:
+                    if r.status == 200:
+                        break
+                    if attempt == 4 or r.status != 503:
+                        raise RuntimeError(f"mset answered {r.status}: {(await r.text())[:200]}")
+                await asyncio.sleep(1.0)
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(writer(session) for _ in range(parallel)))
+
+
+class Clients:
+    """Closed-loop clients; latencies recorded into whichever list `into` names."""
+
+    def __init__(self, url: str, keys: int, value: str, clients: int) -> None:
+        self.url, self.keys, self.value, self.clients = url, keys, value, clients
+        self.latencies: dict[str, list[float]] = {"rest": [], "moving": [], "off": []}
+        self.into = "off"
+        self.errors: list[str] = []
+        self.stop = False
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await asyncio.gather(*(self._one(session, i) for i in range(self.clients)))
+
+    async def _one(self, session: aiohttp.ClientSession, i: int) -> None:
+        rng = random.Random(i)
+        while not self.stop:
+            key = f"k{rng.randrange(self.keys)}"
+            started = time.perf_counter()
+            try:
+                if rng.random() < 0.5:
+                    async with session.get(f"{self.url}/v1/kv/{key}") as r:
+                        await r.read()
+                        ok = r.status == 200
+                else:
+                    async with session.put(f"{self.url}/v1/kv/{key}", data=self.value) as r:
+                        await r.read()
+                        ok = r.status in (200, 201)
+                if not ok:
+                    self.errors.append(f"{key}: {r.status}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self.errors.append(f"{key}: {exc!r}")
+            self.latencies[self.into].append(time.perf_counter() - started)
+
+
+def view(c: LocalCluster) -> dict[str, Any]:
+    return http("GET", f"{c.url}/v1/cluster", timeout=10)[1]
+
+
+def stores(c: LocalCluster) -> dict[str, Any]:
+    return {s["name"]: s for s in http("GET", f"{c.url}/v1/stores", timeout=10)[1]["stores"]}
+
+
+async def until(check: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await asyncio.to_thread(check):
+            return time.monotonic() - started
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"not reached within {timeout:.0f}s")
+
+
+async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    value = "v" * args.value_bytes
+    started = time.monotonic()
+    await load(c.url, args.keys, value)
+    say(f"loaded {args.keys} keys in {time.monotonic() - started:.1f}s")
+    clients = Clients(c.url, args.keys, value, args.clients)
+    runner = asyncio.ensure_future(clients.run())
+    try:
+        await asyncio.sleep(1.0)
+        clients.into = "rest"
+        await asyncio.sleep(args.rest)
+        clients.into = "moving"
+        joined = time.monotonic()
+        c.add_store("s4", site="b")
+
+        def fair() -> bool:
+            counts = [s["slots"]["primary"] for s in stores(c).values()]
+            return len(counts) == 4 and all(abs(n - SLOTS / 4) <= SLOTS * 0.05 for n in counts)
+
+        def done() -> bool:
+            v = view(c)
+            return bool(v["balanced"]) and not v["moves"] and v["summary"]["ok"] == SLOTS
+
+        share = await until(fair, 600)
+        say(f"share after {share:.1f}s")
+        await until(done, 900)
+        finished = time.monotonic() - joined
+        clients.into = "off"
+    finally:
+        clients.stop = True
+        await runner
+    v = view(c)
+    s4 = stores(c)["s4"]
+    held = s4["keys"]["primary"] + s4["keys"]["replica"]
+    per_key = len(f"k{args.keys // 2}") + args.value_bytes
+    rest, moving = p99(clients.latencies["rest"]), p99(clients.latencies["moving"])
+    say(
+        f"p99 at rest {rest * 1000:.1f} ms over {len(clients.latencies['rest'])} requests, while moving "
+        f"{moving * 1000:.1f} ms over {len(clients.latencies['moving'])}; errors {len(clients.errors)}"
+    )
+    common = {
+        "keys": args.keys,
+        "value_bytes": args.value_bytes,
+        "clients": args.clients,
+        "loadavg": os.getloadavg()[0],
+    }
+    return [
+        {"name": "join_share_seconds", "value": round(share, 1), "unit": "s", "target": 60.0, "ok": share <= 60},
+        {"name": "join_done_seconds", "value": round(finished, 1), "unit": "s", "moved": v["moved"]},
+        {"name": "migration_keys_per_second", "value": round(held / finished), "unit": "keys/s", "keys_moved": held},
+        {"name": "migration_mb_per_second", "value": round(held * per_key / finished / 1e6, 2), "unit": "MB/s"},
+        {
+            "name": "p99_rebalance_ratio",
+            "value": round(moving / rest, 2) if rest else None,
+            "unit": "ratio",
+            "target": 2.0,
+            "ok": bool(rest) and moving / rest <= 2,
+            "p99_rest_ms": round(rest * 1000, 2),
+            "p99_moving_ms": round(moving * 1000, 2),
+            "failed_requests": len(clients.errors),
+        },
+        {
+            "name": "longest_switch_ms",
+            "value": v["longest_switch_ms"],
+            "unit": "ms",
+            "target": 50.0,
+            "ok": v["longest_switch_ms"] <= 50,
+        },
+        {"name": "median_switch_ms", "value": v["median_switch_ms"], "unit": "ms"},
+    ], common
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest baseline")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        c = LocalCluster(Path(tmp))
+        try:
+            c.start_broker(min_stores=3)
+            for name, site in (("s1", "a"), ("s2", "b"), ("s3", "a")):
+                c.add_store(name, site=site)
+            c.wait_ready()
+            figures, common = asyncio.run(scenario(c, args))
+        finally:
+            c.stop()
+    for figure in figures:
+        print(json.dumps({**figure, **common, "bench": "bench_migration"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
