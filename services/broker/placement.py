@@ -23,6 +23,7 @@ def interleave_sites(nodes: Mapping[str, str]) -> list[str]:
 
 
 BLOCK = 64  # replicas are chosen per block of consecutive slots: fewer, longer ranges
+RUN_SLACK = 4  # a further replica's run ends once it holds this many more copies than a fresh pick
 
 
 def pick_replicas(
@@ -49,9 +50,10 @@ def pick_replicas(
 def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> list[Change]:
     """A fresh map for nodes {name: site}: equal contiguous primary ranges, site-aware replicas.
 
-    Each primary's range is cut into equal contiguous parts, one per node that may hold its first
-    replica (another site's, when there is one), least loaded first; further replicas (factor 3)
-    are picked block by block from the nodes left, other sites first.
+    First every primary's range is cut into equal contiguous parts, one per node that may hold its
+    first replica (another site's, when there is one), least loaded first. Then (factor 3) each
+    slot's further replicas are picked knowing every first replica: the least loaded nodes that
+    add a site, kept the same over runs of up to BLOCK consecutive slots while they still fit.
     """
     order = interleave_sites(nodes)
     if not order:
@@ -59,22 +61,56 @@ def initial(nodes: Mapping[str, str], slots: int, replication_factor: int) -> li
     copies = min(replication_factor, len(order))
     load = {n: 0 for n in order}
     bounds = [slot * len(order) // slots for slot in range(slots)]
-    changes: list[Change] = []
+    plan: list[tuple[int, str, list[str]]] = []
     for index, primary in enumerate(order):
         range_slots = [s for s in range(slots) if bounds[s] == index]
         others = [n for n in order if n != primary]
         pool = [n for n in others if nodes[n] != nodes[primary]] or others
         pool.sort(key=lambda n: (load[n], n))
-        extra: list[str] = []
         for i, slot in enumerate(range_slots):
             replicas = [pool[i * len(pool) // len(range_slots)]] if pool and copies > 1 else []
-            if copies > 2 and (i % BLOCK == 0 or replicas[0] in extra):
-                extra = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
-            replicas += [n for n in extra if n not in replicas][: copies - 1 - len(replicas)]
             for r in replicas:
                 load[r] += 1
-            changes.append(Change(slot, primary, replicas, list(replicas)))
-    return changes
+            plan.append((slot, primary, replicas))
+    if copies > 2:
+        # the ranges take turns, a slot each, so no range finds the nodes it could use full already
+        ranges: dict[str, list[tuple[int, str, list[str]]]] = {}
+        for entry in plan:
+            ranges.setdefault(entry[1], []).append(entry)
+        runs: dict[str, tuple[list[str], int]] = {}
+        for turn in zip_longest(*ranges.values()):
+            for entry in turn:
+                if entry is not None:
+                    _further_replicas(entry[1], entry[2], nodes, copies, load, runs)
+    return [Change(slot, primary, replicas, list(replicas)) for slot, primary, replicas in plan]
+
+
+def _further_replicas(
+    primary: str,
+    replicas: list[str],
+    nodes: Mapping[str, str],
+    copies: int,
+    load: dict[str, int],
+    runs: dict[str, tuple[list[str], int]],
+) -> None:
+    """Add the replicas beyond the first to one slot: the previous slot of the same range's while
+    its run is shorter than BLOCK, they add as many sites as a fresh pick would and hold at most
+    RUN_SLACK more copies than it; else a fresh pick of the least loaded (pick_replicas)."""
+    fresh = pick_replicas(primary, nodes, copies, load, existing=tuple(replicas))
+    run, length = runs.get(primary, ([], 0))
+    keep = [n for n in run if n != primary and n not in replicas][: copies - 1 - len(replicas)]
+    sites_kept = len({nodes[n] for n in (primary, *replicas, *keep)})
+    sites_fresh = len({nodes[n] for n in (primary, *replicas, *fresh)})
+    fits = sum(load[n] for n in keep) <= sum(load[n] for n in fresh) + RUN_SLACK
+    if length < BLOCK and len(keep) == len(fresh) and sites_kept >= sites_fresh and fits:
+        extra = keep
+        runs[primary] = (run, length + 1)
+    else:
+        extra = fresh
+        runs[primary] = (fresh, 1)
+    for r in extra:
+        load[r] += 1
+    replicas += extra
 
 
 def from_claims(claims: Mapping[int, list[tuple[str, str, int, int, int]]], slots: int) -> list[Change]:

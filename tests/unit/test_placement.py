@@ -116,3 +116,22 @@ def test_a_surplus_copy_leaves_out_of_sync_first_even_when_an_in_sync_one_sits_o
     m.apply([Change(0, "p", ["a", "c"], ["a"])])  # a in sync (draining), c still syncing
     changes, _ = placement.repair(m, {"p": "", "a": "", "c": ""}, 3, leaving={"a"})
     assert [(c.replicas, c.isr) for c in changes if c.slot == 0] == [(["a"], ["a"])]
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        {"s1": "a", "s2": "b", "s3": "a", "s4": "b"},
+        {"s1": "a", "s2": "b", "s3": "a", "s4": "b", "s5": "a"},
+        {"s1": "a", "s2": "b", "s3": "c", "s4": "a", "s5": "b", "s6": "c"},
+    ],
+)
+def test_rf3_replicas_are_even_and_span_every_site_they_can(nodes):
+    """Factor 3: each store holds its share of replicas from the start (within a few), so the
+    rebalancer has next to nothing to move, and every slot spans min(3, sites) sites."""
+    m = build(nodes, rf=3)
+    replicas = Counter(r for e in m.entries for r in e.replicas)
+    assert max(replicas.values()) - min(replicas.values()) <= 12, replicas
+    want = min(3, len(set(nodes.values())))
+    assert all(len({nodes[n] for n in e.members()}) == want for e in m.entries)
+    assert len(m.ranges(lambda n: True, 3)) <= 300  # runs of consecutive slots stay long
