@@ -119,6 +119,7 @@ def test_health_ready_metrics(cluster3):
         "snapkv_broker_request_seconds",
         "snapkv_broker_failovers_total",
         "snapkv_broker_node_load",
+        "snapkv_broker_node_requests_per_second",
     ):
         assert name in text
     assert 'snapkv_broker_slots{state="ok"} 4096.0' in text
@@ -132,6 +133,8 @@ def test_health_ready_metrics(cluster3):
         "snapkv_store_keys",
         "snapkv_store_bytes",
         "snapkv_store_ops_total",
+        "snapkv_store_requests_total",
+        "snapkv_store_hot_slot_requests_per_second",
         "snapkv_store_replication_lag_seq",
         "snapkv_store_last_snapshot_timestamp_seconds",
         "snapkv_store_wal_fsync_seconds",
