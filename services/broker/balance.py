@@ -5,7 +5,8 @@ a primary onto a store that already holds an in-sync replica of the slot is a sw
 copy: the two exchange roles); any other move first copies the slot to the target.
 
 Order of business, as tikv/pd's balance schedulers: copies on leaving (draining) stores first,
-then equal primary counts, then equal replica counts, each store within one of the mean. Site
+alone until every one is under way (a stopping store waits for them), then equal primary counts,
+then equal replica counts, each store within one of the mean. Site
 diversity never drops: a move is taken only if the slot's copies span at least as many sites
 after it as before. Moves are bounded per store (in and out together, counting moves already
 running) and in total, so a join or drain proceeds as a steady stream, not a stampede.
@@ -152,7 +153,12 @@ def plan(
     p = _Plan(slotmap, sites, busy or {}, per_node, limit, skip)
     for move in running:
         p.assume(move)
-    _drain(p, staying, [n for n in sites if n in leaving])
+    draining = [n for n in sites if n in leaving]
+    _drain(p, staying, draining)
+    if any(p.primaries[n] or p.replicas[n] for n in draining):
+        # copies wait on a draining store (the map as the moves leave it): the drain takes every
+        # free move, as a stopping store waits for it (drain_timeout); counts are evened out after
+        return p.moves
     _balance(p, staying, p.primaries, primary=True)
     _balance(p, staying, p.replicas, primary=False)
     return p.moves

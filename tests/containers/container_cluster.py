@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
+from types import TracebackType
 from typing import Any
 
 import pytest
+
+from support.chaos import Workload
 
 # Read by testcontainers at import time. The reaper image cannot be pulled on machines without a
 # registry (and this cluster cleans up after itself); docker_host mode reaches published ports on
@@ -157,6 +162,31 @@ class ContainerCluster:
             return status, json.loads(text)
         return status, text.decode("utf-8", "replace")
 
+    def mset(self, items: dict[str, str]) -> None:
+        """Write `items` (500 per request) and record them as acknowledged."""
+        pairs = sorted(items.items())
+        for start in range(0, len(pairs), 500):
+            batch = dict(pairs[start : start + 500])
+            status, body = self.call("POST", "/v1/mset", {"items": batch}, timeout=30)
+            assert status == 200, f"mset: {status} {body}\n{self.diagnostics()}"
+            self.acknowledged.update(batch)
+
+    def lost(self) -> list[str]:
+        """Acknowledged keys that do not read back with their last acknowledged value (mget, 500 at a time)."""
+        keys = sorted(self.acknowledged)
+        wrong = []
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            status, body = self.call("POST", "/v1/mget", {"keys": batch}, timeout=30)
+            assert status == 200, f"mget: {status} {body}"
+            wrong += [k for k in batch if body["items"].get(k) != self.acknowledged[k]]
+        return wrong
+
+    def view(self) -> dict[str, Any]:
+        status, body = self.call("GET", "/v1/cluster")
+        assert status == 200, body
+        return dict(body)
+
     def stores(self) -> dict[str, dict]:
         status, listed = self.call("GET", "/stores/list")
         assert status == 200, listed
@@ -187,3 +217,37 @@ class ContainerCluster:
                 state, tail = "?", str(exc)
             parts.append(f"--- {name} ({state}) ---\n{tail}")
         return "\n".join(parts)
+
+
+class ClientsRunning:
+    """`with ClientsRunning(workload):` the workload's clients run in a thread of their own (with
+    its own event loop) while the test blocks on docker calls and polls; they stop at the exit."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task[None] | None = None
+        self.thread = threading.Thread(target=self._run, name="clients", daemon=True)
+        self._started = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(self.workload.run(3600))
+        self._started.set()
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.loop.close()
+
+    def __enter__(self) -> Workload:
+        self.thread.start()
+        self._started.wait(10)
+        return self.workload
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.task is not None
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the clients did not stop"

@@ -205,3 +205,17 @@ def test_two_draining_stores_both_move_in_the_same_plan_when_one_is_at_its_limit
     m = cluster(sites)
     moves = balance.plan(m, sites, {"s4", "s5"}, per_node=4, limit=64)
     assert {mv.source for mv in moves} >= {"s4", "s5"}
+
+
+def test_while_a_drain_has_copies_waiting_no_count_move_takes_a_free_move():
+    """A stopping store waits for its drain (at most drain_timeout): the stores that stay spend
+    their moves on it, and even out their counts only once every copy is under way."""
+    sites = {"s1": "a", "s2": "b", "s3": "a", "s4": "b"}
+    m = cluster(sites)
+    sites["s5"] = "a"  # just joined, empty: the counts are off too
+    moves = balance.plan(m, sites, {"s4"}, per_node=4, limit=64)
+    assert moves and {mv.reason for mv in moves} == {balance.DRAIN}, Counter(mv.reason for mv in moves)
+    converge(m, sites, leaving={"s4"})
+    counts = m.counts()
+    assert "s4" not in counts
+    assert max(c["primary"] for c in counts.values()) - min(c["primary"] for c in counts.values()) <= 1
