@@ -7,8 +7,9 @@ copy: the two exchange roles); any other move first copies the slot to the targe
 Order of business, as tikv/pd's balance schedulers: copies on leaving (draining) stores first,
 alone until every one is under way (a stopping store waits for them), then equal primary counts,
 then equal replica counts, each store within one of the mean. Site diversity never drops: a move
-is taken only if the slot's copies span at least as many sites after it as before. Moves are bounded per store (in and out together, counting moves already
-running) and in total, so a join or drain proceeds as a steady stream, not a stampede.
+is taken only if the slot's copies span at least as many sites after it as before. Moves are
+bounded per store (in and out together, counting moves already running) and in total, so a join
+or drain proceeds as a steady stream, not a stampede.
 
 Load (`load_plan`, once the counts are even) moves hot primaries off the busiest store in
 exchange for cold ones of the idlest, so the counts stay even and count balancing never undoes it.
