@@ -89,7 +89,7 @@ def test_store_statefulset(default_docs: list[dict]) -> None:
     (claim,) = spec["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
-    assert pod["terminationGracePeriodSeconds"] == 60 + 30  # drainTimeout + room for the snapshot
+    assert pod["terminationGracePeriodSeconds"] == 120 + 30  # drainTimeout + room for the snapshot
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
         "topology.kubernetes.io/zone",
         "kubernetes.io/hostname",
