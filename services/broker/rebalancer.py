@@ -56,10 +56,11 @@ class Rebalancer:
         self._in_grace = in_grace
         self._persist = persist
         self._task: asyncio.Task[None] | None = None
-        # nothing runs and nothing is left to move (recently moved slots counted): what
-        # /v1/cluster shows as "balanced"
-        self.balanced = False
-        self.settled = False  # nothing moving and nothing about to: what /v1/cluster shows as "settled"
+        # nothing runs and nothing is left to move (recently moved slots counted), and nothing
+        # moving and nothing about to, as of the last step: see `balanced` and `settled`
+        self._balanced = False
+        self._settled = False
+        self._members: tuple[tuple[str, str], ...] = ()  # the stores and their status at that step
         self.load = load
         self._read = 0  # the load reading last weighed (LoadMonitor.rounds)
         self._over = 0  # readings in a row with a store over the threshold
@@ -137,10 +138,25 @@ class Rebalancer:
         if self.settings.rebalance and not started and not self.migrator.running:
             started = self.load_step()
         idle = not self.migrator.running and not c.unsettled() and all(c.drained(n) for n in c.leaving())
-        self.balanced = idle and not self.plan(cooldown=False)
+        self._balanced = idle and not self.plan(cooldown=False)
         # nothing moves now and nothing will by itself (with rebalance off, only drains move)
-        self.settled = idle and (self.balanced or not self.settings.rebalance)
+        self._settled = idle and (self._balanced or not self.settings.rebalance)
+        self._members = self._stores()
         return started
+
+    def _stores(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((n.name, n.status.value) for n in self.cluster.registry.nodes.values()))
+
+    @property
+    def balanced(self) -> bool:
+        """Every store holds its share (what /v1/cluster shows): as of the last step, and no store
+        joined, left or changed status since (a store that just registered has no share yet)."""
+        return self._balanced and self._members == self._stores()
+
+    @property
+    def settled(self) -> bool:
+        """Nothing moves now and nothing will by itself, on the same terms as `balanced`."""
+        return self._settled and self._members == self._stores()
 
     # -- load -----------------------------------------------------------------------------------
     def _decide(self, decision: str, **facts: object) -> None:
