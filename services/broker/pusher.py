@@ -2,8 +2,10 @@
 
 `Pusher.apply` is the only path for map changes: ClusterState.apply says what changed, the state
 is written (fsync, in a thread, one writer at a time) and only then are stores told, in the
-background and in order per store. `push_all` confirms a (re)joining store: catch-up first, then
-its whole assignment, with retries. `assign_message` is the one place an `assign` is built.
+background and in order per store: what queues up behind a push in flight goes out together
+(`coalesce`), so a push waits behind at most one other. `push_all` confirms a (re)joining store:
+catch-up first, then its whole assignment, with retries. `assign_message` is the one place an
+`assign` is built.
 """
 
 from __future__ import annotations
@@ -58,6 +60,27 @@ def assign_message(
     }
 
 
+def coalesce(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """Incremental `assign`s to one store, in order, as few frames as applying them in order
+    allows, each with how many messages it carries: consecutive messages share a frame while
+    they name disjoint slots (within one `assign` the store handles each slot on its own), so
+    the frames, sent in order, do exactly what the messages would."""
+    frames: list[tuple[dict[str, Any], int]] = []
+    named: set[int] = set()  # the slots the last frame names
+    for message in messages:
+        assert not message["full"] and not message["confirm"], "a confirming push goes alone"
+        slots = {a.slot for a in message["slots"]} | {d.slot for d in message["drop"]}
+        if frames and not slots & named:
+            last, count = frames[-1]
+            slots_and_drops = {"slots": [*last["slots"], *message["slots"]], "drop": [*last["drop"], *message["drop"]]}
+            frames[-1] = ({**message, **slots_and_drops}, count + 1)
+            named |= slots
+        else:
+            frames.append((message, 1))
+            named = slots
+    return frames
+
+
 class Pusher:
     def __init__(
         self,
@@ -79,13 +102,16 @@ class Pusher:
         self._catch_up = catch_up
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
+        # per store: the pushes waiting to go out, each with the future its sender sets once sent
+        self._queued: dict[str, list[tuple[dict[str, Any], asyncio.Future[None]]]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
         self._asked = 0  # persist calls so far
         self._saved = 0  # calls whose state a finished write covers
 
     async def stop(self) -> None:
-        for task in [*self._pushes.values(), *self._background]:
+        for task in [*self._pushes.values(), *self._senders.values(), *self._background]:
             task.cancel()
 
     # -- persistence (rule 4) -------------------------------------------------------------------
@@ -149,18 +175,35 @@ class Pusher:
         self.watch.changed()
         return len(applied.slots)
 
-    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Task[None]:
-        """Push in the background, in order per store (a dying store must not hold up the map)."""
+    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Future[None]:
+        """Push in the background, in order per store (a dying store must not hold up the map);
+        done once the store answered (or failed to)."""
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(name, []).append((args, sent))
+        sender = self._senders.get(name)
+        if sender is None or sender.done():
+            self._senders[name] = self._spawn(self._sender(name))
+        return sent
+
+    async def _sender(self, name: str) -> None:
+        """One per store with pushes queued: sends what queued up while the previous frame was in
+        flight (or push_all held the lock) together, one frame after the other."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
-
-        async def push() -> None:
+        while self._queued.get(name):
             async with lock:
+                batch = self._queued.pop(name, [])
                 try:
-                    await self._send(name, args)
-                except errors.SnapkvError:
-                    pass  # the store is failing: health checks decide; a returning store gets push_all
-
-        return self._spawn(push())
+                    for frame, count in coalesce([args for args, _ in batch]):
+                        try:
+                            await self._send(name, frame)
+                        except errors.SnapkvError:
+                            pass  # the store is failing: health checks decide; a returning store gets push_all
+                        for _, sent in batch[:count]:
+                            sent.set_result(None)
+                        batch = batch[count:]
+                finally:
+                    for _, sent in batch:
+                        sent.cancel()  # stopped
 
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:

@@ -1,0 +1,95 @@
+"""The pusher against a fake store connection: a change is on disk before any store hears of it
+(rule 4), pushes to one store go out in order, and what queues up behind a push in flight goes
+out together, so a push waits behind at most one other."""
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from snapkv.broker import state
+from snapkv.broker.clusterstate import ClusterState
+from snapkv.broker.pusher import Pusher, coalesce
+from snapkv.broker.slotmap import Change
+from snapkv.broker.watch import Watch
+from snapkv.common.config import Settings
+from snapkv.common.records import Drop, SlotAssignment
+
+
+def message(*slots: int, drop: tuple[int, ...] = ()) -> dict[str, Any]:
+    return {
+        "slots": [SlotAssignment(s, 1, "primary", [], [], 1) for s in slots],
+        "drop": [Drop(s, 1, None) for s in drop],
+        "confirm": False,
+        "full": False,
+        "cluster": "c",
+        "replication": "sync",
+    }
+
+
+def named(frame: dict[str, Any]) -> list[int]:
+    return [a.slot for a in frame["slots"]] + [d.slot for d in frame["drop"]]
+
+
+def test_coalesce_joins_messages_on_disjoint_slots_and_starts_a_frame_where_a_slot_comes_again():
+    frames = coalesce([message(1, 2), message(3, drop=(4,)), message(5), message(3), message(6, drop=(1,))])
+    assert [(named(f), n) for f, n in frames] == [([1, 2, 3, 5, 4], 3), ([3, 6, 1], 2)]
+    assert frames[0][0]["cluster"] == "c" and not frames[0][0]["full"] and not frames[0][0]["confirm"]
+    assert coalesce([message(7)]) == [(message(7), 1)]
+
+
+class SlowStore:
+    """A store connection whose answers the test releases one at a time; it records what it got
+    and what the broker had on disk at that moment."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.frames: list[dict[str, Any]] = []
+        self.on_disk: list[int] = []  # the saved map's epoch when each frame arrived
+        self.answer = asyncio.Semaphore(0)
+
+    async def call(self, op: str, args: Any, timeout: float = 5.0) -> Any:
+        self.frames.append(args)
+        saved = state.load(self.data_dir)
+        self.on_disk.append(saved["map"]["epoch"] if saved else -1)
+        await self.answer.acquire()
+        return {"ok": True}
+
+
+class OnePool:
+    def __init__(self, conn: SlowStore) -> None:
+        self.conn = conn
+
+    def get(self, key: str, address: str) -> SlowStore:
+        return self.conn
+
+
+async def no_catch_up(name: str) -> None:
+    pass
+
+
+async def test_pushes_queued_behind_one_in_flight_go_out_as_one_frame_in_order_after_the_disk(tmp_path):
+    cluster = ClusterState(1, slots=16)
+    cluster.registry.register("a", "127.0.0.1:7000", "", 0.0)
+    store = SlowStore(str(tmp_path))
+    pusher = Pusher(cluster, OnePool(store), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    first = pusher.stage([Change(0, "a", [], [])], "test", wait=True)
+    while not store.frames:
+        await asyncio.sleep(0.001)
+    # five more changes while the first push waits for its answer: each its own epoch
+    later = [pusher.stage([Change(s, "a", [], [])], "test", wait=True) for s in range(1, 6)]
+    await asyncio.sleep(0.05)
+    assert len(store.frames) == 1 and not any(t.done() for t in later)
+    store.answer.release()
+    await first
+    while len(store.frames) < 2:
+        await asyncio.sleep(0.001)
+    assert [a.slot for a in store.frames[1]["slots"]] == [1, 2, 3, 4, 5]
+    assert [a.epoch for a in store.frames[1]["slots"]] == [2, 3, 4, 5, 6]
+    assert store.on_disk == [1, 6]  # rule 4: everything a frame says was on disk when it went out
+    store.answer.release()
+    assert await asyncio.gather(*later) == [1] * 5
+    assert len(store.frames) == 2
+    with open(os.path.join(tmp_path, state.FILE)) as fh:
+        assert json.load(fh)["map"]["epoch"] == 6
+    await pusher.stop()
