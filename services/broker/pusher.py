@@ -125,8 +125,8 @@ class Pusher:
             if self._saved >= mine:
                 return  # a write that started after our call covered us
             covers = self._asked
-            snapshot = self.cluster.snapshot_state()
-            await asyncio.to_thread(state.save, self.data_dir, snapshot)
+            text = self.cluster.snapshot_text()  # a join: only the changed slots are encoded again
+            await asyncio.to_thread(state.save, self.data_dir, text)
             self._saved = covers
 
     def persist_later(self) -> None:
