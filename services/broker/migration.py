@@ -221,9 +221,10 @@ class Migrator:
                     raise Aborted("the target left the ISR")
                 replicas = [move.source] + [r for r in e.replicas if r != move.target]
                 isr = [move.source] + [r for r in e.isr if r != move.target]
-                # both hear of it before the slot's requests go on: the new primary takes them
+                # every copy hears of it before the slot's requests go on, the new primary last: it
+                # full-syncs its replicas at once, and a replica that has not heard refuses
                 change = Change(slot, move.target, replicas, isr)
-                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True)
+                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, last=move.target)
             await pending
         finally:
             self.gate.release(slot)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..common import errors, wire
@@ -81,6 +82,15 @@ def coalesce(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]
     return frames
 
 
+@dataclass
+class _Queued:
+    """A push waiting to go out to one store."""
+
+    args: dict[str, Any]
+    sent: asyncio.Future[None]  # set once the store answered (or failed to)
+    after: asyncio.Future[Any] | None = None  # it goes out only once this is done
+
+
 class Pusher:
     def __init__(
         self,
@@ -102,8 +112,7 @@ class Pusher:
         self._catch_up = catch_up
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
-        # per store: the pushes waiting to go out, each with the future its sender sets once sent
-        self._queued: dict[str, list[tuple[dict[str, Any], asyncio.Future[None]]]] = {}
+        self._queued: dict[str, list[_Queued]] = {}  # per store: the pushes waiting to go out, in order
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
@@ -135,22 +144,40 @@ class Pusher:
 
     # -- map changes ----------------------------------------------------------------------------
     async def apply(
-        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+        self,
+        changes: Iterable[Change],
+        reason: str,
+        *,
+        push: bool = True,
+        epoch_floor: int = 0,
+        wait: bool = False,
+        last: str | None = None,
     ) -> int:
         """Persist a plan, then push it to every up store it touches; the number of slots changed.
         With `wait`, until those stores have acknowledged it (a failed push is left to health
         checks and registration, as always), in order with the background pushes per store."""
-        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait)
+        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait, last=last)
 
     def stage(
-        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+        self,
+        changes: Iterable[Change],
+        reason: str,
+        *,
+        push: bool = True,
+        epoch_floor: int = 0,
+        wait: bool = False,
+        last: str | None = None,
     ) -> asyncio.Task[int]:
         """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
         still hold and a lock it holds need not wait for the disk), and the rest in a task.
 
         What each store is told is built now, from the map as this change leaves it: once this
         change is on disk, so is every change before it (group commit), so no store hears of a
-        change that is not on disk (rule 4), whatever is applied meanwhile."""
+        change that is not on disk (rule 4), whatever is applied meanwhile.
+
+        `last`: that store hears of it only once every other store it touches has answered (it
+        keeps its place among the pushes to that store): a new primary full-syncs its replicas as
+        soon as it hears, and a replica that has not heard yet refuses the sync."""
         applied = self.cluster.apply(changes, epoch_floor)
         messages = {}
         if applied.changed and push:
@@ -158,28 +185,32 @@ class Pusher:
                 name: assign_message(self.cluster, name, slots, confirm=False, replication=self.settings.replication)
                 for name, slots in applied.touched.items()
             }
-        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait))
+        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait, last))
 
-    async def _commit(self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool) -> int:
+    async def _commit(
+        self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool, last: str | None
+    ) -> int:
         if not applied.changed:
             return 0
         await self.persist()  # rule 4: on disk before any store hears of it
         log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
-        pushes = [
-            self._send_later(name, args)
-            for name, args in messages.items()
-            if self.cluster.registry.is_up(name)  # up now, after the write
-        ]
+        up = {name: args for name, args in messages.items() if self.cluster.registry.is_up(name)}  # after the write
+        pushes = [self._send_later(name, args) for name, args in up.items() if name != last]
+        if last in up:
+            others = asyncio.gather(*pushes, return_exceptions=True) if pushes else None
+            pushes.append(self._send_later(last, up[last], after=others))
         if wait:
             await asyncio.gather(*pushes, return_exceptions=True)
         self.watch.changed()
         return len(applied.slots)
 
-    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Future[None]:
-        """Push in the background, in order per store (a dying store must not hold up the map);
-        done once the store answered (or failed to)."""
+    def _send_later(
+        self, name: str, args: dict[str, Any], *, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[None]:
+        """Push in the background, in order per store (a dying store must not hold up the map),
+        once `after` is done; done once the store answered (or failed to)."""
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(name, []).append((args, sent))
+        self._queued.setdefault(name, []).append(_Queued(args, sent, after))
         sender = self._senders.get(name)
         if sender is None or sender.done():
             self._senders[name] = self._spawn(self._sender(name))
@@ -191,19 +222,25 @@ class Pusher:
         lock = self._push_locks.setdefault(name, asyncio.Lock())
         while self._queued.get(name):
             async with lock:
-                batch = self._queued.pop(name, [])
+                batch, part = self._queued.pop(name, []), []
                 try:
-                    for frame, count in coalesce([args for args, _ in batch]):
-                        try:
-                            await self._send(name, frame)
-                        except errors.SnapkvError:
-                            pass  # the store is failing: health checks decide; a returning store gets push_all
-                        for _, sent in batch[:count]:
-                            sent.set_result(None)
-                        batch = batch[count:]
+                    while batch:
+                        # a push that waits starts a frame: what was queued before it goes out first
+                        cut = next((i for i, q in enumerate(batch) if i and q.after is not None), len(batch))
+                        part, batch = batch[:cut], batch[cut:]
+                        if part[0].after is not None:
+                            await asyncio.wait([part[0].after])
+                        for frame, count in coalesce([q.args for q in part]):
+                            try:
+                                await self._send(name, frame)
+                            except errors.SnapkvError:
+                                pass  # the store is failing: health checks decide; a returning store gets push_all
+                            for q in part[:count]:
+                                q.sent.set_result(None)
+                            part = part[count:]
                 finally:
-                    for _, sent in batch:
-                        sent.cancel()  # stopped
+                    for q in [*part, *batch]:
+                        q.sent.cancel()  # stopped
 
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:

@@ -1,6 +1,7 @@
-"""The pusher against a fake store connection: a change is on disk before any store hears of it
-(rule 4), pushes to one store go out in order, and what queues up behind a push in flight goes
-out together, so a push waits behind at most one other."""
+"""The pusher against fake store connections: a change is on disk before any store hears of it
+(rule 4), pushes to one store go out in order, what queues up behind a push in flight goes out
+together (so a push waits behind at most one other), and a store named `last` hears of a change
+only once the others answered, in its place among the pushes to it."""
 
 import asyncio
 import json
@@ -64,6 +65,14 @@ class OnePool:
         return self.conn
 
 
+class Pool:
+    def __init__(self, conns: dict[str, SlowStore]) -> None:
+        self.conns = conns
+
+    def get(self, key: str, address: str) -> SlowStore:
+        return self.conns[key]
+
+
 async def no_catch_up(name: str) -> None:
     pass
 
@@ -92,4 +101,42 @@ async def test_pushes_queued_behind_one_in_flight_go_out_as_one_frame_in_order_a
     assert len(store.frames) == 2
     with open(os.path.join(tmp_path, state.FILE)) as fh:
         assert json.load(fh)["map"]["epoch"] == 6
+    await pusher.stop()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_the_store_named_last_hears_only_once_the_others_answered_and_keeps_its_order(tmp_path):
+    cluster = ClusterState(2, slots=16)
+    for i, name in enumerate("abc"):
+        cluster.registry.register(name, f"127.0.0.1:{7000 + i}", "", 0.0)
+    cluster.apply([Change(0, "a", ["b", "c"], ["b", "c"])])
+    conns = {name: SlowStore(str(tmp_path)) for name in "abc"}
+    pusher = Pusher(cluster, Pool(conns), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    # the switch: b becomes primary, a a replica in the ISR
+    switch = pusher.stage([Change(0, "b", ["a", "c"], ["a", "c"])], "move", wait=True, last="b")
+    while not (conns["a"].frames and conns["c"].frames):
+        await asyncio.sleep(0.001)
+    later = pusher.stage([Change(1, "b", [], [])], "later")  # staged after the switch, for b only
+    await settle()
+    assert conns["b"].frames == []  # neither the switch nor what came after it
+    conns["a"].answer.release()
+    await settle()
+    assert conns["b"].frames == []  # c has not answered yet
+    conns["c"].answer.release()
+    while not conns["b"].frames:
+        await asyncio.sleep(0.001)
+    assert [(a.slot, a.role) for a in conns["b"].frames[0]["slots"]] == [(0, "primary")]  # the switch first
+    await settle()
+    assert not switch.done() and len(conns["b"].frames) == 1
+    conns["b"].answer.release()
+    assert await switch == 1
+    while len(conns["b"].frames) < 2:
+        await asyncio.sleep(0.001)
+    assert [(a.slot, a.role) for a in conns["b"].frames[1]["slots"]] == [(1, "primary")]
+    conns["b"].answer.release()
+    assert await later == 1
     await pusher.stop()
