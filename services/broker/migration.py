@@ -1,11 +1,15 @@
 """Live slot migration: a move (balance.py) run as steps, each one map change (tikv/pd's operator).
 
-  copy    the target joins the slot as a replica outside the ISR; the primary full-syncs it and
-          streams to it through the ordinary replication, and asks the broker to add it to the
-          ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
+  copy    the target joins the slot as a replica outside the ISR; the primary (told last)
+          full-syncs it and streams to it through the ordinary replication, and asks the broker
+          to add it to the ISR once it has everything (rule 1). Skipped for a swap (the target is
+          in the ISR).
   switch  (primary moves) new requests of the slot wait at the gate; once the ones in flight
-          have answered, the target becomes primary at a new epoch, the source a replica in the
-          ISR; both acknowledge the assignment before the slot's requests are let go again.
+          have answered (at most DRAIN_WAIT: later ones are retried on the new primary), the
+          target becomes primary at a new epoch, the source a replica in the ISR. Every copy is
+          told, the target last, once the others answered (it full-syncs them at once); its
+          answer lets the slot's requests go again. The pause is one disk write (group commit)
+          and two pushes, none of them behind a queue (pusher.py).
   drop    the source's copy leaves the slot (last, once the target holds everything).
 
 Every step checks first that the slot is still as the previous step left it, under the map lock
@@ -34,7 +38,10 @@ from .watch import Watch
 
 log = logging.getLogger("snapkv.migration")
 
-DRAIN_WAIT = 1.0  # seconds a switch waits for the slot's requests in flight before it goes ahead
+# seconds a switch waits for the slot's requests in flight before it goes ahead: one still running
+# then fails at the old primary once that hears of the switch, and the router retries it on the
+# new one (wrong_owner; a write under its request id, rule 7), so this bounds the pause only
+DRAIN_WAIT = 0.025
 COOLDOWN = 5.0  # seconds a slot that just moved stays where it is (no back and forth)
 
 
@@ -198,7 +205,9 @@ class Migrator:
             self._check(move, target_member=False)
             e = self.cluster.slotmap.entry(move.slot)
             change = Change(move.slot, e.primary, [*e.replicas, move.target], list(e.isr))
-            pending = self.pusher.stage([change], f"move_copy:{move.reason}")
+            # the primary last: it full-syncs the target as soon as it hears, and a target that has
+            # not heard yet refuses the sync (and the primary tries again only after a pause)
+            pending = self.pusher.stage([change], f"move_copy:{move.reason}", last=e.primary)
             self.running[move.slot].added = True
         await pending
         deadline = time.monotonic() + self.timeout
