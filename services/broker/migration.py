@@ -1,9 +1,8 @@
 """Live slot migration: a move (balance.py) run as steps, each one map change (tikv/pd's operator).
 
-  copy    the target joins the slot as a replica outside the ISR; the primary (told last)
-          full-syncs it and streams to it through the ordinary replication, and asks the broker
-          to add it to the ISR once it has everything (rule 1). Skipped for a swap (the target is
-          in the ISR).
+  copy    the target joins the slot as a replica outside the ISR; the primary full-syncs it and
+          streams to it through the ordinary replication, and asks the broker to add it to the
+          ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
   switch  (primary moves) new requests of the slot wait at the gate; once the ones in flight
           have answered (at most DRAIN_WAIT: later ones are retried on the new primary), the
           target becomes primary at a new epoch, the source a replica in the ISR. Every copy is
@@ -205,9 +204,7 @@ class Migrator:
             self._check(move, target_member=False)
             e = self.cluster.slotmap.entry(move.slot)
             change = Change(move.slot, e.primary, [*e.replicas, move.target], list(e.isr))
-            # the primary last: it full-syncs the target as soon as it hears, and a target that has
-            # not heard yet refuses the sync (and the primary tries again only after a pause)
-            pending = self.pusher.stage([change], f"move_copy:{move.reason}", last=e.primary)
+            pending = self.pusher.stage([change], f"move_copy:{move.reason}")
             self.running[move.slot].added = True
         await pending
         deadline = time.monotonic() + self.timeout
