@@ -113,6 +113,7 @@ class Pusher:
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._queued: dict[str, list[_Queued]] = {}  # per store: the pushes waiting to go out, in order
+        self._missed: set[str] = set()  # stores a push failed to since their last whole assignment
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
@@ -216,31 +217,42 @@ class Pusher:
             self._senders[name] = self._spawn(self._sender(name))
         return sent
 
+    def pushing(self, name: str) -> bool:
+        """Pushes to `name` are queued or in flight, and none failed since its last whole
+        assignment: they bring it up to date with the map."""
+        sender = self._senders.get(name)
+        on_their_way = bool(self._queued.get(name)) or (sender is not None and not sender.done())
+        return on_their_way and name not in self._missed
+
     async def _sender(self, name: str) -> None:
         """One per store with pushes queued: sends what queued up while the previous frame was in
         flight (or push_all held the lock) together, one frame after the other."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
         while self._queued.get(name):
             async with lock:
-                batch, part = self._queued.pop(name, []), []
-                try:
-                    while batch:
-                        # a push that waits starts a frame: what was queued before it goes out first
-                        cut = next((i for i, q in enumerate(batch) if i and q.after is not None), len(batch))
-                        part, batch = batch[:cut], batch[cut:]
-                        if part[0].after is not None:
-                            await asyncio.wait([part[0].after])
-                        for frame, count in coalesce([q.args for q in part]):
-                            try:
-                                await self._send(name, frame)
-                            except errors.SnapkvError:
-                                pass  # the store is failing: health checks decide; a returning store gets push_all
-                            for q in part[:count]:
-                                q.sent.set_result(None)
-                            part = part[count:]
-                finally:
-                    for q in [*part, *batch]:
-                        q.sent.cancel()  # stopped
+                await self._send_queued(name)
+
+    async def _send_queued(self, name: str) -> None:
+        """What is queued for `name` now, in order; the caller holds its push lock."""
+        batch, part = self._queued.pop(name, []), []
+        try:
+            while batch:
+                # a push that waits starts a frame: what was queued before it goes out first
+                cut = next((i for i, q in enumerate(batch) if i and q.after is not None), len(batch))
+                part, batch = batch[:cut], batch[cut:]
+                if part[0].after is not None:
+                    await asyncio.wait([part[0].after])
+                for frame, count in coalesce([q.args for q in part]):
+                    try:
+                        await self._send(name, frame)
+                    except errors.SnapkvError:
+                        self._missed.add(name)  # the store is failing: health checks decide; push_all follows
+                    for q in part[:count]:
+                        q.sent.set_result(None)
+                    part = part[count:]
+        finally:
+            for q in [*part, *batch]:
+                q.sent.cancel()  # stopped
 
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:
@@ -266,6 +278,7 @@ class Pusher:
         for attempt in range(20):
             try:
                 async with lock:  # read the map under the lock: no later push may overtake this one
+                    await self._send_queued(name)  # nor may it overtake an earlier one
                     held = self.cluster.slotmap.slots_of(name)
                     slots = sorted(held["primary"] + held["replica"])
                     args = assign_message(
@@ -274,6 +287,7 @@ class Pusher:
                     # what it says is on disk once a write that starts after this call ends (rule 4)
                     await self.persist()
                     await self._send(name, args)
+                    self._missed.discard(name)
                 if self.cluster.confirmed(name):
                     self.persist_later()  # remember this incarnation as trusted across restarts
                 self.watch.changed()

@@ -140,3 +140,29 @@ async def test_the_store_named_last_hears_only_once_the_others_answered_and_keep
     conns["b"].answer.release()
     assert await later == 1
     await pusher.stop()
+
+
+async def test_a_whole_assignment_goes_out_after_what_was_queued_before_it_and_no_stale_push_while_one_is_on_its_way(
+    tmp_path,
+):
+    cluster = ClusterState(1, slots=16)
+    cluster.registry.register("a", "127.0.0.1:7000", "", 0.0)
+    store = SlowStore(str(tmp_path))
+    pusher = Pusher(cluster, OnePool(store), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    assert not pusher.pushing("a")
+    pusher.stage([Change(0, "a", [], [])], "test")
+    while not store.frames:
+        await asyncio.sleep(0.001)
+    await pusher.stage([Change(1, "a", [], [])], "test")  # queued behind the frame in flight
+    assert pusher.pushing("a")  # the router asks for no whole assignment: these bring it up to date
+    pusher.push_all("a")
+    await settle()
+    for _ in range(3):
+        store.answer.release()
+    while len(store.frames) < 3:
+        await asyncio.sleep(0.001)
+    assert [bool(f["confirm"]) for f in store.frames] == [False, False, True]  # never older after it
+    assert [a.slot for a in store.frames[1]["slots"]] == [1]
+    while pusher.pushing("a"):
+        await asyncio.sleep(0.001)
+    await pusher.stop()
