@@ -9,6 +9,7 @@ membership.py, pusher.py) do the I/O and act on what these methods answer.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -88,13 +89,21 @@ class ClusterState:
     # -- saved state ----------------------------------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:
         """What cluster.json holds (state.py writes it)."""
+        return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": self._saved_nodes()}
+
+    def snapshot_text(self) -> str:
+        """`snapshot_state` as the compact JSON text state.save writes (the map's from its cache)."""
+        cluster_id, nodes = json.dumps(self.cluster_id), json.dumps(self._saved_nodes(), separators=(",", ":"))
+        return f'{{"cluster_id":{cluster_id},"map":{self.slotmap.to_json_text()},"nodes":{nodes}}}'
+
+    def _saved_nodes(self) -> dict[str, dict[str, Any]]:
         nodes: dict[str, dict[str, Any]] = {
             n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot} for n in self.registry.nodes.values()
         }
         for n in self.registry.nodes.values():
             if n.draining:  # only then: older brokers read the file as before
                 nodes[n.name]["draining"] = True
-        return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": nodes}
+        return nodes
 
     def restore(self, saved: Mapping[str, Any], now: float) -> None:
         """Take saved state back (at start): every store is down until it registers or answers."""

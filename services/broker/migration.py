@@ -4,8 +4,11 @@
           streams to it through the ordinary replication, and asks the broker to add it to the
           ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
   switch  (primary moves) new requests of the slot wait at the gate; once the ones in flight
-          have answered, the target becomes primary at a new epoch, the source a replica in the
-          ISR; both acknowledge the assignment before the slot's requests are let go again.
+          have answered (at most DRAIN_WAIT: later ones are retried on the new primary), the
+          target becomes primary at a new epoch, the source a replica in the ISR. Every copy is
+          told, the target last, once the others answered (it full-syncs them at once); its
+          answer lets the slot's requests go again. The pause is one disk write (group commit)
+          and two pushes, none of them behind a queue (pusher.py).
   drop    the source's copy leaves the slot (last, once the target holds everything).
 
 Every step checks first that the slot is still as the previous step left it, under the map lock
@@ -34,7 +37,10 @@ from .watch import Watch
 
 log = logging.getLogger("snapkv.migration")
 
-DRAIN_WAIT = 1.0  # seconds a switch waits for the slot's requests in flight before it goes ahead
+# seconds a switch waits for the slot's requests in flight before it goes ahead: one still running
+# then fails at the old primary once that hears of the switch, and the router retries it on the
+# new one (wrong_owner; a write under its request id, rule 7), so this bounds the pause only
+DRAIN_WAIT = 0.025
 COOLDOWN = 5.0  # seconds a slot that just moved stays where it is (no back and forth)
 
 
@@ -222,9 +228,10 @@ class Migrator:
                     raise Aborted("the target left the ISR")
                 replicas = [move.source] + [r for r in e.replicas if r != move.target]
                 isr = [move.source] + [r for r in e.isr if r != move.target]
-                # both hear of it before the slot's requests go on: the new primary takes them
+                # every copy hears of it before the slot's requests go on, the new primary last: it
+                # full-syncs its replicas at once, and a replica that has not heard refuses
                 change = Change(slot, move.target, replicas, isr)
-                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True)
+                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, last=move.target)
             await pending
         finally:
             self.gate.release(slot)

@@ -2,8 +2,10 @@
 
 `Pusher.apply` is the only path for map changes: ClusterState.apply says what changed, the state
 is written (fsync, in a thread, one writer at a time) and only then are stores told, in the
-background and in order per store. `push_all` confirms a (re)joining store: catch-up first, then
-its whole assignment, with retries. `assign_message` is the one place an `assign` is built.
+background and in order per store: what queues up behind a push in flight goes out together
+(`coalesce`), so a push waits behind at most one other. `push_all` confirms a (re)joining store:
+catch-up first, then its whole assignment, with retries. `assign_message` is the one place an
+`assign` is built.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..common import errors, wire
@@ -58,6 +61,36 @@ def assign_message(
     }
 
 
+def coalesce(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """Incremental `assign`s to one store, in order, as few frames as applying them in order
+    allows, each with how many messages it carries: consecutive messages share a frame while
+    they name disjoint slots (within one `assign` the store handles each slot on its own), so
+    the frames, sent in order, do exactly what the messages would."""
+    frames: list[tuple[dict[str, Any], int]] = []
+    named: set[int] = set()  # the slots the last frame names
+    for message in messages:
+        assert not message["full"] and not message["confirm"], "a confirming push goes alone"
+        slots = {a.slot for a in message["slots"]} | {d.slot for d in message["drop"]}
+        if frames and not slots & named:
+            last, count = frames[-1]
+            slots_and_drops = {"slots": [*last["slots"], *message["slots"]], "drop": [*last["drop"], *message["drop"]]}
+            frames[-1] = ({**message, **slots_and_drops}, count + 1)
+            named |= slots
+        else:
+            frames.append((message, 1))
+            named = slots
+    return frames
+
+
+@dataclass
+class _Queued:
+    """A push waiting to go out to one store."""
+
+    args: dict[str, Any]
+    sent: asyncio.Future[None]  # set once the store answered (or failed to)
+    after: asyncio.Future[Any] | None = None  # it goes out only once this is done
+
+
 class Pusher:
     def __init__(
         self,
@@ -79,13 +112,16 @@ class Pusher:
         self._catch_up = catch_up
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
+        self._queued: dict[str, list[_Queued]] = {}  # per store: the pushes waiting to go out, in order
+        self._missed: set[str] = set()  # stores a push failed to since their last whole assignment
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
         self._asked = 0  # persist calls so far
         self._saved = 0  # calls whose state a finished write covers
 
     async def stop(self) -> None:
-        for task in [*self._pushes.values(), *self._background]:
+        for task in [*self._pushes.values(), *self._senders.values(), *self._background]:
             task.cancel()
 
     # -- persistence (rule 4) -------------------------------------------------------------------
@@ -99,8 +135,8 @@ class Pusher:
             if self._saved >= mine:
                 return  # a write that started after our call covered us
             covers = self._asked
-            snapshot = self.cluster.snapshot_state()
-            await asyncio.to_thread(state.save, self.data_dir, snapshot)
+            text = self.cluster.snapshot_text()  # a join: only the changed slots are encoded again
+            await asyncio.to_thread(state.save, self.data_dir, text)
             self._saved = covers
 
     def persist_later(self) -> None:
@@ -109,22 +145,40 @@ class Pusher:
 
     # -- map changes ----------------------------------------------------------------------------
     async def apply(
-        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+        self,
+        changes: Iterable[Change],
+        reason: str,
+        *,
+        push: bool = True,
+        epoch_floor: int = 0,
+        wait: bool = False,
+        last: str | None = None,
     ) -> int:
         """Persist a plan, then push it to every up store it touches; the number of slots changed.
         With `wait`, until those stores have acknowledged it (a failed push is left to health
         checks and registration, as always), in order with the background pushes per store."""
-        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait)
+        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait, last=last)
 
     def stage(
-        self, changes: Iterable[Change], reason: str, *, push: bool = True, epoch_floor: int = 0, wait: bool = False
+        self,
+        changes: Iterable[Change],
+        reason: str,
+        *,
+        push: bool = True,
+        epoch_floor: int = 0,
+        wait: bool = False,
+        last: str | None = None,
     ) -> asyncio.Task[int]:
         """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
         still hold and a lock it holds need not wait for the disk), and the rest in a task.
 
         What each store is told is built now, from the map as this change leaves it: once this
         change is on disk, so is every change before it (group commit), so no store hears of a
-        change that is not on disk (rule 4), whatever is applied meanwhile."""
+        change that is not on disk (rule 4), whatever is applied meanwhile.
+
+        `last`: that store hears of it only once every other store it touches has answered (it
+        keeps its place among the pushes to that store): a new primary full-syncs its replicas as
+        soon as it hears, and a replica that has not heard yet refuses the sync."""
         applied = self.cluster.apply(changes, epoch_floor)
         messages = {}
         if applied.changed and push:
@@ -132,35 +186,73 @@ class Pusher:
                 name: assign_message(self.cluster, name, slots, confirm=False, replication=self.settings.replication)
                 for name, slots in applied.touched.items()
             }
-        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait))
+        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait, last))
 
-    async def _commit(self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool) -> int:
+    async def _commit(
+        self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool, last: str | None
+    ) -> int:
         if not applied.changed:
             return 0
         await self.persist()  # rule 4: on disk before any store hears of it
         log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
-        pushes = [
-            self._send_later(name, args)
-            for name, args in messages.items()
-            if self.cluster.registry.is_up(name)  # up now, after the write
-        ]
+        up = {name: args for name, args in messages.items() if self.cluster.registry.is_up(name)}  # after the write
+        pushes = [self._send_later(name, args) for name, args in up.items() if name != last]
+        if last in up:
+            others = asyncio.gather(*pushes, return_exceptions=True) if pushes else None
+            pushes.append(self._send_later(last, up[last], after=others))
         if wait:
             await asyncio.gather(*pushes, return_exceptions=True)
         self.watch.changed()
         return len(applied.slots)
 
-    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Task[None]:
-        """Push in the background, in order per store (a dying store must not hold up the map)."""
+    def _send_later(
+        self, name: str, args: dict[str, Any], *, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[None]:
+        """Push in the background, in order per store (a dying store must not hold up the map),
+        once `after` is done; done once the store answered (or failed to)."""
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(name, []).append(_Queued(args, sent, after))
+        sender = self._senders.get(name)
+        if sender is None or sender.done():
+            self._senders[name] = self._spawn(self._sender(name))
+        return sent
+
+    def pushing(self, name: str) -> bool:
+        """Pushes to `name` are queued or in flight, and none failed since its last whole
+        assignment: they bring it up to date with the map."""
+        sender = self._senders.get(name)
+        on_their_way = bool(self._queued.get(name)) or (sender is not None and not sender.done())
+        return on_their_way and name not in self._missed
+
+    async def _sender(self, name: str) -> None:
+        """One per store with pushes queued: sends what queued up while the previous frame was in
+        flight (or push_all held the lock) together, one frame after the other."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
-
-        async def push() -> None:
+        while self._queued.get(name):
             async with lock:
-                try:
-                    await self._send(name, args)
-                except errors.SnapkvError:
-                    pass  # the store is failing: health checks decide; a returning store gets push_all
+                await self._send_queued(name)
 
-        return self._spawn(push())
+    async def _send_queued(self, name: str) -> None:
+        """What is queued for `name` now, in order; the caller holds its push lock."""
+        batch, part = self._queued.pop(name, []), []
+        try:
+            while batch:
+                # a push that waits starts a frame: what was queued before it goes out first
+                cut = next((i for i, q in enumerate(batch) if i and q.after is not None), len(batch))
+                part, batch = batch[:cut], batch[cut:]
+                if part[0].after is not None:
+                    await asyncio.wait([part[0].after])
+                for frame, count in coalesce([q.args for q in part]):
+                    try:
+                        await self._send(name, frame)
+                    except errors.SnapkvError:
+                        self._missed.add(name)  # the store is failing: health checks decide; push_all follows
+                    for q in part[:count]:
+                        q.sent.set_result(None)
+                    part = part[count:]
+        finally:
+            for q in [*part, *batch]:
+                q.sent.cancel()  # stopped
 
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:
@@ -186,6 +278,7 @@ class Pusher:
         for attempt in range(20):
             try:
                 async with lock:  # read the map under the lock: no later push may overtake this one
+                    await self._send_queued(name)  # nor may it overtake an earlier one
                     held = self.cluster.slotmap.slots_of(name)
                     slots = sorted(held["primary"] + held["replica"])
                     args = assign_message(
@@ -194,6 +287,7 @@ class Pusher:
                     # what it says is on disk once a write that starts after this call ends (rule 4)
                     await self.persist()
                     await self._send(name, args)
+                    self._missed.discard(name)
                 if self.cluster.confirmed(name):
                     self.persist_later()  # remember this incarnation as trusted across restarts
                 self.watch.changed()

@@ -103,9 +103,13 @@ class Router:
                 last = exc
                 if exc.invalid_metadata:
                     # the store has not heard of this epoch yet (a push in flight), or lost its assignment;
-                    # a restarted store comes back through registration, never through a push from here
-                    if not exc.detail.get("unconfirmed") and (
-                        exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3
+                    # a restarted store comes back through registration, never through a push from here;
+                    # one the map moved the slot off meanwhile (a switch went ahead) was right
+                    still_owner = target == entry.primary or (replica_read and target in entry.isr)
+                    if (
+                        still_owner
+                        and not exc.detail.get("unconfirmed")
+                        and (exc.detail.get("epoch", 0) >= entry.epoch or attempt >= 3)
                     ):
                         control.stale(target)
                 else:

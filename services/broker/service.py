@@ -52,7 +52,8 @@ class _Control:
         self._health.check_soon(name)
 
     def stale(self, name: str) -> None:
-        self._pusher.push_all(name)
+        if not self._pusher.pushing(name):  # one on its way brings it up to date: no whole assignment
+            self._pusher.push_all(name)
 
     async def wait_changed(self, timeout: float) -> None:
         await self._watch.wait(timeout)

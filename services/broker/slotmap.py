@@ -6,6 +6,7 @@ store can tell an old assignment from a new one (rules 1 and 3).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ class SlotMap:
     def __init__(self, slots: int = SLOTS) -> None:
         self.epoch = 0
         self.entries = [SlotEntry() for _ in range(slots)]
+        self._text = [""] * slots  # each entry as JSON (to_json_text), but for the stale ones
+        self._stale = set(range(slots))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -65,6 +68,7 @@ class SlotMap:
             if c.primary != e.primary:
                 e.leader_epoch = self.epoch
             e.primary, e.replicas, e.isr, e.epoch = c.primary, list(c.replicas), list(c.isr), self.epoch
+            self._stale.add(c.slot)
         return self.epoch
 
     def _differs(self, c: Change) -> bool:
@@ -141,6 +145,14 @@ class SlotMap:
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "slots": [e.to_json() for e in self.entries]}
+
+    def to_json_text(self) -> str:
+        """`to_json` as compact JSON text, each entry encoded again only after it changed: saving
+        the map after a change of a few slots costs a join, not an encoding of all of them."""
+        for slot in self._stale:
+            self._text[slot] = json.dumps(self.entries[slot].to_json(), separators=(",", ":"))
+        self._stale.clear()
+        return f'{{"epoch":{self.epoch},"slots":[{",".join(self._text)}]}}'
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SlotMap:

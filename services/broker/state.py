@@ -27,12 +27,14 @@ def load(data_dir: str) -> dict[str, Any] | None:
         return None
 
 
-def save(data_dir: str, state: dict[str, Any]) -> None:
+def save(data_dir: str, text: str) -> None:
+    """Write `text` (ClusterState.snapshot_text, encoded in the caller's thread: here only system
+    calls, which let the event loop run)."""
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, FILE)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(state, separators=(",", ":")))  # the C encoder: json.dump streams in Python
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

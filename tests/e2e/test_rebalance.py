@@ -15,6 +15,10 @@ from support.procs import LocalCluster, http
 
 SLOTS = 4096
 SHARE_WITHIN = 60.0  # seconds for a joined store to hold its share (the issue's figure)
+# a switch holds its slot's requests for a disk write and two pushes: ~80 ms median with the
+# joined store's moves and 8 clients on a loaded 2-core machine (230-800 ms when every push
+# queued behind the others to its store); the bound leaves room for the machine's noise
+MEDIAN_SWITCH_MS = 150.0
 
 
 def preload(cluster: LocalCluster, keys: int, prefix: str = "pre") -> dict[str, str]:
@@ -107,11 +111,14 @@ def test_a_joined_store_takes_its_share_while_clients_run_with_no_failed_request
     print(f"joined store: share (25% +- 5%) after {share:.1f}s, every move done after {done:.1f}s: {held}")
     pauses = f"median {view['median_switch_ms']} ms, longest {view['longest_switch_ms']} ms"
     print(f"moves: {view['moved']}, switch pause {pauses}")
+    wrote = [round(t * 1000) for t in sorted(workload.write_latency)]
+    print(f"write latency p50 {wrote[len(wrote) // 2]} ms, p99 {wrote[len(wrote) * 99 // 100]} ms, max {wrote[-1]} ms")
     metrics = http("GET", f"{c.url}/metrics")[1].decode()
     assert f'snapkv_broker_slot_moves_total{{reason="join"}} {float(view["moved"]["join"])}' in metrics
     assert "snapkv_broker_slot_switch_seconds_count" in metrics
     print(f"clients: {workload.writes} writes, {workload.reads} reads during the join")
     no_failures(workload)
+    assert view["median_switch_ms"] < MEDIAN_SWITCH_MS, pauses
     assert all(abs(p - SLOTS / 4) <= 2 and abs(r - SLOTS / 4) <= 2 for p, r in held.values()), held
     assert copies_ok(cluster_view(c), sites_of(c), 2)
     assert asyncio.run(workload.verify()) == []

@@ -94,6 +94,31 @@ async def test_a_store_on_a_newer_epoch_gets_a_push_and_the_write_is_retried():
     assert control.pushed == ["p"] and len(conns["p"].calls) == 2
 
 
+class Demoted(FakeConn):
+    """The primary that answers `wrong_owner` because the slot just moved off it (a live switch
+    went ahead while this request was in flight): the map already says so."""
+
+    def __init__(self, cluster: ClusterState) -> None:
+        super().__init__([])
+        self.cluster = cluster
+
+    async def call(self, op: str, args: Any, timeout: float = 5.0) -> Any:
+        self.calls.append((op, args))
+        epoch = self.cluster.slotmap.apply([Change(SLOT, "r", ["p"], ["p"])])
+        raise errors.WrongOwner("not primary", slot=SLOT, epoch=epoch)
+
+
+async def test_a_request_on_a_primary_that_the_map_moved_away_meanwhile_goes_to_the_new_one_and_pushes_nothing():
+    conns: dict[str, FakeConn] = {"r": FakeConn([[7, [True]]])}
+    cluster = cluster_with({"p": FakeConn([]), **conns})
+    conns["p"] = Demoted(cluster)
+    control = FakeControl()
+    router = Router(cluster, FakePool(conns), control, Settings())  # type: ignore[arg-type]
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == (7, [True])
+    assert len(conns["p"].calls) == 1 and len(conns["r"].calls) == 1
+    assert control.pushed == []  # its answer matched the map: no whole assignment pushed to it
+
+
 async def test_an_unconfirmed_store_is_not_pushed_to_it_waits_for_registration():
     restarted = errors.WrongOwner("restarted", slot=SLOT, unconfirmed=True)
     conns = {"p": FakeConn([restarted, [7, [True]]]), "r": FakeConn([])}

@@ -1,6 +1,8 @@
 """ClusterState, the broker's pure state: what a map change touches, the store status transitions
 and what a registration asks of the I/O side (push, catch-up, save, bootstrap)."""
 
+import json
+
 import pytest
 
 from snapkv.broker.clusterstate import ClusterState, NodeStatus, Registration
@@ -75,6 +77,7 @@ def test_saved_state_comes_back_with_every_store_down_until_it_answers():
     back.restore(saved, now=5.0)
     assert back.loaded and back.cluster_id == state.cluster_id
     assert back.snapshot_state() == saved
+    assert json.loads(back.snapshot_text()) == json.loads(state.snapshot_text()) == saved  # what state.save writes
     assert {n.status for n in back.registry.nodes.values()} == {NodeStatus.DOWN}
     assert back.registry.nodes["a"].trusted_boot == "boot-a" and back.any_down()
 

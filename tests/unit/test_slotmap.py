@@ -1,3 +1,6 @@
+import json
+import random
+
 from snapkv.broker.slotmap import Change, SlotMap
 
 
@@ -43,6 +46,23 @@ def test_json_round_trip_and_counts():
     assert again.to_json() == m.to_json()
     assert again.counts() == {"a": {"primary": 4, "replica": 0}, "b": {"primary": 0, "replica": 4}}
     assert again.slots_of("b") == {"primary": [], "replica": [0, 1, 2, 3]}
+
+
+def test_the_json_text_is_the_json_encoded_after_every_change_whatever_was_encoded_before():
+    rng = random.Random(7)
+    m = SlotMap(64)
+    names = ["a", "b", "c", None]
+    for _ in range(200):
+        changes = []
+        for slot in rng.sample(range(64), rng.randint(1, 5)):
+            primary = rng.choice(names)
+            replicas = [n for n in names[:3] if n != primary and rng.random() < 0.5]
+            changes.append(Change(slot, primary, replicas, [r for r in replicas if rng.random() < 0.5]))
+        m.apply(changes)
+        if rng.random() < 0.3:
+            assert m.to_json_text() == json.dumps(m.to_json(), separators=(",", ":"))
+    assert json.loads(m.to_json_text()) == m.to_json()
+    assert SlotMap.from_json(json.loads(m.to_json_text())).to_json() == m.to_json()
 
 
 def test_leader_epoch_moves_only_when_the_primary_changes():

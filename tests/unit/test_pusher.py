@@ -1,0 +1,168 @@
+"""The pusher against fake store connections: a change is on disk before any store hears of it
+(rule 4), pushes to one store go out in order, what queues up behind a push in flight goes out
+together (so a push waits behind at most one other), and a store named `last` hears of a change
+only once the others answered, in its place among the pushes to it."""
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from snapkv.broker import state
+from snapkv.broker.clusterstate import ClusterState
+from snapkv.broker.pusher import Pusher, coalesce
+from snapkv.broker.slotmap import Change
+from snapkv.broker.watch import Watch
+from snapkv.common.config import Settings
+from snapkv.common.records import Drop, SlotAssignment
+
+
+def message(*slots: int, drop: tuple[int, ...] = ()) -> dict[str, Any]:
+    return {
+        "slots": [SlotAssignment(s, 1, "primary", [], [], 1) for s in slots],
+        "drop": [Drop(s, 1, None) for s in drop],
+        "confirm": False,
+        "full": False,
+        "cluster": "c",
+        "replication": "sync",
+    }
+
+
+def named(frame: dict[str, Any]) -> list[int]:
+    return [a.slot for a in frame["slots"]] + [d.slot for d in frame["drop"]]
+
+
+def test_coalesce_joins_messages_on_disjoint_slots_and_starts_a_frame_where_a_slot_comes_again():
+    frames = coalesce([message(1, 2), message(3, drop=(4,)), message(5), message(3), message(6, drop=(1,))])
+    assert [(named(f), n) for f, n in frames] == [([1, 2, 3, 5, 4], 3), ([3, 6, 1], 2)]
+    assert frames[0][0]["cluster"] == "c" and not frames[0][0]["full"] and not frames[0][0]["confirm"]
+    assert coalesce([message(7)]) == [(message(7), 1)]
+
+
+class SlowStore:
+    """A store connection whose answers the test releases one at a time; it records what it got
+    and what the broker had on disk at that moment."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.frames: list[dict[str, Any]] = []
+        self.on_disk: list[int] = []  # the saved map's epoch when each frame arrived
+        self.answer = asyncio.Semaphore(0)
+
+    async def call(self, op: str, args: Any, timeout: float = 5.0) -> Any:
+        self.frames.append(args)
+        saved = state.load(self.data_dir)
+        self.on_disk.append(saved["map"]["epoch"] if saved else -1)
+        await self.answer.acquire()
+        return {"ok": True}
+
+
+class OnePool:
+    def __init__(self, conn: SlowStore) -> None:
+        self.conn = conn
+
+    def get(self, key: str, address: str) -> SlowStore:
+        return self.conn
+
+
+class Pool:
+    def __init__(self, conns: dict[str, SlowStore]) -> None:
+        self.conns = conns
+
+    def get(self, key: str, address: str) -> SlowStore:
+        return self.conns[key]
+
+
+async def no_catch_up(name: str) -> None:
+    pass
+
+
+async def test_pushes_queued_behind_one_in_flight_go_out_as_one_frame_in_order_after_the_disk(tmp_path):
+    cluster = ClusterState(1, slots=16)
+    cluster.registry.register("a", "127.0.0.1:7000", "", 0.0)
+    store = SlowStore(str(tmp_path))
+    pusher = Pusher(cluster, OnePool(store), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    first = pusher.stage([Change(0, "a", [], [])], "test", wait=True)
+    while not store.frames:
+        await asyncio.sleep(0.001)
+    # five more changes while the first push waits for its answer: each its own epoch
+    later = [pusher.stage([Change(s, "a", [], [])], "test", wait=True) for s in range(1, 6)]
+    await asyncio.sleep(0.05)
+    assert len(store.frames) == 1 and not any(t.done() for t in later)
+    store.answer.release()
+    await first
+    while len(store.frames) < 2:
+        await asyncio.sleep(0.001)
+    assert [a.slot for a in store.frames[1]["slots"]] == [1, 2, 3, 4, 5]
+    assert [a.epoch for a in store.frames[1]["slots"]] == [2, 3, 4, 5, 6]
+    assert store.on_disk == [1, 6]  # rule 4: everything a frame says was on disk when it went out
+    store.answer.release()
+    assert await asyncio.gather(*later) == [1] * 5
+    assert len(store.frames) == 2
+    with open(os.path.join(tmp_path, state.FILE)) as fh:
+        assert json.load(fh)["map"]["epoch"] == 6
+    await pusher.stop()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_the_store_named_last_hears_only_once_the_others_answered_and_keeps_its_order(tmp_path):
+    cluster = ClusterState(2, slots=16)
+    for i, name in enumerate("abc"):
+        cluster.registry.register(name, f"127.0.0.1:{7000 + i}", "", 0.0)
+    cluster.apply([Change(0, "a", ["b", "c"], ["b", "c"])])
+    conns = {name: SlowStore(str(tmp_path)) for name in "abc"}
+    pusher = Pusher(cluster, Pool(conns), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    # the switch: b becomes primary, a a replica in the ISR
+    switch = pusher.stage([Change(0, "b", ["a", "c"], ["a", "c"])], "move", wait=True, last="b")
+    while not (conns["a"].frames and conns["c"].frames):
+        await asyncio.sleep(0.001)
+    later = pusher.stage([Change(1, "b", [], [])], "later")  # staged after the switch, for b only
+    await settle()
+    assert conns["b"].frames == []  # neither the switch nor what came after it
+    conns["a"].answer.release()
+    await settle()
+    assert conns["b"].frames == []  # c has not answered yet
+    conns["c"].answer.release()
+    while not conns["b"].frames:
+        await asyncio.sleep(0.001)
+    assert [(a.slot, a.role) for a in conns["b"].frames[0]["slots"]] == [(0, "primary")]  # the switch first
+    await settle()
+    assert not switch.done() and len(conns["b"].frames) == 1
+    conns["b"].answer.release()
+    assert await switch == 1
+    while len(conns["b"].frames) < 2:
+        await asyncio.sleep(0.001)
+    assert [(a.slot, a.role) for a in conns["b"].frames[1]["slots"]] == [(1, "primary")]
+    conns["b"].answer.release()
+    assert await later == 1
+    await pusher.stop()
+
+
+async def test_a_whole_assignment_goes_out_after_what_was_queued_before_it_and_no_stale_push_while_one_is_on_its_way(
+    tmp_path,
+):
+    cluster = ClusterState(1, slots=16)
+    cluster.registry.register("a", "127.0.0.1:7000", "", 0.0)
+    store = SlowStore(str(tmp_path))
+    pusher = Pusher(cluster, OnePool(store), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
+    assert not pusher.pushing("a")
+    pusher.stage([Change(0, "a", [], [])], "test")
+    while not store.frames:
+        await asyncio.sleep(0.001)
+    await pusher.stage([Change(1, "a", [], [])], "test")  # queued behind the frame in flight
+    assert pusher.pushing("a")  # the router asks for no whole assignment: these bring it up to date
+    pusher.push_all("a")
+    await settle()
+    for _ in range(3):
+        store.answer.release()
+    while len(store.frames) < 3:
+        await asyncio.sleep(0.001)
+    assert [bool(f["confirm"]) for f in store.frames] == [False, False, True]  # never older after it
+    assert [a.slot for a in store.frames[1]["slots"]] == [1]
+    while pusher.pushing("a"):
+        await asyncio.sleep(0.001)
+    await pusher.stop()
