@@ -48,16 +48,6 @@ class Aborted(Exception):
     pass
 
 
-class _Settled:
-    """`slot in settled`: not moved in the last COOLDOWN seconds."""
-
-    def __init__(self, recent: set[int]) -> None:
-        self._recent = recent
-
-    def __contains__(self, slot: object) -> bool:
-        return slot not in self._recent
-
-
 @dataclass
 class Running:
     move: Move
@@ -98,20 +88,16 @@ class Migrator:
         self.last_end = 0.0  # monotonic time the last move ended: load read before says little
 
     # -- what runs ------------------------------------------------------------------------------
-    def slots(self) -> set[int]:
-        return set(self.running)
-
-    def unsettled(self) -> set[int]:
-        """Slots moving now or a moment ago: their copies' reported positions say little yet."""
-        self.settled()  # forget the old ones
-        return set(self.running) | set(self._ended)
-
-    def settled(self) -> _Settled:
-        """Slots whose last move ended more than COOLDOWN ago (or never moved)."""
+    def recent(self) -> set[int]:
+        """Slots whose last move ended less than COOLDOWN ago: they stay where they are for now."""
         now = time.monotonic()
         for slot in [s for s, t in self._ended.items() if now - t >= COOLDOWN]:
             del self._ended[slot]
-        return _Settled(set(self._ended))
+        return set(self._ended)
+
+    def unsettled(self) -> set[int]:
+        """Slots moving now or a moment ago: their copies' reported positions say little yet."""
+        return set(self.running) | self.recent()
 
     def busy(self) -> dict[str, int]:
         """Moves running per store, in and out."""

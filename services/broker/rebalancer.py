@@ -96,13 +96,13 @@ class Rebalancer:
         c = self.cluster
         if not c.slotmap.assigned or self._in_grace() or c.unsettled():
             return []
-        moving = self.migrator.slots()
-        settled = self.migrator.settled() if cooldown else range(len(c.slotmap))
+        moving = set(self.migrator.running)
+        recent = self.migrator.recent() if cooldown else set()
         copies = c.copies_wanted
         skip = {
             s
             for s in range(len(c.slotmap))
-            if s in moving or s not in settled or c.slotmap.state(s, c.registry.is_up, copies) != OK
+            if s in moving or s in recent or c.slotmap.state(s, c.registry.is_up, copies) != OK
         }
         room = self.settings.max_moves - len(moving) if limit is None else limit
         if room <= 0:
@@ -225,11 +225,11 @@ class Rebalancer:
         for slot in [s for s, t in self._load_moved.items() if now - t >= LOAD_HOLD]:
             del self._load_moved[slot]
         copies = c.copies_wanted
-        settled = self.migrator.settled()
+        recent = self.migrator.recent()
         skip = {
             s
             for s in range(len(c.slotmap))
-            if s in self._load_moved or s not in settled or c.slotmap.state(s, c.registry.is_up, copies) != OK
+            if s in self._load_moved or s in recent or c.slotmap.state(s, c.registry.is_up, copies) != OK
         }
         hot: dict[str, list[tuple[int, float]]] = {}
         for name in staying:
