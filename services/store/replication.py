@@ -3,27 +3,34 @@
 The primary streams every mutation of a slot to its replicas in seq order and commits a write
 once every in-sync replica (ISR, owned by the broker) has applied and logged it. A replica that
 is new, returns, or misses mutations gets a full sync: a point-in-time copy of the slot taken in
-one loop turn, sent ahead of every later mutation on the same ordered connection; once it has
-acknowledged, the primary asks the broker to add it to the ISR. A replica that fails is removed
-from the ISR through the broker before any write commits without it.
+one loop turn, sent in bounded chunks (slotcopy.py), one per loop turn and under the store's
+sync byte-rate cap; the slot's mutations from that point on are held back and sent right behind
+the last chunk, on the same ordered connection. The replica assembles the chunks aside, logs each
+as it comes, and replaces its copy only with the last one; once it has acknowledged, the primary
+asks the broker to add it to the ISR. A replica that fails is removed from the ISR through the
+broker before any write commits without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from ..common import errors, records, wire
 from ..common.pool import Pool
-from ..common.records import PRIMARY, REPLICA, Member, Mutation, SlotExport, SyncItem
+from ..common.records import PRIMARY, REPLICA, CopyEnd, CopyPart, Member, Mutation, SlotExport, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
+from .engine import SlotData
 from .node import then
+from .slotcopy import RateLimit, SlotBuilder, SlotCopy
 from .tracker import SlotTracker
 from .waiters import SeqWaiters
 
@@ -35,13 +42,45 @@ log = logging.getLogger("snapkv.replication")
 REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
 SYNC_TIMEOUT = 60.0
 NEWER = "newer"  # a full sync refused: this replica holds a newer in-sync copy of the slot
-SYNC_BATCH = 256  # slots per full-sync message
+SYNC_BATCH = 256  # slots copied before their answers are awaited together
+SYNC_WINDOW = 1 << 20  # bytes of full-sync chunks sent and not yet answered, per replica
 ISR_COALESCE = 0.01  # seconds to gather ISR changes into one request (one epoch, one persist)
+
+
+@dataclass
+class _Copy:
+    """Primary side: one slot's full sync to one replica, on its way."""
+
+    slot: int
+    name: str
+    address: str
+    epoch: int
+    stream: int  # the tracker's stream this copy starts
+    sync: int
+    source: SlotCopy
+    held: list[Mutation] = field(default_factory=list)  # the slot's mutations since the copy was taken
+
+
+@dataclass
+class _Staged:
+    """Replica side: a full sync in chunks being assembled, aside from the copy the slot serves."""
+
+    sync: int
+    leader_epoch: int
+    segment: int  # the log segment its parts went to: one rotation in between voids it
+    builder: SlotBuilder = field(default_factory=SlotBuilder)
+    next: int = 0
 
 
 class Replicator:
     def __init__(
-        self, node: StoreNode, session: aiohttp.ClientSession, broker_base: str, token: str, mode: str = "sync"
+        self,
+        node: StoreNode,
+        session: aiohttp.ClientSession,
+        broker_base: str,
+        token: str,
+        mode: str = "sync",
+        sync_rate: float = 0.0,
     ) -> None:
         self.node = node
         self.session = session
@@ -53,6 +92,10 @@ class Replicator:
         self._waiters: dict[int, SeqWaiters] = {}  # slot -> commits waiting for acknowledgements
         self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
         self._sync_tasks: dict[str, asyncio.Task[None]] = {}
+        self._copying: dict[tuple[int, str], _Copy] = {}  # (slot, replica) -> its full sync on its way
+        self.sync_rate = RateLimit(sync_rate)  # bytes/s of full-sync chunks this store sends; 0 = no cap
+        self.sync_bytes = 0  # full-sync bytes sent
+        self._staged: dict[int, _Staged] = {}  # replica side: slot -> full sync being assembled
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
         self._isr_inflight: set[tuple[int, str, str]] = set()
         self._isr_task: asyncio.Task[None] | None = None
@@ -91,7 +134,12 @@ class Replicator:
         if tracker is not None:
             for name, address in self._replicas(a):
                 stream = tracker.stream_of.get(name)
-                if stream is not None:
+                if stream is None:
+                    continue
+                copy = self._copying.get((slot, name)) if self._copying else None
+                if copy is not None and copy.stream == stream:
+                    copy.held.append(mutation)  # goes right behind the copy's last chunk (rule 5)
+                else:
                     self._send(slot, name, address, mutation, stream)
         # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
         if self.mode == "async":
@@ -166,6 +214,11 @@ class Replicator:
 
     # -- assignments ----------------------------------------------------------------------------
     def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:
+        staged = self._staged.get(slot)
+        if staged is not None and (
+            current is None or current.role != REPLICA or current.leader_epoch != staged.leader_epoch
+        ):
+            del self._staged[slot]  # that copy will never be finished: a new primary syncs us afresh
         if current is None or current.role != PRIMARY:
             self.slots.pop(slot, None)
             self._fail_waiters(slot)
@@ -198,39 +251,49 @@ class Replicator:
         while self._to_sync.get(name) and self.node.confirmed:
             pending = self._to_sync[name]
             batch = sorted(pending)[:SYNC_BATCH]
-            items, address = self._export(name, batch)
             pending.difference_update(batch)
-            if not items:
+            window: dict[asyncio.Future[Any], int] = {}  # chunks not answered yet -> bytes
+            answers: list[tuple[_Copy, asyncio.Future[Any]]] = []
+            for slot in batch:
+                copy = self._take_copy(name, slot)
+                if copy is not None:
+                    answers.append((copy, await self._send_copy(copy, window)))
+                    await asyncio.sleep(0)  # one chunk per loop turn, small slots too
+            if not answers:
                 continue
-            try:
-                results = await self.peers.get(name, address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
-                failures = 0
-            except errors.SnapkvError as exc:
-                failures += 1
-                for slot, _epoch, _export in items:
-                    if (tracker := self.slots.get(slot)) is not None:
-                        tracker.sync_failed(name)
-                    pending.add(slot)
-                if failures in (1, 20):
-                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(items), exc.code)
-                await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
-                continue
-            for (slot, _epoch, export), ok in zip(items, results):
+            results = await asyncio.gather(*(answer for _, answer in answers), return_exceptions=True)
+            error: BaseException | None = None
+            refused = False
+            for (copy, _), ok in zip(answers, results):
+                slot = copy.slot
+                if self._copying.get((slot, name)) is copy:
+                    del self._copying[(slot, name)]
                 a = self.node.assignments.get(slot)
                 tracker = self.slots.get(slot)
-                if a is None or a.role != PRIMARY or tracker is None or name not in tracker.stream_of:
+                if isinstance(ok, BaseException):
+                    error = ok
+                if a is None or a.role != PRIMARY or tracker is None or tracker.stream_of.get(name) != copy.stream:
                     continue
                 if ok is not True:
                     tracker.sync_failed(name)
                     pending.add(slot)
+                    refused = refused or not isinstance(ok, BaseException)
                     if ok == NEWER:
                         self._replica_newer(slot, name)
                     continue
                 # from now on commits wait for this replica; it joins once caught up to here
-                if tracker.synced(name, export.seq, a.isr, self.node.engine.slot(slot).seq):
+                if tracker.synced(name, copy.source.seq, a.isr, self.node.engine.slot(slot).seq):
                     self._request_isr(slot, a.epoch, "add", name)
                 self._check(slot)
-            if any(not ok for ok in results):
+            if error is not None:
+                failures += 1
+                if failures in (1, 20):
+                    code = error.code if isinstance(error, errors.SnapkvError) else repr(error)
+                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(answers), code)
+                await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
+                continue
+            failures = 0
+            if refused:
                 await asyncio.sleep(0.2)
 
     def _replica_newer(self, slot: int, name: str) -> None:
@@ -238,21 +301,78 @@ class Replicator:
         if self.on_behind is not None:
             self.on_behind(slot)  # the broker hands the slot to that replica
 
-    def _export(self, name: str, slots: list[int]) -> tuple[list[SyncItem], str]:
-        """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""
-        items = []
-        address = ""
-        for slot in slots:
-            a = self.node.assignments.get(slot)
-            if a is None or a.role != PRIMARY:
-                continue
-            member = next((m for m in self._replicas(a) if m[0] == name), None)
-            if member is None:
-                continue
-            address = member[1]
-            items.append(SyncItem(slot, a.epoch, self.node.engine.export_slot(slot)))
-            self.slots.setdefault(slot, SlotTracker()).exported(name)
-        return items, address
+    def _take_copy(self, name: str, slot: int) -> _Copy | None:
+        """A point-in-time copy of the slot for `name` (one loop turn, rule 5); from here on the
+        slot's mutations for `name` are held until the copy's last chunk is on its way."""
+        a = self.node.assignments.get(slot)
+        if a is None or a.role != PRIMARY:
+            return None
+        member = next((m for m in self._replicas(a) if m[0] == name), None)
+        if member is None:
+            return None
+        tracker = self.slots.setdefault(slot, SlotTracker())
+        tracker.exported(name)
+        source = SlotCopy(self.node.engine.slots.get(slot) or SlotData())
+        copy = _Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], random.getrandbits(62), source)
+        self._copying[(slot, name)] = copy
+        return copy
+
+    def _still_wanted(self, copy: _Copy) -> bool:
+        a = self.node.assignments.get(copy.slot)
+        tracker = self.slots.get(copy.slot)
+        return (
+            not self._closed
+            and a is not None
+            and a.role == PRIMARY
+            and tracker is not None
+            and tracker.stream_of.get(copy.name) == copy.stream
+            and self._copying.get((copy.slot, copy.name)) is copy
+        )
+
+    async def _send_copy(self, copy: _Copy, window: dict[asyncio.Future[Any], int]) -> asyncio.Future[Any]:
+        """Send the copy's chunks, one per loop turn, under the rate cap and with at most
+        SYNC_WINDOW bytes unanswered; the held mutations follow the last chunk at once. Returns a
+        future of the replica's answer to the whole copy (True, False or NEWER)."""
+        loop = asyncio.get_running_loop()
+        client = self.peers.get(copy.name, copy.address)
+        source = copy.source
+        chunks: list[asyncio.Future[Any]] = []
+        while True:
+            flat, size = source.chunk()
+            last = source.done
+            chunk = SyncChunk(
+                copy.slot,
+                copy.epoch,
+                copy.sync,
+                source.index - 1,
+                source.data_epoch,
+                source.seq,
+                flat,
+                source.recent if last else None,
+            )
+            delay = self.sync_rate.delay(size, loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while window and sum(window.values()) >= SYNC_WINDOW:
+                await asyncio.wait(list(window), return_when=asyncio.FIRST_COMPLETED)
+            if not self._still_wanted(copy) or any(_refused(f) for f in chunks):
+                # the mutations stay held until the answer voids the stream: a replica that kept
+                # its own copy must not take them as a gap against its ISR membership
+                return _answer(chunks, stopped=True)
+            fut = asyncio.ensure_future(client.call(wire.OP_SYNC_CHUNK, chunk, timeout=SYNC_TIMEOUT))
+            window[fut] = size
+            fut.add_done_callback(lambda f: window.pop(f, None))
+            chunks.append(fut)
+            self.sync_bytes += size
+            if last:
+                # right behind the last chunk on the same connection: the replica applies them to
+                # the copy it has just taken
+                held, copy.held = copy.held, []
+                del self._copying[(copy.slot, copy.name)]
+                for mutation in held:
+                    self._send(copy.slot, copy.name, copy.address, mutation, copy.stream)
+                return _answer(chunks, stopped=False)
+            await asyncio.sleep(0)  # one chunk per loop turn
 
     # -- ISR changes through the broker (rule 1) ------------------------------------------------
     def _request_isr(self, slot: int, epoch: int, action: str, name: str) -> None:
@@ -359,3 +479,97 @@ class Replicator:
         node.dirty = True
         assert node.wal is not None
         return then(node.wal.durable(), results)
+
+    def op_sync_chunk(self, chunk: SyncChunk) -> Any:
+        """One chunk of a full sync: assembled aside and logged as a part; the last one replaces
+        the slot's copy and is answered once its log record is written (rules 5, 6). The log
+        holds the copy whole or not at all: recovery takes it only from its end record."""
+        node = self.node
+        slot = chunk.slot
+        assert node.wal is not None
+        wal = node.wal
+        a = node.assignments.get(slot)
+        if a is None or a.role != REPLICA or chunk.epoch < a.leader_epoch:
+            self._staged.pop(slot, None)
+            return False
+        segment = getattr(wal, "segment", 0)
+        staged = self._staged.get(slot)
+        if chunk.part == 0:
+            if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
+                self._staged.pop(slot, None)
+                return NEWER
+            staged = self._staged[slot] = _Staged(chunk.sync, a.leader_epoch, segment)
+        elif staged is None or staged.sync != chunk.sync or staged.next != chunk.part or staged.segment != segment:
+            # a chunk lost on a dropped connection, or a snapshot rotated the log between this
+            # copy's parts (recovery from it would find an end without its parts): start over
+            self._staged.pop(slot, None)
+            return False
+        last = chunk.recent is not None
+        if last and chunk.part == 0:  # the whole slot in one chunk: the record it always was
+            del self._staged[slot]
+            return self._install(slot, a, SlotExport(slot, chunk.data_epoch, chunk.seq, chunk.flat, chunk.recent or []))
+        staged.builder.add(chunk.flat)
+        staged.next += 1
+        wal.append(walmod.RESET_PART, CopyPart(slot, chunk.sync, chunk.part, chunk.flat))
+        if not last:
+            return True
+        del self._staged[slot]
+        if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
+            return NEWER
+        self._copied_under[slot] = a.leader_epoch
+        head = SlotExport(slot, chunk.data_epoch, chunk.seq, [], chunk.recent or [])
+        node.engine.install(slot, staged.builder.finish(chunk.data_epoch, chunk.seq, head.recent))
+        wal.append(walmod.RESET_END, CopyEnd(chunk.sync, staged.next, head))
+        node.dirty = True
+        return then(wal.durable(), True)
+
+    def _refuses(self, slot: int, a: Assignment, data_epoch: int, seq: int) -> bool:
+        if not self._would_go_back(slot, a, SlotExport(slot, data_epoch, seq, [], [])):
+            return False
+        data = self.node.engine.slot(slot)
+        log.error(
+            "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
+            slot,
+            (data.data_epoch, data.seq),
+            (data_epoch, seq),
+        )
+        return True
+
+    def _install(self, slot: int, a: Assignment, record: SlotExport) -> Any:
+        node = self.node
+        assert node.wal is not None
+        self._copied_under[slot] = a.leader_epoch
+        node.engine.import_slot(record)
+        node.wal.append(walmod.RESET, record)
+        node.dirty = True
+        return then(node.wal.durable(), True)
+
+
+def _refused(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and (fut.cancelled() or fut.exception() is not None or fut.result() is not True)
+
+
+def _answer(chunks: list[asyncio.Future[Any]], *, stopped: bool) -> asyncio.Future[Any]:
+    """The replica's answer to a whole copy: its last chunk's, once every chunk is answered; the
+    first error or refusal decides. A copy stopped before its end answers False."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    remaining = [len(chunks)]
+
+    def one(f: asyncio.Future[Any]) -> None:
+        remaining[0] -= 1
+        if out.done():
+            return
+        if f.cancelled():
+            out.set_exception(errors.Unavailable("full sync cancelled"))
+        elif f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        elif f.result() is not True:
+            out.set_result(f.result())
+        elif remaining[0] == 0:
+            out.set_result(not stopped)
+
+    if not chunks:
+        out.set_result(False)
+    for f in chunks:
+        f.add_done_callback(one)
+    return out

@@ -22,12 +22,23 @@ from collections import deque
 from typing import Any
 
 from ..common import errors
-from .formats import ASSIGN, DROP, MUTATION, RESET, LogBody, encode_log, split_log
+from .formats import ASSIGN, DROP, MUTATION, RESET, RESET_END, RESET_PART, LogBody, encode_log, split_log
 from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.wal")
 
-__all__ = ["ASSIGN", "DROP", "MUTATION", "RESET", "Wal", "list_segments", "read_segment", "segment_name"]
+__all__ = [
+    "ASSIGN",
+    "DROP",
+    "MUTATION",
+    "RESET",
+    "RESET_END",
+    "RESET_PART",
+    "Wal",
+    "list_segments",
+    "read_segment",
+    "segment_name",
+]
 
 
 def segment_name(number: int) -> str:
