@@ -53,9 +53,10 @@ class SlotCopy:
         while self._carry is not None and room > 0 and len(flat) < 4 * self.chunk_entries:
             key, entry, offset = self._carry
             left = len(entry.value) - offset
-            if left > room and room < min(MIN_PIECE, self.chunk_bytes // 4) and flat:
+            fit = room - len(key) - ENTRY_OVERHEAD  # value bytes that still fit in this chunk
+            if left > fit and fit < min(MIN_PIECE, self.chunk_bytes // 4) and flat:
                 break  # not worth a small piece: the value starts the next chunk
-            piece = entry.value if offset == 0 and left <= room else entry.value[offset : offset + room]
+            piece = entry.value if offset == 0 and left <= fit else entry.value[offset : offset + max(fit, 1)]
             flat += (key, piece, entry.version, entry.expires_at)
             used = len(key) + len(piece) + ENTRY_OVERHEAD
             room -= used

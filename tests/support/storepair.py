@@ -44,13 +44,16 @@ class PairStore:
         node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, repl.op_sync_chunk)
         node.confirmed = True
         app = web.Application()
-        app.router.add_get("/internal/ws", lambda request: rpc.serve(request, node.handle, self.sockets))
+        app.router.add_get("/internal/ws", self.route)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        return await rpc.serve(request, self.mini.node.handle, self.sockets)
 
     @property
     def address(self) -> str:
