@@ -150,8 +150,9 @@ def _copy_part(part: CopyPart, result: Recovered) -> None:
 
 def _copy_end(node: StoreNode, end: CopyEnd, path: str, result: Recovered) -> None:
     """The copy is whole: it replaces the slot, as the replica did when it acknowledged it. A live
-    replica writes an end only when every part is in the same log segment, so a missing part is a
-    hole in the history, not a crash trace."""
+    replica writes an end only after every part, and a rotation logs the parts staged so far again
+    at the head of the new segment (Replicator._restage): from any snapshot on, the log holds every
+    part before its end, so a missing part is a hole in the history, not a crash trace."""
     slot = end.head.slot
     current = result.copies.pop(slot, None)
     if current is None or current[0] != end.sync or current[1] != end.parts:

@@ -162,7 +162,7 @@ async def test_the_replica_keeps_its_copy_until_the_last_chunk_and_the_log_takes
     assert result.unfinished_copies == 0  # copy 78 was given up when 79 began
 
 
-async def test_a_lost_chunk_or_a_log_rotation_mid_copy_refuses_and_nothing_half_is_logged(tmp_path) -> None:
+async def test_a_lost_chunk_refuses_and_a_stale_chunk_leaves_the_staged_copy_alone(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     frames = chunk_frames(big_values())
     assert repl.op_sync_chunk(frames[0]) is True
@@ -170,14 +170,56 @@ async def test_a_lost_chunk_or_a_log_rotation_mid_copy_refuses_and_nothing_half_
     assert repl.op_sync_chunk(frames[3]) is False  # that copy is over: the primary starts again
     assert repl.op_sync_chunk(frames[0]._replace(sync=5)) is True
     assert repl.op_sync_chunk(frames[1]._replace(sync=5)) is True
-    store.node.wal.rotate()  # a snapshot: a recovery from it would never see the parts before
-    assert repl.op_sync_chunk(frames[2]._replace(sync=5)) is False
-    for frame in frames[:-1]:
-        assert repl.op_sync_chunk(frame._replace(sync=6)) is True
-    assert await repl.op_sync_chunk(frames[-1]._replace(sync=6)) is True
+    # a late chunk of an abandoned copy, and one of a deposed primary: refused, copy 5 goes on
+    assert repl.op_sync_chunk(frames[2]) is False
+    assert repl.op_sync_chunk(frames[2]._replace(sync=4, epoch=0)) is False
+    for frame in frames[2:-1]:
+        assert repl.op_sync_chunk(frame._replace(sync=5)) is True
+    assert await repl.op_sync_chunk(frames[-1]._replace(sync=5)) is True
     await store.stop()
     node, _ = await recovered(tmp_path)
     assert node.engine.slots[SLOT].entries == slot_data(big_values()).entries
+
+
+async def test_a_whole_slot_sync_voids_a_copy_in_chunks_being_assembled(tmp_path) -> None:
+    store, repl = await replica_store(tmp_path)
+    frames = chunk_frames(big_values())
+    assert repl.op_sync_chunk(frames[0]) is True
+    newer = SlotExport(SLOT, 3, 20, [b"{big}new", b"v", (3 << 40) | 20, 0], [])
+    assert await repl.op_sync(records.sync_items([[SLOT, 2, newer]])) == [True]
+    assert repl.op_sync_chunk(frames[1]) is False  # its end would put the older copy back
+    assert store.engine.slots[SLOT].seq == 20
+    await store.stop()
+
+
+async def test_a_copy_in_chunks_survives_a_snapshot_mid_copy_and_recovers_whole_or_old(tmp_path) -> None:
+    store, repl = await replica_store(tmp_path)
+    old = SlotExport(SLOT, 1, 3, [b"{big}old", b"v", (1 << 40) | 3, 0], [])
+    assert await repl.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
+    frames = chunk_frames(big_values())
+    half = len(frames) // 2
+    for frame in frames[:half]:
+        assert repl.op_sync_chunk(frame) is True
+    assert (await store.snapshots.take("test"))["ok"]  # rotates the log; prune drops segment 1
+    assert wal.list_segments(str(tmp_path)) == [2]
+    assert repl.op_sync_chunk(frames[half]) is True  # the copy goes on
+    await store.node.wal.durable()
+    await store.stop()  # a crash before the end: the snapshot's old copy, nothing half
+    node, result = await recovered(tmp_path)
+    assert node.engine.slots[SLOT].seq == 3 and result.unfinished_copies == 1
+
+    store, repl = await replica_store(tmp_path)
+    for frame in frames[:half]:
+        assert repl.op_sync_chunk(frame._replace(sync=80)) is True
+    assert (await store.snapshots.take("test"))["ok"]
+    assert (await store.snapshots.take("test"))["ok"]  # two rotations mid-copy
+    for frame in frames[half:-1]:
+        assert repl.op_sync_chunk(frame._replace(sync=80)) is True
+    assert await repl.op_sync_chunk(frames[-1]._replace(sync=80)) is True
+    await store.stop()
+    node, result = await recovered(tmp_path)  # the newest snapshot and the segment after it
+    assert node.engine.slots[SLOT].entries == slot_data(big_values()).entries
+    assert node.engine.slots[SLOT].seq == 9 and result.unfinished_copies == 0
 
 
 async def test_an_in_sync_replica_refuses_an_older_copy_at_its_first_chunk(tmp_path) -> None:
@@ -302,3 +344,173 @@ async def test_the_sync_rate_cap_bounds_the_copy_throughput(tmp_path) -> None:
     # unlimited copy of the same data in the same run goes clearly faster
     assert megabytes * MB / capped <= cap * 1.15
     assert capped / unlimited >= 2, (capped, unlimited)
+
+
+# -- whole slots, old replicas, per-slot answers -------------------------------------------------
+def small_slots(count: int) -> dict[int, bytes]:
+    """`count` slots other than SLOT -> a hash tag of theirs."""
+    out: dict[int, bytes] = {}
+    i = 0
+    while len(out) < count:
+        tag = b"{s%d}" % i
+        i += 1
+        if key_slot(tag) != SLOT:
+            out.setdefault(key_slot(tag), tag)
+    return out
+
+
+def counting_routes(store: Any) -> dict[str, list[Any]]:
+    """What the store is sent as full syncs: op -> the slots of each message."""
+    seen: dict[str, list[Any]] = {"sync": [], "sync_chunk": []}
+    table = store.node.routes._table
+    for op, decode in (("sync", records.sync_items), ("sync_chunk", records.sync_chunk)):
+        route = table.get(op)
+        if route is None:
+            continue
+
+        def counted(raw: Any, op: str = op, decode: Any = decode, route: Any = route) -> Any:
+            got = decode(raw)
+            seen[op].append([item.slot for item in got] if op == "sync" else got.slot)
+            return route(raw)
+
+        table[op] = counted
+    return seen
+
+
+async def fill(p: Any, broker: Any, slots: dict[int, bytes], keys: int, value: bytes) -> None:
+    for slot, tag in slots.items():
+        broker.push(slot, [Member("p", p.address)], [], 1, 1)
+        await p.mini.write([[tag + b"k%d" % i, value, 0] for i in range(keys)], slot=slot)
+
+
+async def all_joined(broker: Any, slots: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(broker.assignments[s].isr == ["r"] for s in slots):
+        assert time.monotonic() < deadline, [s for s in slots if broker.assignments[s].isr != ["r"]]
+        await asyncio.sleep(0.01)
+
+
+def join(p: Any, r: Any, broker: Any, slots: Any) -> None:
+    for slot in slots:
+        broker.push(slot, [Member("p", p.address), Member("r", r.address)], [], 2, 1)
+
+
+async def test_slots_that_fit_in_a_chunk_go_whole_several_per_message_and_only_a_large_one_in_chunks(tmp_path) -> None:
+    broker, p, r, close = await start_pair(tmp_path)
+    seen = counting_routes(r)
+    try:
+        small = small_slots(60)
+        await fill(p, broker, small, 30, b"x" * 100)
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(6):
+            await p.mini.write([[key(i), random.Random(i).randbytes(150_000), 0]], slot=SLOT)
+        join(p, r, broker, [*small, SLOT])
+        await all_joined(broker, [*small, SLOT])
+        whole = [slot for message in seen["sync"] for slot in message]
+        assert sorted(whole) == sorted(small)  # each small slot once, whole (a RESET record)
+        assert 1 < max(len(m) for m in seen["sync"]) and len(seen["sync"]) < len(small)
+        assert set(seen["sync_chunk"]) == {SLOT} and len(seen["sync_chunk"]) > 3
+        for slot in small:
+            assert p.node.engine.slots[slot].entries == r.node.engine.slots[slot].entries
+        assert dump(p.node) == dump(r.node)
+    finally:
+        await close()
+    node, result = await recovered(tmp_path / "r")
+    assert dump(node) == dump(p.node) and result.unfinished_copies == 0
+    assert all(node.engine.slots[s].entries == p.node.engine.slots[s].entries for s in small)
+
+
+async def test_a_replica_older_than_chunks_gets_a_large_slot_whole_and_its_writes_commit(tmp_path, caplog) -> None:
+    broker, p, r, close = await start_pair(tmp_path)
+    del r.node.routes._table["sync_chunk"]  # a store of the release before chunked syncs
+    seen = counting_routes(r)
+    try:
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(6):
+            await p.mini.write([[key(i), random.Random(i).randbytes(150_000), 0]], slot=SLOT)
+        join(p, r, broker, [SLOT])
+        await all_joined(broker, [SLOT], timeout=10)
+        assert seen["sync"] == [[SLOT]]
+        await asyncio.wait_for(p.mini.write([[key(99), b"after", 0]], slot=SLOT), 5)
+        assert dump(p.node) == dump(r.node)
+        assert sum("event=sync_fallback" in m for m in caplog.messages) == 1
+    finally:
+        await close()
+
+
+async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(tmp_path) -> None:
+    broker, p, r, close = await start_pair(tmp_path, sync_rate=2_000_000)
+    try:
+        small = small_slots(3)
+        await fill(p, broker, small, 10, b"x")
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(4):  # 4 MB at 2 MB/s: about 2 s
+            await p.mini.write([[key(i), random.Random(i).randbytes(MB), 0]], slot=SLOT)
+        join(p, r, broker, [*small, SLOT])
+        await all_joined(broker, small, timeout=10)
+        assert broker.assignments[SLOT].isr == []  # the large copy is still on its way
+        assert (SLOT, "r") in p.replicator._copying
+        slot, tag = next(iter(small.items()))
+        await asyncio.wait_for(p.mini.write([[tag + b"new", b"v", 0]], slot=slot), 1)
+        assert r.node.engine.slots[slot].entries[tag + b"new"].value == b"v"
+        await all_joined(broker, [SLOT])
+        assert dump(p.node) == dump(r.node)
+    finally:
+        await close()
+
+
+async def test_a_refused_chunk_is_noticed_without_walking_every_chunk_sent(tmp_path, monkeypatch) -> None:
+    from snapkv.store import replication
+
+    calls = [0]
+    real = replication._refused
+
+    def counted(fut: Any) -> bool:
+        calls[0] += 1
+        return real(fut)
+
+    monkeypatch.setattr(replication, "_refused", counted)
+    broker, p, r, close = await start_pair(tmp_path)
+    seen = counting_routes(r)
+    try:
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(60):
+            await p.mini.write([[key(i), random.Random(i).randbytes(200_000), 0]], slot=SLOT)
+        join(p, r, broker, [SLOT])
+        await all_joined(broker, [SLOT])
+        chunks = len(seen["sync_chunk"])
+        assert chunks >= 40
+        assert calls[0] <= 2 * chunks, (calls[0], chunks)  # once per chunk answered, not per chunk sent
+    finally:
+        await close()
+
+
+async def test_a_copy_holding_too_many_mutations_ends_uncapped_and_sends_them_in_pieces(tmp_path, monkeypatch) -> None:
+    from snapkv.store import replication
+
+    monkeypatch.setattr(replication, "HELD_MAX_BYTES", 1 * MB, raising=False)
+    monkeypatch.setattr(replication, "HELD_PIECE_BYTES", 200_000, raising=False)
+    broker, p, r, close = await start_pair(tmp_path, sync_rate=1_000_000)
+    try:
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(8):  # 8 MB at 1 MB/s: 8 s if the cap held to the end
+            await p.mini.write([[key(i), random.Random(i).randbytes(MB), 0]], slot=SLOT)
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            w = random.Random(5)
+            while not stop.is_set():
+                await p.mini.write([[key(100 + w.randrange(50)), w.randbytes(20_000), 0]], slot=SLOT)
+                await asyncio.sleep(0.002)
+
+        task = asyncio.create_task(writer())
+        started = time.perf_counter()
+        join(p, r, broker, [SLOT])
+        await all_joined(broker, [SLOT], timeout=20)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        assert elapsed < 5, elapsed
+        assert dump(p.node) == dump(r.node)  # the backlog went in order, in pieces
+    finally:
+        await close()
