@@ -44,6 +44,7 @@ class Settings:
     snapshot_interval: float = _opt(60.0, "seconds between periodic snapshots (0 disables)", lo=0)
     register_interval: float = _opt(3.0, "seconds between re-registrations with the broker", lo=0.1)
     drain_timeout: float = _opt(120.0, "seconds a draining store waits for its slots to move", lo=0)
+    sync_rate_mb: float = _opt(64.0, "MB/s (10^6 bytes) of full-sync traffic a store sends at most (0 = no cap)", lo=0)
     # broker
     replication_factor: int = _opt(2, "copies of each slot (primary + replicas)", lo=1, hi=3)
     replication: str = _opt(

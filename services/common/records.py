@@ -154,9 +154,43 @@ class ReplicateRequest(NamedTuple):
 
 
 class SyncItem(NamedTuple):
+    """A whole slot in one message (the older full sync, still taken from an older primary)."""
+
     slot: int
     epoch: int
     export: SlotExport
+
+
+class SyncChunk(NamedTuple):
+    """One message of a full sync in chunks: the primary's point-in-time copy of a slot, cut into
+    bounded pieces (store/slotcopy.py); the replica replaces its copy only once the last arrived."""
+
+    slot: int
+    epoch: int  # the sender's assignment epoch
+    sync: int  # id of this copy: the chunks of one copy share it
+    part: int  # 0, 1, ...: a chunk after a gap is refused and the primary starts over
+    data_epoch: int  # of the copy (on every chunk: the first decides whether it would go back)
+    seq: int
+    flat: list[Any]  # key, value, version, expires_at, ...; a key repeating the one before it continues its value
+    recent: list[tuple[str, WriteResult]] | None  # request ids, on the last chunk only: it ends the copy
+
+
+class CopyPart(NamedTuple):
+    """A replica's log record of one chunk of a copy (RESET_PART): nothing until its CopyEnd."""
+
+    slot: int
+    sync: int
+    part: int
+    flat: list[Any]
+
+
+class CopyEnd(NamedTuple):
+    """The end of a copy in chunks (RESET_END): recovery installs the copy only if every one of
+    its `parts` came before it; `head` carries data_epoch, seq and request ids (flat empty)."""
+
+    sync: int
+    parts: int
+    head: SlotExport
 
 
 # -- decoding at the boundary ----------------------------------------------------------------------
@@ -297,6 +331,35 @@ def sync_items(raw: object) -> list[SyncItem]:
             raise _bad("sync item", item) from None
         out.append(SyncItem(slot, epoch, slot_export(export)))
     return out
+
+
+def sync_chunk(raw: object) -> SyncChunk:
+    try:
+        slot, epoch, sync, index, data_epoch, seq, flat, recent = _seq(raw, "sync chunk")
+        if not isinstance(flat, list):
+            raise TypeError
+        ids = None if recent is None else [(rid, write_result(r)) for rid, r in recent]
+        return SyncChunk(slot, epoch, sync, index, data_epoch, seq, flat, ids)
+    except (TypeError, ValueError):
+        raise _bad("sync chunk", raw) from None
+
+
+def copy_part(raw: object) -> CopyPart:
+    try:
+        slot, sync, index, flat = _seq(raw, "copy part")
+        if not isinstance(flat, list):
+            raise TypeError
+        return CopyPart(slot, sync, index, flat)
+    except (TypeError, ValueError):
+        raise _bad("copy part", raw) from None
+
+
+def copy_end(raw: object) -> CopyEnd:
+    try:
+        sync, parts, head = _seq(raw, "copy end")
+        return CopyEnd(sync, parts, slot_export(head))
+    except (TypeError, ValueError):
+        raise _bad("copy end", raw) from None
 
 
 def nothing(raw: object) -> None:

@@ -23,7 +23,8 @@ OP_STATS = "stats"
 OP_SNAPSHOT = "snapshot"
 # store -> store
 OP_REPLICATE = "repl"
-OP_SYNC = "sync"
+OP_SYNC = "sync"  # whole slots per message (an older primary)
+OP_SYNC_CHUNK = "sync_chunk"  # a full sync in bounded chunks
 
 # a store's stats list at most this many of its hottest slots (with their requests/s)
 HOT_SLOTS = 16

@@ -119,12 +119,18 @@ class StoreService:
         assert self._session is not None
         broker_base = self.settings.broker_url.rsplit("/register", 1)[0]
         replicator = Replicator(
-            self.node, self._session, broker_base, self.settings.cluster_token, self.settings.replication
+            self.node,
+            self._session,
+            broker_base,
+            self.settings.cluster_token,
+            self.settings.replication,
+            sync_rate=self.settings.sync_rate_mb * 1_000_000,
         )
         self.node.replicator = replicator
         replicator.on_behind = self.registrar.soon
         self.node.routes.add(wire.OP_REPLICATE, records.replicate_request, replicator.op_replicate)
         self.node.routes.add(wire.OP_SYNC, records.sync_items, replicator.op_sync)
+        self.node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, replicator.op_sync_chunk)
         snapshots = self.snapshots = snapshot.Snapshotter(
             self.name, self.data_dir, self.node, self.settings.snapshot_interval, self.metrics.snapshot_seconds.observe
         )

@@ -25,7 +25,7 @@ def make_version(epoch: int, seq: int) -> int:
 
 
 class SlotData:
-    __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent", "expiring")
+    __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent", "expiring", "size")
 
     def __init__(self) -> None:
         self.entries: dict[bytes, Entry] = {}
@@ -34,6 +34,7 @@ class SlotData:
         self.seq = 0  # last applied mutation
         self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
         self.recent: OrderedDict[str, WriteResult] = OrderedDict()  # request id -> result of its write
+        self.size = 0  # bytes of keys and values, so that replacing or dropping a slot never walks it
 
     def remember(self, rid: str, result: WriteResult) -> None:
         if not rid:
@@ -110,6 +111,7 @@ class Engine:
             elif data.expiring:
                 data.expiring.pop(key, None)
         self.bytes += delta
+        data.size += delta
         data.seq = seq
         data.data_epoch = epoch
         result = WriteResult(version, existed)
@@ -163,7 +165,7 @@ class Engine:
     def drop(self, slot: int) -> None:
         data = self.slots.pop(slot, None)
         if data is not None:
-            self.bytes -= _size(data)
+            self.bytes -= data.size
 
     def export_slot(self, slot: int) -> SlotExport:
         """Point-in-time copy of one slot (snapshots, full sync, RESET log records)."""
@@ -181,11 +183,16 @@ class Engine:
         data.expiring = {k: e.expires_at for k, e in data.entries.items() if e.expires_at}
         data.data_epoch, data.seq = data_epoch, seq
         data.recent = OrderedDict((rid, s) for rid, s in recent)
+        data.size = _size(data)
+        self.install(slot, data)
+
+    def install(self, slot: int, data: SlotData) -> None:
+        """Replace a slot's copy at once with a whole one (`data.size` set), keeping its assignment epoch."""
         old = self.slots.get(slot)
         if old is not None:
             data.epoch = old.epoch
-            self.bytes -= _size(old)
-        self.bytes += _size(data)
+            self.bytes -= old.size
+        self.bytes += data.size
         self.slots[slot] = data
 
 

@@ -3,6 +3,8 @@
 Log record: <u32 length><u32 crc32(payload)><payload = msgpack [kind, body]>, where body is
   MUTATION  a Mutation            ASSIGN  a SlotAssignment (as `logged()`)
   RESET     a SlotExport          DROP    a slot number
+  RESET_PART  a CopyPart          RESET_END  a CopyEnd  (a full sync larger than one chunk: the
+            copy counts only from its end record, and only if every part came before it)
 Snapshot: b"SNAPKV01" <u32 len><msgpack header> { <u32 len><msgpack SlotExport> }* b"END!" <u32 crc32>,
   the crc covering every byte before it; the header is a map with "format" == FORMAT_VERSION and
   "assignments" (SlotAssignment arrays).
@@ -19,7 +21,7 @@ from typing import Any
 import msgpack
 
 from ..common import errors, records
-from ..common.records import Mutation, SlotAssignment, SlotExport
+from ..common.records import CopyEnd, CopyPart, Mutation, SlotAssignment, SlotExport
 
 # -- log ----------------------------------------------------------------------------------------
 LOG_HEADER = struct.Struct("<II")
@@ -27,10 +29,13 @@ MUTATION = 1
 ASSIGN = 2
 RESET = 3
 DROP = 4
-KINDS = (MUTATION, ASSIGN, RESET, DROP)
+KINDS = (MUTATION, ASSIGN, RESET, DROP)  # every kind since the first release (the fixtures hold each)
+RESET_PART = 5  # since full syncs in chunks; only a copy larger than one chunk writes these two
+RESET_END = 6
+COPY_KINDS = (RESET_PART, RESET_END)
 MAX_RECORD = 512 * 1024 * 1024
 
-LogBody = Mutation | SlotAssignment | SlotExport | int
+LogBody = Mutation | SlotAssignment | SlotExport | CopyPart | CopyEnd | int
 
 
 class UnknownRecord(Exception):
@@ -77,6 +82,10 @@ def log_body(kind: int, body: Any) -> LogBody:
             return records.slot_export(body)
         if kind == DROP and isinstance(body, int):
             return body
+        if kind == RESET_PART:
+            return records.copy_part(body)
+        if kind == RESET_END:
+            return records.copy_end(body)
     except errors.BadRequest as exc:
         raise UnknownRecord(f"record of kind {kind!r}: {exc.message}") from None
     raise UnknownRecord(f"record of unknown kind {kind!r} (written by a newer snapkv?)")

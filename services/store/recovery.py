@@ -14,10 +14,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..common.records import Mutation, SlotAssignment, SlotExport
+from ..common.records import CopyEnd, CopyPart, Mutation, SlotAssignment, SlotExport
 from . import formats, snapshot, wal
 from .engine import make_version
 from .node import StoreNode
+from .slotcopy import SlotBuilder
 
 log = logging.getLogger("snapkv.recovery")
 
@@ -36,6 +37,9 @@ class Recovered:
     skipped: int = 0  # mutations the snapshot already held
     corrupt_snapshots: list[str] = field(default_factory=list)
     truncated: bool = False  # a torn tail was cut off the last segment
+    unfinished_copies: int = 0  # full syncs in chunks whose end never reached the log: not taken
+    # slot -> (copy id, next part, the copy so far): full syncs in chunks being read back
+    copies: dict[int, tuple[int, int, SlotBuilder]] = field(default_factory=dict, repr=False)
 
 
 def recover(data_dir: str, node: StoreNode) -> Recovered:
@@ -99,6 +103,8 @@ def _recover(data_dir: str, node: StoreNode) -> Recovered:
         result.truncated = result.truncated or cut
         for kind, body in records:
             _replay(node, kind, body, path, result)
+    result.unfinished_copies = len(result.copies)
+    result.copies.clear()
     node.dirty = result.replayed > 0 or bool(result.corrupt_snapshots)
     return result
 
@@ -119,9 +125,39 @@ def _replay(node: StoreNode, kind: int, raw: object, path: str, result: Recovere
         node.apply_assignment(body.slot, body, log_it=False)
     elif isinstance(body, SlotExport):
         node.engine.import_slot(body)
+    elif isinstance(body, CopyPart):
+        _copy_part(body, result)
+        return
+    elif isinstance(body, CopyEnd):
+        _copy_end(node, body, path, result)
     else:  # DROP
+        result.copies.pop(body, None)
         node.apply_assignment(body, None, log_it=False)
     result.replayed += 1
+
+
+def _copy_part(part: CopyPart, result: Recovered) -> None:
+    """A chunk of a full sync: kept aside; the slot keeps its copy until the copy's end record."""
+    if part.part == 0:
+        result.copies[part.slot] = (part.sync, 0, SlotBuilder())
+    current = result.copies.get(part.slot)
+    if current is None or current[0] != part.sync or current[1] != part.part:
+        result.copies.pop(part.slot, None)  # a copy the replica gave up on (it was refused mid-way)
+        return
+    current[2].add(part.flat)
+    result.copies[part.slot] = (part.sync, part.part + 1, current[2])
+
+
+def _copy_end(node: StoreNode, end: CopyEnd, path: str, result: Recovered) -> None:
+    """The copy is whole: it replaces the slot, as the replica did when it acknowledged it. A live
+    replica writes an end only after every part, and a rotation logs the parts staged so far again
+    at the head of the new segment (Replicator._restage): from any snapshot on, the log holds every
+    part before its end, so a missing part is a hole in the history, not a crash trace."""
+    slot = end.head.slot
+    current = result.copies.pop(slot, None)
+    if current is None or current[0] != end.sync or current[1] != end.parts:
+        raise RecoveryError(f"{path!r} ends a copy of slot {slot} whose parts are missing")
+    node.engine.install(slot, current[2].finish(end.head.data_epoch, end.head.seq, end.head.recent))
 
 
 def _set_aside(path: str, exc: Exception, result: Recovered) -> None:

@@ -3,27 +3,36 @@
 The primary streams every mutation of a slot to its replicas in seq order and commits a write
 once every in-sync replica (ISR, owned by the broker) has applied and logged it. A replica that
 is new, returns, or misses mutations gets a full sync: a point-in-time copy of the slot taken in
-one loop turn, sent ahead of every later mutation on the same ordered connection; once it has
-acknowledged, the primary asks the broker to add it to the ISR. A replica that fails is removed
-from the ISR through the broker before any write commits without it.
+one loop turn, under the store's sync byte-rate cap. Slots that fit in one chunk go whole, several
+to an OP_SYNC message, ahead of every later mutation on the same ordered connection (as they
+always did); a larger slot goes in bounded chunks (slotcopy.py), one per loop turn, its mutations
+from that point on held back and sent right behind the last chunk. The replica assembles the
+chunks aside, logs each as it comes, and replaces its copy only with the last one; once it has
+acknowledged a slot's copy, the primary asks the broker to add it to the ISR. A replica that
+fails is removed from the ISR through the broker before any write commits without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from ..common import errors, records, wire
 from ..common.pool import Pool
-from ..common.records import PRIMARY, REPLICA, Member, Mutation, SlotExport, SyncItem
+from ..common.records import PRIMARY, REPLICA, CopyEnd, CopyPart, Member, Mutation, SlotExport, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
+from .engine import SlotData
 from .node import then
+from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotBuilder, SlotCopy
 from .tracker import SlotTracker
 from .waiters import SeqWaiters
 
@@ -35,13 +44,62 @@ log = logging.getLogger("snapkv.replication")
 REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
 SYNC_TIMEOUT = 60.0
 NEWER = "newer"  # a full sync refused: this replica holds a newer in-sync copy of the slot
-SYNC_BATCH = 256  # slots per full-sync message
+SYNC_BATCH = 256  # slots copied before their answers are awaited together
+SYNC_WINDOW = 1 << 20  # bytes of full-sync chunks sent and not yet answered, per replica
+SYNC_MESSAGE_BYTES = CHUNK_BYTES  # whole slots per OP_SYNC message: about this many bytes (one slot at least)
+HELD_MAX_BYTES = 64 << 20  # mutations held behind one copy in chunks: past this the copy goes uncapped
+HELD_PIECE_BYTES = 16 << 20  # a held backlog goes in pieces of about this, each answered before the next
 ISR_COALESCE = 0.01  # seconds to gather ISR changes into one request (one epoch, one persist)
+
+
+@dataclass
+class _Copy:
+    """Primary side: one slot's full sync to one replica, on its way."""
+
+    slot: int
+    name: str
+    address: str
+    epoch: int
+    stream: int  # the tracker's stream this copy starts
+    sync: int
+    source: SlotCopy
+    held: list[Mutation] = field(default_factory=list)  # the slot's mutations since the copy was taken
+    held_bytes: int = 0
+    uncapped: bool = False  # the held mutations passed HELD_MAX_BYTES: the rest goes without the rate cap
+    draining: bool = False  # its last chunk is sent; the held mutations are going out behind it
+
+
+@dataclass
+class _Round:
+    """One batch of a replica's full syncs: what its answers asked of the worker."""
+
+    pending: set[int]  # the replica's slots still to sync: a failed or refused copy goes back in
+    error: BaseException | None = None
+    refused: bool = False
+
+
+@dataclass
+class _Staged:
+    """Replica side: a full sync in chunks being assembled, aside from the copy the slot serves."""
+
+    sync: int
+    leader_epoch: int
+    builder: SlotBuilder = field(default_factory=SlotBuilder)
+    next: int = 0
+    # the flat entries of each part so far: a log rotation logs them again at the head of the new
+    # segment, so that the end record finds every part in the log replayed after the snapshot
+    parts: list[list[Any]] = field(default_factory=list)
 
 
 class Replicator:
     def __init__(
-        self, node: StoreNode, session: aiohttp.ClientSession, broker_base: str, token: str, mode: str = "sync"
+        self,
+        node: StoreNode,
+        session: aiohttp.ClientSession,
+        broker_base: str,
+        token: str,
+        mode: str = "sync",
+        sync_rate: float = 0.0,
     ) -> None:
         self.node = node
         self.session = session
@@ -53,6 +111,11 @@ class Replicator:
         self._waiters: dict[int, SeqWaiters] = {}  # slot -> commits waiting for acknowledgements
         self._to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
         self._sync_tasks: dict[str, asyncio.Task[None]] = {}
+        self._copying: dict[tuple[int, str], _Copy] = {}  # (slot, replica) -> its full sync on its way
+        self.sync_rate = RateLimit(sync_rate)  # bytes/s of full-sync chunks this store sends; 0 = no cap
+        self.sync_bytes = 0  # full-sync bytes sent
+        self._staged: dict[int, _Staged] = {}  # replica side: slot -> full sync being assembled
+        self._old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
         self._isr_inflight: set[tuple[int, str, str]] = set()
         self._isr_task: asyncio.Task[None] | None = None
@@ -91,7 +154,16 @@ class Replicator:
         if tracker is not None:
             for name, address in self._replicas(a):
                 stream = tracker.stream_of.get(name)
-                if stream is not None:
+                if stream is None:
+                    continue
+                copy = self._copying.get((slot, name)) if self._copying else None
+                if copy is not None and copy.stream == stream:
+                    copy.held.append(mutation)  # goes right behind the copy's last chunk (rule 5)
+                    copy.held_bytes += _mutation_bytes(mutation)
+                    if copy.held_bytes > HELD_MAX_BYTES and not copy.uncapped:
+                        copy.uncapped = True  # end this copy soon rather than hold more
+                        log.info("event=sync_uncapped slot=%d replica=%s held_bytes=%d", slot, name, copy.held_bytes)
+                else:
                     self._send(slot, name, address, mutation, stream)
         # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
         if self.mode == "async":
@@ -108,13 +180,14 @@ class Replicator:
         self._check(slot)
         return fut
 
-    def _send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> None:
+    def _send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> asyncio.Future[Any]:
         call = asyncio.ensure_future(
             self.peers.get(name, address).call(
                 wire.OP_REPLICATE, records.ReplicateRequest(slot, mutation.epoch, mutation), timeout=REPL_TIMEOUT
             )
         )
         call.add_done_callback(lambda f: self._on_ack(slot, name, mutation.seq, f, mutation.epoch, stream))
+        return call
 
     def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int, stream: int) -> None:
         if fut.cancelled():
@@ -166,6 +239,11 @@ class Replicator:
 
     # -- assignments ----------------------------------------------------------------------------
     def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:
+        staged = self._staged.get(slot)
+        if staged is not None and (
+            current is None or current.role != REPLICA or current.leader_epoch != staged.leader_epoch
+        ):
+            del self._staged[slot]  # that copy will never be finished: a new primary syncs us afresh
         if current is None or current.role != PRIMARY:
             self.slots.pop(slot, None)
             self._fail_waiters(slot)
@@ -198,61 +276,252 @@ class Replicator:
         while self._to_sync.get(name) and self.node.confirmed:
             pending = self._to_sync[name]
             batch = sorted(pending)[:SYNC_BATCH]
-            items, address = self._export(name, batch)
             pending.difference_update(batch)
-            if not items:
+            round_ = _Round(pending)
+            answers: list[asyncio.Future[Any]] = []
+            whole, chunked = self._split(name, batch)
+            await self._send_whole(name, whole, round_, answers)
+            window: dict[asyncio.Future[Any], int] = {}  # chunks not answered yet -> bytes
+            for slot in chunked:
+                copy = self._take_copy(name, slot)
+                if copy is not None:
+                    answer = await self._send_copy(copy, window)
+                    answer.add_done_callback(functools.partial(self._copy_answered, copy, round_))
+                    answers.append(answer)
+            if not answers:
                 continue
-            try:
-                results = await self.peers.get(name, address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
-                failures = 0
-            except errors.SnapkvError as exc:
+            # each slot's answer is taken as it comes (its callback): commits wait for the replica
+            # from then on, not from the end of the batch
+            await asyncio.wait(answers)
+            error = round_.error
+            if error is not None:
                 failures += 1
-                for slot, _epoch, _export in items:
-                    if (tracker := self.slots.get(slot)) is not None:
-                        tracker.sync_failed(name)
-                    pending.add(slot)
                 if failures in (1, 20):
-                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(items), exc.code)
+                    code = error.code if isinstance(error, errors.SnapkvError) else repr(error)
+                    log.info("event=sync_failed replica=%s slots=%d error=%s", name, len(batch), code)
                 await asyncio.sleep(min(0.1 * 2 ** min(failures, 5), 2.0))
                 continue
-            for (slot, _epoch, export), ok in zip(items, results):
-                a = self.node.assignments.get(slot)
-                tracker = self.slots.get(slot)
-                if a is None or a.role != PRIMARY or tracker is None or name not in tracker.stream_of:
-                    continue
-                if ok is not True:
-                    tracker.sync_failed(name)
-                    pending.add(slot)
-                    if ok == NEWER:
-                        self._replica_newer(slot, name)
-                    continue
-                # from now on commits wait for this replica; it joins once caught up to here
-                if tracker.synced(name, export.seq, a.isr, self.node.engine.slot(slot).seq):
-                    self._request_isr(slot, a.epoch, "add", name)
-                self._check(slot)
-            if any(not ok for ok in results):
+            failures = 0
+            if round_.refused:
                 await asyncio.sleep(0.2)
+
+    def _split(self, name: str, batch: list[int]) -> tuple[list[int], list[int]]:
+        """The slots that go whole (they fit in one chunk, or the replica is older than chunks)
+        and those that go in chunks."""
+        if name in self._old_peers:
+            return batch, []
+        whole: list[int] = []
+        chunked: list[int] = []
+        for slot in batch:
+            data = self.node.engine.slots.get(slot)
+            (whole if data is None or _fits_one_chunk(data) else chunked).append(slot)
+        return whole, chunked
+
+    async def _send_whole(
+        self, name: str, slots: list[int], round_: _Round, answers: list[asyncio.Future[Any]]
+    ) -> None:
+        """Whole slots, several per OP_SYNC message (about SYNC_MESSAGE_BYTES each) under the rate
+        cap: each message's copies are taken and sent in one loop turn, so the slots' later
+        mutations follow them on the same connection (rule 5)."""
+        loop = asyncio.get_running_loop()
+        engine = self.node.engine
+        i = 0
+        while i < len(slots):
+            group: list[int] = []
+            size = 0
+            while i < len(slots):
+                data = engine.slots.get(slots[i])
+                est = 0 if data is None else _estimate(data)
+                if group and size + est > SYNC_MESSAGE_BYTES:
+                    break
+                group.append(slots[i])
+                size += est
+                i += 1
+            delay = self.sync_rate.delay(size, loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # one loop turn from here to the call: the copies, and the start of their streams
+            items: list[SyncItem] = []
+            taken: list[tuple[int, int, int]] = []  # slot, stream, seq of its copy
+            address = ""
+            for slot in group:
+                a = self.node.assignments.get(slot)
+                if a is None or a.role != PRIMARY:
+                    continue
+                member = next((m for m in self._replicas(a) if m[0] == name), None)
+                if member is None:
+                    continue
+                address = member[1]
+                export = engine.export_slot(slot)
+                tracker = self.slots.setdefault(slot, SlotTracker())
+                tracker.exported(name)
+                self._copying.pop((slot, name), None)  # a copy in chunks still on its way stops
+                items.append(SyncItem(slot, a.epoch, export))
+                taken.append((slot, tracker.stream_of[name], export.seq))
+            if not items:
+                continue
+            call = asyncio.ensure_future(self.peers.get(name, address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT))
+            call.add_done_callback(functools.partial(self._whole_answered, name, taken, round_))
+            answers.append(call)
+            self.sync_bytes += size
+            await asyncio.sleep(0)
+
+    def _whole_answered(
+        self, name: str, taken: list[tuple[int, int, int]], round_: _Round, fut: asyncio.Future[Any]
+    ) -> None:
+        exc = _failure(fut)
+        results: list[Any] = [exc] * len(taken) if exc is not None else list(fut.result())
+        for (slot, stream, seq), ok in zip(taken, results):
+            self._slot_answered(name, slot, stream, seq, ok, round_)
+
+    def _copy_answered(self, copy: _Copy, round_: _Round, fut: asyncio.Future[Any]) -> None:
+        name, slot = copy.name, copy.slot
+        if self._copying.get((slot, name)) is copy and not copy.draining:
+            del self._copying[(slot, name)]
+        exc = _failure(fut)
+        if exc is not None and _unknown_op(exc):
+            # a replica older than chunked syncs: it takes whole slots (OP_SYNC) as it always did
+            if name not in self._old_peers:
+                self._old_peers.add(name)
+                log.warning("event=sync_fallback replica=%s reason=no_chunked_sync action=whole_slots", name)
+            tracker = self.slots.get(slot)
+            if tracker is not None and tracker.stream_of.get(name) == copy.stream:
+                tracker.sync_failed(name)
+                round_.pending.add(slot)
+            return
+        self._slot_answered(name, slot, copy.stream, copy.source.seq, fut.result() if exc is None else exc, round_)
+
+    def _slot_answered(self, name: str, slot: int, stream: int, seq: int, ok: Any, round_: _Round) -> None:
+        """The replica's answer to one slot's copy: True (taken), False, NEWER, or an error."""
+        if isinstance(ok, BaseException):
+            round_.error = ok
+        a = self.node.assignments.get(slot)
+        tracker = self.slots.get(slot)
+        if a is None or a.role != PRIMARY or tracker is None or tracker.stream_of.get(name) != stream:
+            return
+        if ok is not True:
+            tracker.sync_failed(name)
+            round_.pending.add(slot)
+            round_.refused = round_.refused or not isinstance(ok, BaseException)
+            if ok == NEWER:
+                self._replica_newer(slot, name)
+            return
+        # from now on commits wait for this replica; it joins once caught up to here
+        if tracker.synced(name, seq, a.isr, self.node.engine.slot(slot).seq):
+            self._request_isr(slot, a.epoch, "add", name)
+        self._check(slot)
 
     def _replica_newer(self, slot: int, name: str) -> None:
         log.error("event=sync_refused slot=%d replica=%s reason=replica_holds_newer_copy action=report", slot, name)
         if self.on_behind is not None:
             self.on_behind(slot)  # the broker hands the slot to that replica
 
-    def _export(self, name: str, slots: list[int]) -> tuple[list[SyncItem], str]:
-        """Point-in-time copies (one loop turn, rule 5); streaming starts right behind them."""
-        items = []
-        address = ""
-        for slot in slots:
-            a = self.node.assignments.get(slot)
-            if a is None or a.role != PRIMARY:
-                continue
-            member = next((m for m in self._replicas(a) if m[0] == name), None)
-            if member is None:
-                continue
-            address = member[1]
-            items.append(SyncItem(slot, a.epoch, self.node.engine.export_slot(slot)))
-            self.slots.setdefault(slot, SlotTracker()).exported(name)
-        return items, address
+    def _take_copy(self, name: str, slot: int) -> _Copy | None:
+        """A point-in-time copy of the slot for `name` (one loop turn, rule 5); from here on the
+        slot's mutations for `name` are held until the copy's last chunk is on its way."""
+        a = self.node.assignments.get(slot)
+        if a is None or a.role != PRIMARY:
+            return None
+        member = next((m for m in self._replicas(a) if m[0] == name), None)
+        if member is None:
+            return None
+        tracker = self.slots.setdefault(slot, SlotTracker())
+        tracker.exported(name)
+        source = SlotCopy(self.node.engine.slots.get(slot) or SlotData())
+        copy = _Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], random.getrandbits(62), source)
+        self._copying[(slot, name)] = copy
+        return copy
+
+    def _still_wanted(self, copy: _Copy) -> bool:
+        a = self.node.assignments.get(copy.slot)
+        tracker = self.slots.get(copy.slot)
+        return (
+            not self._closed
+            and a is not None
+            and a.role == PRIMARY
+            and tracker is not None
+            and tracker.stream_of.get(copy.name) == copy.stream
+            and self._copying.get((copy.slot, copy.name)) is copy
+        )
+
+    async def _send_copy(self, copy: _Copy, window: dict[asyncio.Future[Any], int]) -> asyncio.Future[Any]:
+        """Send the copy's chunks, one per loop turn, under the rate cap and with at most
+        SYNC_WINDOW bytes unanswered; the held mutations follow the last chunk at once. Returns a
+        future of the replica's answer to the whole copy (True, False or NEWER)."""
+        loop = asyncio.get_running_loop()
+        client = self.peers.get(copy.name, copy.address)
+        source = copy.source
+        chunks: list[asyncio.Future[Any]] = []
+        refused = [False]  # a chunk was refused or failed: the rest of the copy is not sent
+
+        def answered(f: asyncio.Future[Any]) -> None:
+            window.pop(f, None)
+            if _refused(f):
+                refused[0] = True
+
+        while True:
+            flat, size = source.chunk()
+            last = source.done
+            chunk = SyncChunk(
+                copy.slot,
+                copy.epoch,
+                copy.sync,
+                source.index - 1,
+                source.data_epoch,
+                source.seq,
+                flat,
+                source.recent if last else None,
+            )
+            delay = 0.0 if copy.uncapped else self.sync_rate.delay(size, loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while window and sum(window.values()) >= SYNC_WINDOW:
+                await asyncio.wait(list(window), return_when=asyncio.FIRST_COMPLETED)
+            if not self._still_wanted(copy) or refused[0]:
+                # the mutations stay held until the answer voids the stream: a replica that kept
+                # its own copy must not take them as a gap against its ISR membership
+                return _answer(chunks, stopped=True)
+            fut = asyncio.ensure_future(client.call(wire.OP_SYNC_CHUNK, chunk, timeout=SYNC_TIMEOUT))
+            window[fut] = size
+            fut.add_done_callback(answered)
+            chunks.append(fut)
+            self.sync_bytes += size
+            if last:
+                # right behind the last chunk on the same connection: the replica applies them to
+                # the copy it has just taken
+                await self._send_held(copy)
+                return _answer(chunks, stopped=False)
+            await asyncio.sleep(0)  # one chunk per loop turn
+
+    async def _send_held(self, copy: _Copy) -> None:
+        """The mutations held behind a copy, in order, in pieces of about HELD_PIECE_BYTES (each
+        well under the message limit), each piece answered before the next goes; the slot's new
+        mutations queue behind them until the last piece is sent."""
+        copy.draining = True
+        key = (copy.slot, copy.name)
+        while True:
+            held, copy.held, copy.held_bytes = copy.held, [], 0
+            sent = 0
+            tail: asyncio.Future[Any] | None = None
+            for i, mutation in enumerate(held):
+                tail = self._send(copy.slot, copy.name, copy.address, mutation, copy.stream)
+                sent += _mutation_bytes(mutation)
+                if sent >= HELD_PIECE_BYTES and i + 1 < len(held):
+                    copy.held = held[i + 1 :]
+                    copy.held_bytes = sum(_mutation_bytes(m) for m in copy.held)
+                    break
+            if not copy.held:
+                if self._copying.get(key) is copy:
+                    del self._copying[key]
+                copy.draining = False
+                return
+            assert tail is not None
+            await asyncio.wait([tail])
+            if not self._still_wanted(copy):  # the stream was voided meanwhile: the rest goes with it
+                copy.draining = False
+                if self._copying.get(key) is copy:
+                    del self._copying[key]
+                return
 
     # -- ISR changes through the broker (rule 1) ------------------------------------------------
     def _request_isr(self, slot: int, epoch: int, action: str, name: str) -> None:
@@ -352,6 +621,7 @@ class Replicator:
                 results.append(NEWER)
                 continue
             self._copied_under[slot] = a.leader_epoch
+            self._staged.pop(slot, None)  # a copy in chunks still being assembled is older than this one
             node.engine.import_slot(record)
             assert node.wal is not None
             node.wal.append(walmod.RESET, record)
@@ -359,3 +629,134 @@ class Replicator:
         node.dirty = True
         assert node.wal is not None
         return then(node.wal.durable(), results)
+
+    def op_sync_chunk(self, chunk: SyncChunk) -> Any:
+        """One chunk of a full sync: assembled aside and logged as a part; the last one replaces
+        the slot's copy and is answered once its log record is written (rules 5, 6). The log
+        holds the copy whole or not at all: recovery takes it only from its end record."""
+        node = self.node
+        slot = chunk.slot
+        assert node.wal is not None
+        wal = node.wal
+        a = node.assignments.get(slot)
+        staged = self._staged.get(slot)
+        if a is None or a.role != REPLICA or chunk.epoch < a.leader_epoch:
+            if staged is not None and staged.sync == chunk.sync:
+                del self._staged[slot]
+            return False
+        if chunk.part == 0:
+            if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
+                return NEWER
+            staged = self._staged[slot] = _Staged(chunk.sync, a.leader_epoch)
+        elif staged is None or staged.sync != chunk.sync:
+            return False  # a chunk of a copy given up (a deposed primary's, an abandoned one): the staged one stays
+        elif staged.next != chunk.part:
+            del self._staged[slot]  # a chunk lost on a dropped connection: the primary starts over
+            return False
+        last = chunk.recent is not None
+        if last and chunk.part == 0:  # the whole slot in one chunk: the record it always was
+            del self._staged[slot]
+            return self._install(slot, a, SlotExport(slot, chunk.data_epoch, chunk.seq, chunk.flat, chunk.recent or []))
+        staged.builder.add(chunk.flat)
+        staged.parts.append(chunk.flat)
+        staged.next += 1
+        wal.append(walmod.RESET_PART, CopyPart(slot, chunk.sync, chunk.part, chunk.flat))
+        hooks = getattr(wal, "on_rotate", None)
+        if hooks is not None and self._restage not in hooks:
+            hooks.append(self._restage)
+        if not last:
+            return True
+        del self._staged[slot]
+        if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
+            return NEWER
+        self._copied_under[slot] = a.leader_epoch
+        head = SlotExport(slot, chunk.data_epoch, chunk.seq, [], chunk.recent or [])
+        node.engine.install(slot, staged.builder.finish(chunk.data_epoch, chunk.seq, head.recent))
+        wal.append(walmod.RESET_END, CopyEnd(chunk.sync, staged.next, head))
+        node.dirty = True
+        return then(wal.durable(), True)
+
+    def _restage(self) -> None:
+        """The log has just rotated (a snapshot): every copy being assembled logs its parts so far
+        again, first in the new segment, so a recovery from that snapshot finds them all before
+        the end record. The snapshot holds the slot's old copy, which the parts do not touch."""
+        wal = self.node.wal
+        assert wal is not None
+        for slot, staged in self._staged.items():
+            for part, flat in enumerate(staged.parts):
+                wal.append(walmod.RESET_PART, CopyPart(slot, staged.sync, part, flat))
+
+    def _refuses(self, slot: int, a: Assignment, data_epoch: int, seq: int) -> bool:
+        if not self._would_go_back(slot, a, SlotExport(slot, data_epoch, seq, [], [])):
+            return False
+        data = self.node.engine.slot(slot)
+        log.error(
+            "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
+            slot,
+            (data.data_epoch, data.seq),
+            (data_epoch, seq),
+        )
+        return True
+
+    def _install(self, slot: int, a: Assignment, record: SlotExport) -> Any:
+        node = self.node
+        assert node.wal is not None
+        self._copied_under[slot] = a.leader_epoch
+        node.engine.import_slot(record)
+        node.wal.append(walmod.RESET, record)
+        node.dirty = True
+        return then(node.wal.durable(), True)
+
+
+def _fits_one_chunk(data: SlotData) -> bool:
+    return len(data.entries) < CHUNK_ENTRIES and _estimate(data) <= CHUNK_BYTES
+
+
+def _estimate(data: SlotData) -> int:
+    """Bytes of a slot's copy, about (as SlotCopy counts them)."""
+    return data.size + len(data.entries) * ENTRY_OVERHEAD
+
+
+def _mutation_bytes(mutation: Mutation) -> int:
+    return sum(len(op.key) + len(op.value or b"") + ENTRY_OVERHEAD for op in mutation.ops)
+
+
+def _failure(fut: asyncio.Future[Any]) -> BaseException | None:
+    if fut.cancelled():
+        return errors.Unavailable("full sync cancelled")
+    return fut.exception()
+
+
+def _unknown_op(exc: BaseException) -> bool:
+    """The answer of a store older than chunked full syncs to OP_SYNC_CHUNK."""
+    return isinstance(exc, errors.BadRequest) and "unknown internal op" in exc.message
+
+
+def _refused(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and (fut.cancelled() or fut.exception() is not None or fut.result() is not True)
+
+
+def _answer(chunks: list[asyncio.Future[Any]], *, stopped: bool) -> asyncio.Future[Any]:
+    """The replica's answer to a whole copy: its last chunk's, once every chunk is answered; the
+    first error or refusal decides. A copy stopped before its end answers False."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    remaining = [len(chunks)]
+
+    def one(f: asyncio.Future[Any]) -> None:
+        remaining[0] -= 1
+        if out.done():
+            return
+        if f.cancelled():
+            out.set_exception(errors.Unavailable("full sync cancelled"))
+        elif f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        elif f.result() is not True:
+            out.set_result(f.result())
+        elif remaining[0] == 0:
+            out.set_result(not stopped)
+
+    if not chunks:
+        out.set_result(False)
+    for f in chunks:
+        f.add_done_callback(one)
+    return out

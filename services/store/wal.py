@@ -19,15 +19,27 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..common import errors
-from .formats import ASSIGN, DROP, MUTATION, RESET, LogBody, encode_log, split_log
+from .formats import ASSIGN, DROP, MUTATION, RESET, RESET_END, RESET_PART, LogBody, encode_log, split_log
 from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.wal")
 
-__all__ = ["ASSIGN", "DROP", "MUTATION", "RESET", "Wal", "list_segments", "read_segment", "segment_name"]
+__all__ = [
+    "ASSIGN",
+    "DROP",
+    "MUTATION",
+    "RESET",
+    "RESET_END",
+    "RESET_PART",
+    "Wal",
+    "list_segments",
+    "read_segment",
+    "segment_name",
+]
 
 
 def segment_name(number: int) -> str:
@@ -91,6 +103,8 @@ class Wal:
         self.closed = False
         self.fsync_seconds: deque[float] = deque(maxlen=10_000)  # drained by metrics; bounded if never scraped
         self.bytes_written = 0
+        # called right after a rotation: records they append are the first of the new segment
+        self.on_rotate: list[Callable[[], None]] = []
 
     def _open(self, number: int) -> int:
         return os.open(os.path.join(self.data_dir, segment_name(number)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -234,6 +248,8 @@ class Wal:
         self.segment += 1
         self._retired.append(self._fd)
         self._fd = self._open(self.segment)
+        for hook in self.on_rotate:
+            hook()
         self._kick()
         return self.segment
 
