@@ -203,6 +203,9 @@ class BrokerService:
             # the longest time one slot's requests were held for a switch, over the last 1,000
             "longest_switch_ms": round(max(self.migrator.pauses, default=0.0) * 1000, 1),
             "median_switch_ms": round(statistics.median(self.migrator.pauses or [0.0]) * 1000, 1),
+            # keys and bytes the stores have full-synced to replicas (moves, resyncs), as their
+            # last health checks said: what `snapkv rebalance --wait` shows as keys/s
+            "copied": self._copied(),
             # the load monitor's source and the rebalancer's last decision on load
             "load": {
                 "source": self.load.mode,
@@ -211,6 +214,14 @@ class BrokerService:
                 **self.rebalancer.decision,
             },
         }
+
+    def _copied(self) -> dict[str, int]:
+        keys = sent = 0
+        for node in self.cluster.registry.nodes.values():
+            synced = node.stats.get("synced", {}) if node.stats else {}
+            keys += int(synced.get("keys", 0))
+            sent += int(synced.get("bytes", 0))
+        return {"keys": keys, "bytes": sent}
 
     def rebalance_plan(self) -> dict[str, Any]:
         """What the rebalancer would start now if nothing bounded it (a dry run: nothing moves)."""

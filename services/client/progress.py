@@ -26,20 +26,23 @@ def follow(
     out: TextIO = sys.stderr,
 ) -> bool:
     """Until `left(client)` says done; `left` gives (copies left, done, the cluster view). Prints
-    slots left and the rate; False when `timeout` passed first."""
+    slots left and the rates (slots moved and keys copied per second); False when `timeout`
+    passed first."""
     started = time.monotonic()
     first, _, view = left(client)
     moved_at_start = sum(view.get("moved", {}).values())
+    keys_at_start = view.get("copied", {}).get("keys", 0)
     tty = out.isatty()
     last_print = 0.0
     while True:
         remaining, done, view = left(client)
         now = time.monotonic()
+        elapsed = max(now - started, 1e-3)
         moved = sum(view.get("moved", {}).values()) - moved_at_start
-        rate = moved / max(now - started, 1e-3)
+        keys = view.get("copied", {}).get("keys", 0) - keys_at_start
         line = (
             f"{what} {bar(first - remaining, first)} {remaining} left, {len(view.get('moves', []))} moving, "
-            f"{moved} moved ({rate:.0f}/s)"
+            f"{moved} moved ({moved / elapsed:.0f} slots/s, {keys / elapsed:,.0f} keys/s)"
         )
         if tty:
             out.write("\r" + line)

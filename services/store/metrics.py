@@ -90,6 +90,17 @@ class _StateCollector(Collector):
         for slot, rate in node.load.hottest():
             hot.add_metric([str(slot)], rate)
         yield hot
+        replicator = node.replicator
+        yield CounterMetricFamily(
+            "snapkv_store_sync_keys",
+            "Keys of the slots full-synced to replicas (migrations, resyncs)",
+            value=replicator.sync_keys if replicator is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "snapkv_store_sync_bytes",
+            "Bytes of full-sync copies sent to replicas",
+            value=replicator.sync_bytes if replicator is not None else 0,
+        )
         yield GaugeMetricFamily(
             "snapkv_store_replication_lag_seq",
             "Mutations not yet acknowledged by replicas, summed over slots",

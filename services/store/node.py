@@ -346,6 +346,11 @@ class StoreNode:
             "ops": dict(self.ops),
             # [[slot, requests/s], ...] hottest first, over the last window (slotload.py)
             "hot": [list(item) for item in self.load.hottest()],
+            # keys and bytes full-synced to replicas since the store started (migrations, resyncs)
+            "synced": {
+                "keys": self.replicator.sync_keys if self.replicator is not None else 0,
+                "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
+            },
         }
 
 

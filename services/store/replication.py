@@ -114,6 +114,7 @@ class Replicator:
         self._copying: dict[tuple[int, str], _Copy] = {}  # (slot, replica) -> its full sync on its way
         self.sync_rate = RateLimit(sync_rate)  # bytes/s of full-sync chunks this store sends; 0 = no cap
         self.sync_bytes = 0  # full-sync bytes sent
+        self.sync_keys = 0  # keys of the slots full-synced to replicas (copies started)
         self._staged: dict[int, _Staged] = {}  # replica side: slot -> full sync being assembled
         self._old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
@@ -353,6 +354,7 @@ class Replicator:
                     continue
                 address = member[1]
                 export = engine.export_slot(slot)
+                self.sync_keys += len(export.flat) // 4
                 tracker = self.slots.setdefault(slot, SlotTracker())
                 tracker.exported(name)
                 self._copying.pop((slot, name), None)  # a copy in chunks still on its way stops
@@ -427,7 +429,9 @@ class Replicator:
             return None
         tracker = self.slots.setdefault(slot, SlotTracker())
         tracker.exported(name)
-        source = SlotCopy(self.node.engine.slots.get(slot) or SlotData())
+        data = self.node.engine.slots.get(slot) or SlotData()
+        source = SlotCopy(data)
+        self.sync_keys += len(data.entries)
         copy = _Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], random.getrandbits(62), source)
         self._copying[(slot, name)] = copy
         return copy

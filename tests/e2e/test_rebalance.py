@@ -238,6 +238,9 @@ def test_cli_rebalance_dry_run_moves_nothing_and_drain_wait_follows_to_the_end(l
     drained = subprocess.run([*cli, "drain", "s1", "--wait", "--timeout", "120"], capture_output=True, text=True)
     assert drained.returncode == 0, drained.stderr
     assert "drain [" in drained.stderr and " 0 left" in drained.stderr.splitlines()[-1]
+    assert "keys/s)" in drained.stderr.splitlines()[-1]
+    copied = cluster_view(c)["copied"]  # the drain copied s1's slots to the stores that stay
+    assert copied["keys"] > 0 and copied["bytes"] > copied["keys"], copied
     assert stores(c)["s1"]["status"] == "drained"
     assert stores(c)["s1"]["slots"] == {"primary": 0, "replica": 0}
     assert intact(c, data) == []

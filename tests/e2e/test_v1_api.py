@@ -135,6 +135,8 @@ def test_health_ready_metrics(cluster3):
         "snapkv_store_ops_total",
         "snapkv_store_requests_total",
         "snapkv_store_hot_slot_requests_per_second",
+        "snapkv_store_sync_keys_total",
+        "snapkv_store_sync_bytes_total",
         "snapkv_store_replication_lag_seq",
         "snapkv_store_last_snapshot_timestamp_seconds",
         "snapkv_store_wal_fsync_seconds",
