@@ -228,7 +228,17 @@ class ClusterState:
         if node.confirmed and not node.restarted:
             if not node.behind:
                 return []
-            return [c for c in self._catch_up(node) if c.slot in node.behind]
+            plan = [c for c in self._catch_up(node) if c.slot in node.behind]
+            planned = {c.slot for c in plan}
+            for slot in sorted(node.behind - planned):
+                # an in-sync replica with no copy (it dropped the slot and was listed in the ISR
+                # again) leaves the slot, as a restarted one does: repair adds a copy back, which
+                # joins the ISR only once the primary has synced it (rule 2)
+                e = self.slotmap.entry(slot)
+                if e.primary not in (None, name) and name in e.isr:
+                    others = [r for r in e.replicas if r != name]
+                    plan.append(Change(slot, e.primary, others, [r for r in e.isr if r != name]))
+            return plan
         return self._catch_up(node)
 
     def _catch_up(self, node: Node) -> list[Change]:

@@ -127,7 +127,7 @@ class StoreService:
             sync_rate=self.settings.sync_rate_mb * 1_000_000,
         )
         self.node.replicator = replicator
-        replicator.on_behind = self.registrar.soon
+        replicator.on_behind = self.node.on_behind = self.registrar.soon
         self.node.routes.add(wire.OP_REPLICATE, records.replicate_request, replicator.op_replicate)
         self.node.routes.add(wire.OP_SYNC, records.sync_items, replicator.op_sync)
         self.node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, replicator.op_sync_chunk)

@@ -63,6 +63,11 @@ class StoreNode:
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
         self.ops: dict[str, int] = {}
         self.load = SlotLoad()  # client requests per slot: the hot slots the broker may move
+        # slots whose copy this store dropped and has not been sent again since (a full sync or
+        # the stream from seq 0 brings it back): listed in an ISR meanwhile, the store says it is
+        # behind there rather than let a switch or a failover promote an empty copy (rule 2)
+        self.lost: set[int] = set()
+        self.on_behind: Callable[[int], None] | None = None  # report a slot as behind (registration)
         self.dirty = False  # something changed since the last snapshot
         self.routes = Routes()
         self.routes.add(wire.OP_GET, records.get_request, self.op_get)
@@ -257,6 +262,15 @@ class StoreNode:
             log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused), refused[0])
         if req.confirm:
             self.confirmed = True
+        for assignment in req.slots:
+            if assignment.slot in self.lost and assignment.role == REPLICA and self.name in assignment.isr:
+                log.warning(
+                    "event=in_sync_without_copy slot=%d epoch=%d action=report_behind",
+                    assignment.slot,
+                    assignment.epoch,
+                )
+                if self.on_behind is not None:
+                    self.on_behind(assignment.slot)
         if stale:
             log.info("event=stale_assignments_skipped slots=%d", len(stale))
         if self.wal is None:
@@ -280,6 +294,8 @@ class StoreNode:
             self.fail_waiters(slot)  # those commits will not happen here: the router retries elsewhere
             self.load.forget(slot)  # its requests go to another store now
         if assignment is None:
+            if previous is not None:
+                self.lost.add(slot)
             self.assignments.pop(slot, None)
             self.engine.drop(slot)
             self.committed.pop(slot, None)

@@ -595,6 +595,7 @@ class Replicator:
             raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
         node.engine.apply(mutation)
         self._copied_under[slot] = a.leader_epoch
+        self.node.lost.discard(slot)
         node.dirty = True
         assert node.wal is not None
         return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
@@ -625,6 +626,7 @@ class Replicator:
                 results.append(NEWER)
                 continue
             self._copied_under[slot] = a.leader_epoch
+            self.node.lost.discard(slot)
             self._staged.pop(slot, None)  # a copy in chunks still being assembled is older than this one
             node.engine.import_slot(record)
             assert node.wal is not None
@@ -674,6 +676,7 @@ class Replicator:
         if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
             return NEWER
         self._copied_under[slot] = a.leader_epoch
+        self.node.lost.discard(slot)
         head = SlotExport(slot, chunk.data_epoch, chunk.seq, [], chunk.recent or [])
         node.engine.install(slot, staged.builder.finish(chunk.data_epoch, chunk.seq, head.recent))
         wal.append(walmod.RESET_END, CopyEnd(chunk.sync, staged.next, head))
@@ -706,6 +709,7 @@ class Replicator:
         node = self.node
         assert node.wal is not None
         self._copied_under[slot] = a.leader_epoch
+        self.node.lost.discard(slot)
         node.engine.import_slot(record)
         node.wal.append(walmod.RESET, record)
         node.dirty = True

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
+from snapkv.common.slots import key_slot
 from snapkv.store import wal
 from support.chaos import Workload
 from support.procs import LocalCluster, Proc, http
@@ -226,6 +227,7 @@ def test_a_wrong_full_push_to_a_primary_loses_nothing_for_good(local_cluster):
     while missing and time.monotonic() < deadline:
         time.sleep(0.5)
         missing = _missing(local_cluster, items)
-    assert missing == [], f"{len(missing)} of 400 lost\n{local_cluster.logs()}"
+    slots = sorted({key_slot(k.encode()) for k in missing})
+    assert missing == [], f"{len(missing)} of 400 lost (slots {slots})\n{local_cluster.logs()}"
     local_cluster.wait_ready()
     assert _missing(local_cluster, items) == []

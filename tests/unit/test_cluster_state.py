@@ -220,6 +220,21 @@ def test_a_confirmed_store_is_caught_up_only_on_slots_it_says_it_is_behind_on():
     assert not level.catch_up
 
 
+def test_an_in_sync_replica_that_says_it_has_no_copy_leaves_the_slot_so_nothing_promotes_it():
+    """A store that dropped its replica copy (a wrong full push) and is listed in the ISR again
+    reports the slot as behind: it leaves the slot (repair adds a copy back, synced before it
+    joins the ISR), so neither a switch nor a failover can make its empty copy primary."""
+    state = state_with("a", "b")
+    at = state.slotmap.entry(SLOT).epoch
+    for name in ("a", "b"):
+        register(state, name, confirmed=True, boot=f"boot-{name}", inventory=[[SLOT, "x", 5, at, at]])
+        state.confirmed(name)
+    told = register(state, "b", confirmed=True, boot="boot-b", inventory=[], behind=[SLOT])
+    assert told.catch_up
+    [change] = state.catch_up_plan("b")
+    assert change.slot == SLOT and change.primary == "a" and "b" not in change.replicas and "b" not in change.isr
+
+
 def test_a_restarted_store_is_failed_over_and_then_returns_through_its_whole_assignment_not_a_catch_up():
     state = state_with("a", "b")
     at = state.slotmap.entry(SLOT).epoch

@@ -115,6 +115,19 @@ async def test_a_full_push_drops_what_it_does_not_list():
     assert set(node.assignments) == {SLOT + 1}
 
 
+async def test_a_replica_listed_in_the_isr_again_after_dropping_its_copy_reports_the_slot_as_behind():
+    node = primary_node()
+    told: list[int] = []
+    node.on_behind = told.append
+    replica = [SLOT + 1, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], ["s1"], 4]
+    node.op_assign(records.assign_request({"slots": [replica]}))
+    assert told == []  # a copy it never dropped: nothing to say
+    node.op_assign(records.assign_request({"slots": [], "confirm": True, "full": True}))  # a wrong full push
+    assert SLOT + 1 not in node.assignments
+    node.op_assign(records.assign_request({"slots": [[SLOT + 1, 5, *replica[2:5], 4]]}))  # listed in the ISR
+    assert told == [SLOT + 1]  # its copy is empty: the broker takes it out of the slot
+
+
 async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
     node = StoreNode("s2", Engine(), None)
     node.confirmed = True
