@@ -11,6 +11,8 @@ import pytest
 from aiohttp import web
 from k8s_tools import Render, by_kind, documents
 
+from support.httpserver import start_site
+
 
 @pytest.fixture(scope="module")
 def docs(render: Render) -> list[dict]:
@@ -38,11 +40,7 @@ async def _run_python(script: str, env: dict[str, str], timeout: float = 30) -> 
 async def _serve(routes: web.RouteTableDef) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return await start_site(app)
 
 
 def _store(name: str, status: str = "up") -> dict:

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from snapkv.common import errors, rpc
 
+from .httpserver import start_site
+
 
 class Peer:
     """Answers [name, args] to any op; `hold` is answered only when the test says so (or never);
@@ -35,11 +37,7 @@ class Peer:
     async def __aenter__(self) -> Peer:
         app = web.Application()
         app.router.add_get("/internal/ws", self.route)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await start_site(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

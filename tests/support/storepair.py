@@ -15,6 +15,8 @@ from snapkv.common.records import PRIMARY, REPLICA, Member, SlotAssignment
 from snapkv.store.replication import Replicator
 from support.storekit import MiniStore
 
+from .httpserver import start_site
+
 
 class PairStore:
     def __init__(self, name: str, data_dir: str, broker: StandInBroker, sync_rate: float) -> None:
@@ -45,11 +47,7 @@ class PairStore:
         node.confirmed = True
         app = web.Application()
         app.router.add_get("/internal/ws", self.route)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await start_site(app)
         return self
 
     async def route(self, request: web.Request) -> web.StreamResponse:
@@ -79,11 +77,7 @@ class StandInBroker:
     async def start(self) -> StandInBroker:
         app = web.Application()
         app.router.add_post("/internal/isr", self.isr)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await start_site(app)
         return self
 
     @property

@@ -19,6 +19,7 @@ from snapkv.broker.clusterstate import ClusterState
 from snapkv.broker.loadmon import LoadError, LoadMonitor, PromSource, Sample, ScrapeSource, parse_metrics, scores
 from snapkv.common.config import Settings
 from snapkv.store.slotload import WINDOW, SlotLoad
+from support.httpserver import start_site
 
 SITES = {"s1": "a", "s2": "b", "s3": "a"}
 
@@ -75,11 +76,7 @@ async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]
     """Run `test(address)` against a real HTTP server on 127.0.0.1 answering every GET with `handler`."""
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_site(app)
     try:
         await test(f"127.0.0.1:{port}")
     finally:
