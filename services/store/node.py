@@ -20,6 +20,7 @@ from ..common.records import PRIMARY, REPLICA, Entry, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine
+from .futures import ignore_outcome, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
@@ -191,7 +192,7 @@ class StoreNode:
                 ops = [Op(key, None, 0) for key in keys]
                 data = self.engine.slot(slot)
                 pending = self.commit_mutation(Mutation(slot, a.epoch, data.seq + 1, "", ops, now))
-                pending.add_done_callback(_ignore_outcome)  # a lost expiry is redone next turn
+                pending.add_done_callback(ignore_outcome)  # a lost expiry is redone next turn
                 done += len(keys)
         return done
 
@@ -368,36 +369,3 @@ class StoreNode:
                 "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
             },
         }
-
-
-def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-def when_all(futs: list[Any], make: Any) -> asyncio.Future[Any]:
-    """A future for make() once every one of `futs` is done; the first error fails it at once."""
-    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    remaining = [len(futs)]
-
-    def one_done(f: asyncio.Future[Any]) -> None:
-        remaining[0] -= 1
-        if out.done():
-            return
-        if f.cancelled():
-            out.set_exception(errors.Unavailable("cancelled"))
-        elif f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
-        elif remaining[0] == 0:
-            out.set_result(make())
-
-    if not futs:
-        out.set_result(make())
-    for f in futs:
-        f.add_done_callback(one_done)
-    return out
-
-
-def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
-    """A future for `value` once `fut` is done (or its error)."""
-    return when_all([fut], lambda: value)

@@ -31,7 +31,7 @@ from ..common.records import PRIMARY, REPLICA, CopyEnd, CopyPart, Member, Mutati
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SlotData
-from .node import then
+from .futures import then, when_all
 from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotBuilder, SlotCopy
 from .tracker import SlotTracker
 from .waiters import SeqWaiters
@@ -747,24 +747,6 @@ def _refused(fut: asyncio.Future[Any]) -> bool:
 def _answer(chunks: list[asyncio.Future[Any]], *, stopped: bool) -> asyncio.Future[Any]:
     """The replica's answer to a whole copy: its last chunk's, once every chunk is answered; the
     first error or refusal decides. A copy stopped before its end answers False."""
-    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    remaining = [len(chunks)]
-
-    def one(f: asyncio.Future[Any]) -> None:
-        remaining[0] -= 1
-        if out.done():
-            return
-        if f.cancelled():
-            out.set_exception(errors.Unavailable("full sync cancelled"))
-        elif f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
-        elif f.result() is not True:
-            out.set_result(f.result())
-        elif remaining[0] == 0:
-            out.set_result(not stopped)
-
     if not chunks:
-        out.set_result(False)
-    for f in chunks:
-        f.add_done_callback(one)
-    return out
+        return when_all([], lambda: False)
+    return when_all(chunks, lambda: not stopped, decided=lambda ok: ok is not True, cancelled="full sync cancelled")

@@ -1,0 +1,53 @@
+"""Futures combined without tasks (callbacks only): the store's write path answers a connection
+with a future that completes once the log write and the replicas' acks are in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..common import errors
+
+
+def ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    """A done-callback that retrieves the outcome, so an unawaited failure is not logged."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def when_all(
+    futs: list[Any],
+    make: Callable[[], Any],
+    *,
+    decided: Callable[[Any], bool] | None = None,
+    cancelled: str = "cancelled",
+) -> asyncio.Future[Any]:
+    """A future for make() once every one of `futs` is done; the first error fails it at once,
+    and so does (as its result) the first result that `decided` says settles it."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    remaining = [len(futs)]
+
+    def one_done(f: asyncio.Future[Any]) -> None:
+        remaining[0] -= 1
+        if out.done():
+            return
+        if f.cancelled():
+            out.set_exception(errors.Unavailable(cancelled))
+        elif f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        elif decided is not None and decided(f.result()):
+            out.set_result(f.result())
+        elif remaining[0] == 0:
+            out.set_result(make())
+
+    if not futs:
+        out.set_result(make())
+    for f in futs:
+        f.add_done_callback(one_done)
+    return out
+
+
+def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
+    """A future for `value` once `fut` is done (or its error)."""
+    return when_all([fut], lambda: value)
