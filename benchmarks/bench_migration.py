@@ -1,10 +1,14 @@
 """Live migration: a 4th store joins a loaded cluster; how fast its share moves and what clients feel.
 
 A real cluster (broker + 3 stores on sites a, b, c; processes on 127.0.0.1) is loaded with
-`--keys` keys (default 1,000,000) of `--value-bytes` bytes. Closed-loop clients (`--clients`,
-half GETs, half PUTs of keys among the loaded ones) run throughout. Their p99 latency is taken for
-`--rest` seconds at rest, then a 4th store (site a) joins and the same p99 is taken until every
-move is done. Figures, one JSON line each:
+`--keys` keys (default 1,000,000) of `--value-bytes` bytes. Clients send half GETs, half PUTs of
+keys among the loaded ones. First `--clients` closed-loop clients measure what the cluster serves
+at saturation (the capacity); then requests go at a fixed rate, `--load` (0.5) of that capacity,
+open-loop, each timed from when it was due (a pause delays every request due meanwhile, and each
+counts it). Their p99 latency is taken for `--rest` seconds at rest, then a 4th store (site a)
+joins and the same p99 is taken until every move is done. (Closed-loop clients at saturation
+measure something else: any CPU the moves take is queueing for everyone, on a 2-core machine
+running five servers.) Figures, one JSON line each:
 
 - `join_share_seconds`: from the 4th store's start until it holds 25% +- 5% of the primaries
   (goal <= 60 s with 1,000,000 keys);
@@ -24,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -69,38 +74,71 @@ async def load(url: str, keys: int, value: str, batch: int = 500, parallel: int 
 
 
 class Clients:
-    """Closed-loop clients; latencies recorded into whichever list `into` names."""
+    """Half GETs, half PUTs of loaded keys. `capacity()` runs closed-loop clients (each sends its next
+    request when the last one answered) and says how many requests/s the cluster serves at
+    saturation; `run()` then sends at a fixed rate, open-loop (wrk2's constant throughput): request
+    i is due at start + i / rate whatever the others do, and its latency counts from when it was due,
+    so a pause shows up in every request it delays (no coordinated omission). Latencies go into
+    whichever list `into` names."""
 
-    def __init__(self, url: str, keys: int, value: str, clients: int) -> None:
-        self.url, self.keys, self.value, self.clients = url, keys, value, clients
+    def __init__(self, url: str, keys: int, value: str) -> None:
+        self.url, self.keys, self.value = url, keys, value
         self.latencies: dict[str, list[float]] = {"rest": [], "moving": [], "off": []}
         self.into = "off"
         self.errors: list[str] = []
         self.stop = False
+        self.rng = random.Random(7)
 
-    async def run(self) -> None:
+    async def _request(self, session: aiohttp.ClientSession) -> None:
+        key = f"k{self.rng.randrange(self.keys)}"
+        try:
+            if self.rng.random() < 0.5:
+                async with session.get(f"{self.url}/v1/kv/{key}") as r:
+                    await r.read()
+                    ok = r.status == 200
+            else:
+                async with session.put(f"{self.url}/v1/kv/{key}", data=self.value) as r:
+                    await r.read()
+                    ok = r.status in (200, 201)
+            if not ok:
+                self.errors.append(f"{key}: {r.status}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.errors.append(f"{key}: {exc!r}")
+
+    async def capacity(self, clients: int, seconds: float) -> float:
+        """Requests/s that `clients` closed-loop clients get served."""
+        done = [0]
+        end = time.monotonic() + seconds
+
+        async def one(session: aiohttp.ClientSession) -> None:
+            while time.monotonic() < end:
+                await self._request(session)
+                done[0] += 1
+
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(self._one(session, i) for i in range(self.clients)))
+            await asyncio.gather(*(one(session) for _ in range(clients)))
+        return done[0] / seconds
 
-    async def _one(self, session: aiohttp.ClientSession, i: int) -> None:
-        rng = random.Random(i)
-        while not self.stop:
-            key = f"k{rng.randrange(self.keys)}"
-            started = time.perf_counter()
-            try:
-                if rng.random() < 0.5:
-                    async with session.get(f"{self.url}/v1/kv/{key}") as r:
-                        await r.read()
-                        ok = r.status == 200
-                else:
-                    async with session.put(f"{self.url}/v1/kv/{key}", data=self.value) as r:
-                        await r.read()
-                        ok = r.status in (200, 201)
-                if not ok:
-                    self.errors.append(f"{key}: {r.status}")
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                self.errors.append(f"{key}: {exc!r}")
-            self.latencies[self.into].append(time.perf_counter() - started)
+    async def run(self, rate: float) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def timed(session: aiohttp.ClientSession, due: float, into: str) -> None:
+            await self._request(session)
+            self.latencies[into].append(loop.time() - due)
+
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=connector) as session:
+            start, i = loop.time(), 0
+            while not self.stop:
+                due = start + i / rate
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                task = loop.create_task(timed(session, due, self.into))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+            await asyncio.gather(*tasks)
 
 
 def view(c: LocalCluster) -> dict[str, Any]:
@@ -128,8 +166,11 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
     # a snapshot of every store now, so the one the load made due does not fall into the baseline
     await asyncio.to_thread(lambda: http("POST", f"{c.url}/kvstore/snapshot/manual", timeout=300))
     await asyncio.sleep(3.0)
-    clients = Clients(c.url, args.keys, value, args.clients)
-    runner = asyncio.ensure_future(clients.run())
+    clients = Clients(c.url, args.keys, value)
+    capacity = await clients.capacity(args.clients, 5.0)
+    rate = capacity * args.load
+    say(f"{args.clients} closed-loop clients get {capacity:.0f} requests/s; the clients send {rate:.0f}/s")
+    runner = asyncio.ensure_future(clients.run(rate))
     try:
         await asyncio.sleep(1.0)
         clients.into = "rest"
@@ -167,7 +208,8 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
     common = {
         "keys": args.keys,
         "value_bytes": args.value_bytes,
-        "clients": args.clients,
+        "capacity_rps": round(capacity),
+        "rate_rps": round(rate),
         "loadavg": os.getloadavg()[0],
     }
     return [
@@ -200,8 +242,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--value-bytes", type=int, default=100)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=8, help="closed-loop clients that measure the capacity")
+    parser.add_argument("--load", type=float, default=0.5, help="the fixed request rate, as a share of the capacity")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest baseline")
+    parser.add_argument("--logs", type=Path, help="copy the broker's and stores' logs into this directory at the end")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         c = LocalCluster(Path(tmp))
@@ -215,6 +259,10 @@ def main() -> None:
             figures, common = asyncio.run(scenario(c, args))
         finally:
             c.stop()
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("*.log"):
+                    shutil.copy(log, args.logs / log.name)
     for figure in figures:
         print(json.dumps({**figure, **common, "bench": "bench_migration"}), flush=True)
 

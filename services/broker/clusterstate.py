@@ -156,6 +156,12 @@ class ClusterState:
             del self.registry.nodes[name]
         return gone
 
+    def fingerprint(self) -> tuple[object, ...]:
+        """What the planners read of the map and the stores: equal fingerprints, same plans. The
+        map's epoch grows with every change; the stores' part is tiny (a handful of stores)."""
+        stores = tuple(sorted((n.name, n.status.value, n.site, n.draining) for n in self.registry.nodes.values()))
+        return self.slotmap.epoch, stores
+
     def leaving(self) -> set[str]:
         """Stores being drained."""
         return {n.name for n in self.registry.nodes.values() if n.draining}

@@ -44,6 +44,7 @@ class Failover:
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        self._nothing: tuple[object, ...] = ()  # the inputs of the last repair that changed nothing
 
     async def start(self) -> None:
         self._started = time.monotonic()
@@ -76,14 +77,19 @@ class Failover:
         if self.in_grace():
             return 0
         async with self.lock:
+            moving = self._moving()
+            inputs = (cluster.fingerprint(), frozenset(moving))
+            if inputs == self._nothing:
+                return 0  # what a repair that found nothing saw: nothing again (it walks every slot)
             changes, promoted = placement.repair(
                 cluster.slotmap,
                 cluster.registry.sites(staying=False),
                 self.settings.replication_factor,
                 leaving=cluster.leaving(),
-                moving=self._moving(),
+                moving=moving,
             )
             if not changes:
+                self._nothing = inputs
                 return 0
             pending = self.pusher.stage(changes, reason)  # the map changes now; the disk after the lock
             cluster.failovers += promoted

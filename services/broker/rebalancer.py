@@ -66,6 +66,7 @@ class Rebalancer:
         self._over = 0  # readings in a row with a store over the threshold
         self._load_moved: dict[int, float] = {}  # slot -> when it was last moved for load
         self.decision: dict[str, object] = {"decision": "no reading yet"}  # the last one, for /v1/cluster
+        self._nothing: set[tuple[object, ...]] = set()  # inputs of the last plans that found no move
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -98,6 +99,10 @@ class Rebalancer:
             return []
         moving = set(self.migrator.running)
         recent = self.migrator.recent() if cooldown else set()
+        # the same inputs as a plan that found nothing: nothing again (a plan walks every slot)
+        inputs = (c.fingerprint(), frozenset(moving), frozenset(recent), cooldown, bounded, limit)
+        if inputs in self._nothing:
+            return []
         copies = c.copies_wanted
         skip = {
             s
@@ -107,7 +112,7 @@ class Rebalancer:
         room = self.settings.max_moves - len(moving) if limit is None else limit
         if room <= 0:
             return []
-        return balance.plan(
+        moves = balance.plan(
             c.slotmap,
             c.registry.sites(staying=False),
             c.leaving(),
@@ -117,6 +122,11 @@ class Rebalancer:
             skip=skip,
             running=[r.move for r in self.migrator.running.values()],
         )
+        if not moves:
+            if len(self._nothing) >= 8:
+                self._nothing.clear()
+            self._nothing.add(inputs)
+        return moves
 
     def step(self) -> int:
         """Mark drained stores, then start what the plan says; the number of moves started."""

@@ -50,6 +50,10 @@ class WriteResult(NamedTuple):
     existed: list[bool]  # per op: whether the key was live before
 
 
+# a remembered request id and its write's result: a WriteResult, or the plain tuple a store keeps
+Recent = tuple[str, tuple[int, Sequence[bool]]]
+
+
 class SlotExport(NamedTuple):
     """Point-in-time copy of one slot: a snapshot's slot record, a full sync, a RESET log record."""
 
@@ -57,7 +61,7 @@ class SlotExport(NamedTuple):
     data_epoch: int
     seq: int
     flat: list[Any]  # key, value, version, expires_at, key, value, ... (compact on disk)
-    recent: list[tuple[str, WriteResult]]  # remembered request ids, oldest first
+    recent: Sequence[Recent]  # remembered request ids, oldest first
 
 
 # -- assignments ---------------------------------------------------------------------------------
@@ -161,6 +165,16 @@ class SyncItem(NamedTuple):
     export: SlotExport
 
 
+class SameCopy(NamedTuple):
+    """A new primary's position in a slot: a replica at exactly this position holds the same copy
+    and keeps it (store/receiver.py)."""
+
+    slot: int
+    epoch: int  # the sender's assignment epoch
+    data_epoch: int
+    seq: int
+
+
 class SyncChunk(NamedTuple):
     """One message of a full sync in chunks: the primary's point-in-time copy of a slot, cut into
     bounded pieces (store/slotcopy.py); the replica replaces its copy only once the last arrived."""
@@ -172,7 +186,7 @@ class SyncChunk(NamedTuple):
     data_epoch: int  # of the copy (on every chunk: the first decides whether it would go back)
     seq: int
     flat: list[Any]  # key, value, version, expires_at, ...; a key repeating the one before it continues its value
-    recent: list[tuple[str, WriteResult]] | None  # request ids, on the last chunk only: it ends the copy
+    recent: Sequence[Recent] | None  # request ids, on the last chunk only: it ends the copy
 
 
 class CopyPart(NamedTuple):
@@ -330,6 +344,19 @@ def sync_items(raw: object) -> list[SyncItem]:
         except (TypeError, ValueError):
             raise _bad("sync item", item) from None
         out.append(SyncItem(slot, epoch, slot_export(export)))
+    return out
+
+
+def same_copies(raw: object) -> list[SameCopy]:
+    out = []
+    for item in _seq(raw, "same copy"):
+        try:
+            slot, epoch, data_epoch, seq = item
+            if not all(isinstance(v, int) for v in (slot, epoch, data_epoch, seq)):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise _bad("same copy", item) from None
+        out.append(SameCopy(slot, epoch, data_epoch, seq))
     return out
 
 

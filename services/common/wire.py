@@ -25,6 +25,7 @@ OP_SNAPSHOT = "snapshot"
 OP_REPLICATE = "repl"
 OP_SYNC = "sync"  # whole slots per message (an older primary)
 OP_SYNC_CHUNK = "sync_chunk"  # a full sync in bounded chunks
+OP_SYNC_SAME = "sync_same"  # a new primary asks whether a replica holds its copy already
 
 # a store's stats list at most this many of its hottest slots (with their requests/s)
 HOT_SLOTS = 16

@@ -128,9 +128,7 @@ class StoreService:
         )
         self.node.replicator = replicator
         replicator.on_behind = self.node.on_behind = self.registrar.soon
-        self.node.routes.add(wire.OP_REPLICATE, records.replicate_request, replicator.op_replicate)
-        self.node.routes.add(wire.OP_SYNC, records.sync_items, replicator.op_sync)
-        self.node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, replicator.op_sync_chunk)
+        replicator.receiver.add_routes(self.node.routes)
         snapshots = self.snapshots = snapshot.Snapshotter(
             self.name, self.data_dir, self.node, self.settings.snapshot_interval, self.metrics.snapshot_seconds.observe
         )

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..common import errors, records, wire
-from ..common.records import PRIMARY, REPLICA, Entry, Mutation, Op, WriteResult
+from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .engine import SEQ_BITS, Engine
+from .engine import SEQ_BITS, VERSION, Engine, Item
 from .futures import ignore_outcome, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
@@ -116,12 +116,12 @@ class StoreNode:
             if pending > self.committed.get(slot, 0):
                 return self._after_commit(slot, pending, lambda: self._read_again(slot, key))
             return None
-        seq = entry.version & SEQ_MASK
+        seq = entry[VERSION] & SEQ_MASK
         if seq <= self.committed.get(slot, 0):
             return entry
         return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
 
-    def _read_again(self, slot: int, key: bytes) -> Entry | None:
+    def _read_again(self, slot: int, key: bytes) -> Item | None:
         """The entry, read now (again, after a wait for a commit)."""
         return self.engine.get(slot, key, now_ms())
 
@@ -156,8 +156,9 @@ class StoreNode:
         self.load.hit(slot)
         data = self.engine.slot(slot)
         if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
-            result = data.recent[rid]
-            return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
+            version, existed = data.recent[rid]
+            result = WriteResult(version, list(existed))
+            return self._after_commit(slot, version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
         return self.commit_mutation(mutation)
 
@@ -247,6 +248,8 @@ class StoreNode:
                 stale.append(slot)  # an older push arriving late: what we hold is newer
                 continue
             self.apply_assignment(slot, assignment, log_it=True)
+        if self.replicator is not None:
+            self.replicator.ask_same()  # promoted slots: before any write can reach them
         # per drop, who holds the slot now (unknown for a bare slot from an older broker)
         holders: dict[int, tuple[int, str | None] | None] = {
             d.slot: (d.epoch, d.primary) if d.epoch else None for d in req.drop

@@ -27,12 +27,12 @@ import aiohttp
 
 from ..common import errors, records, wire
 from ..common.pool import Pool
-from ..common.records import PRIMARY, REPLICA, CopyEnd, CopyPart, Member, Mutation, SlotExport, SyncChunk, SyncItem
+from ..common.records import PRIMARY, Member, Mutation, SameCopy, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
-from . import wal as walmod
 from .engine import SlotData
-from .futures import then, when_all
-from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotBuilder, SlotCopy
+from .futures import when_all
+from .receiver import NEWER, Receiver
+from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotCopy
 from .tracker import SlotTracker
 from .waiters import SeqWaiters
 
@@ -43,7 +43,6 @@ log = logging.getLogger("snapkv.replication")
 
 REPL_TIMEOUT = 2.0  # a replica that does not acknowledge within this is reported to the broker
 SYNC_TIMEOUT = 60.0
-NEWER = "newer"  # a full sync refused: this replica holds a newer in-sync copy of the slot
 SYNC_BATCH = 256  # slots copied before their answers are awaited together
 SYNC_WINDOW = 1 << 20  # bytes of full-sync chunks sent and not yet answered, per replica
 SYNC_MESSAGE_BYTES = CHUNK_BYTES  # whole slots per OP_SYNC message: about this many bytes (one slot at least)
@@ -78,19 +77,6 @@ class _Round:
     refused: bool = False
 
 
-@dataclass
-class _Staged:
-    """Replica side: a full sync in chunks being assembled, aside from the copy the slot serves."""
-
-    sync: int
-    leader_epoch: int
-    builder: SlotBuilder = field(default_factory=SlotBuilder)
-    next: int = 0
-    # the flat entries of each part so far: a log rotation logs them again at the head of the new
-    # segment, so that the end record finds every part in the log replayed after the snapshot
-    parts: list[list[Any]] = field(default_factory=list)
-
-
 class Replicator:
     def __init__(
         self,
@@ -115,15 +101,15 @@ class Replicator:
         self.sync_rate = RateLimit(sync_rate)  # bytes/s of full-sync chunks this store sends; 0 = no cap
         self.sync_bytes = 0  # full-sync bytes sent
         self.sync_keys = 0  # keys of the slots full-synced to replicas (copies started)
-        self._staged: dict[int, _Staged] = {}  # replica side: slot -> full sync being assembled
+        self.receiver = Receiver(node)  # the replica side: streams and full syncs coming in
+        # replica -> (question, stream) of slots just promoted here: asked in the same loop turn
+        self._asking: dict[str, list[tuple[SameCopy, int]]] = {}
+        self._no_same: set[str] = set()  # replicas older than the same-copy check: full syncs only
         self._old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
         self._isr_inflight: set[tuple[int, str, str]] = set()
         self._isr_task: asyncio.Task[None] | None = None
         self._closed = False
-        # replica side: slot -> leader epoch our copy was last synced or streamed under; within one
-        # leadership a full sync never takes an in-sync copy back (the primary lost what it sent)
-        self._copied_under: dict[int, int] = {}
         # a replica holds more of this slot than we do: re-register, saying so
         self.on_behind: Callable[[int], None] | None = None
 
@@ -240,11 +226,7 @@ class Replicator:
 
     # -- assignments ----------------------------------------------------------------------------
     def assignment_changed(self, slot: int, previous: Assignment | None, current: Assignment | None) -> None:
-        staged = self._staged.get(slot)
-        if staged is not None and (
-            current is None or current.role != REPLICA or current.leader_epoch != staged.leader_epoch
-        ):
-            del self._staged[slot]  # that copy will never be finished: a new primary syncs us afresh
+        self.receiver.assignment_changed(slot, current)
         if current is None or current.role != PRIMARY:
             self.slots.pop(slot, None)
             self._fail_waiters(slot)
@@ -254,11 +236,65 @@ class Replicator:
         plan = tracker.assigned(
             [name for name, _ in self._replicas(current)], current.isr, self.node.engine.slot(slot).seq, new_leader
         )
+        sync = plan.sync
+        if new_leader and previous is not None:  # promoted: a replica may hold our very copy
+            sync = [name for name in plan.sync if not self._ask_same(slot, current, tracker, name)]
         for name in plan.join:
             self._request_isr(slot, current.epoch, "add", name)
-        for name in plan.sync:
+        for name in sync:
             self._schedule_sync(name, slot)
         self._check(slot)
+
+    # -- the same copy: a promotion that copies nothing ------------------------------------------
+    def _ask_same(self, slot: int, a: Assignment, tracker: SlotTracker, name: str) -> bool:
+        """Start `name`'s stream here, with the question whether it holds the slot at our position
+        (in this loop turn, so our next mutation follows it on the same connection); False when it
+        cannot be asked (an older store): it gets a full sync."""
+        if name in self._no_same or self._closed:
+            return False
+        data = self.node.engine.slots.get(slot)
+        tracker.exported(name)
+        question = SameCopy(slot, a.epoch, data.data_epoch, data.seq) if data else SameCopy(slot, a.epoch, 0, 0)
+        if not self._asking:
+            asyncio.get_running_loop().call_soon(self.ask_same)  # a caller that does not ask itself
+        self._asking.setdefault(name, []).append((question, tracker.stream_of[name]))
+        return True
+
+    def ask_same(self) -> None:
+        """Send the questions gathered for slots promoted since the last call: one message per
+        replica. The node calls this at the end of the assignment that promoted them, before any
+        write can reach those slots."""
+        asking, self._asking = self._asking, {}
+        for name, questions in asking.items():
+            a = self.node.assignments.get(questions[0][0].slot)
+            member = next((m for m in self._replicas(a) if m.name == name), None) if a is not None else None
+            if member is None:  # gone again in the same assignment: nothing to ask
+                continue
+            items = [q for q, _ in questions]
+            call = asyncio.ensure_future(
+                self.peers.get(name, member.address).call(wire.OP_SYNC_SAME, items, timeout=SYNC_TIMEOUT)
+            )
+            call.add_done_callback(functools.partial(self._same_answered, name, questions))
+
+    def _same_answered(self, name: str, questions: list[tuple[SameCopy, int]], fut: asyncio.Future[Any]) -> None:
+        exc = _failure(fut)
+        if exc is not None and _unknown_op(exc) and name not in self._no_same:
+            self._no_same.add(name)
+            log.warning("event=sync_fallback replica=%s reason=no_same_copy_check action=full_sync", name)
+        answers: list[Any] = [exc] * len(questions) if exc is not None else list(fut.result())
+        for (question, stream), ok in zip(questions, answers):
+            slot = question.slot
+            a = self.node.assignments.get(slot)
+            tracker = self.slots.get(slot)
+            if a is None or a.role != PRIMARY or tracker is None or tracker.stream_of.get(name) != stream:
+                continue  # that stream is over (a resync, a new assignment)
+            if ok is True:
+                if tracker.synced(name, question.seq, a.isr, self.node.engine.slot(slot).seq):
+                    self._request_isr(slot, a.epoch, "add", name)
+                self._check(slot)
+                continue
+            tracker.sync_failed(name)  # it differs, has not heard of us yet, or failed: a full sync
+            self._schedule_sync(name, slot)
 
     # -- full sync ------------------------------------------------------------------------------
     def _schedule_sync(self, name: str, slot: int) -> None:
@@ -575,145 +611,6 @@ class Replicator:
                         self._request_isr(slot, a.epoch, "add", name)
                 elif name in a.isr and name not in tracker.stream_of and a.epoch != epoch:
                     self._request_isr(slot, a.epoch, "remove", name)
-
-    # -- replica side ---------------------------------------------------------------------------
-    def op_replicate(self, req: records.ReplicateRequest) -> Any:
-        slot, epoch, mutation = req
-        node = self.node
-        a = node.assignments.get(slot)
-        if a is None or a.role != REPLICA:
-            raise errors.StaleEpoch(f"{node.name} is not a replica of slot {slot}", slot=slot)
-        if epoch < a.leader_epoch:  # a deposed primary (rule 1); an older ISR epoch of ours is fine
-            raise errors.StaleEpoch(
-                f"slot {slot} has had a new primary since epoch {a.leader_epoch}", slot=slot, epoch=a.epoch
-            )
-        data = node.engine.slot(slot)
-        seq = mutation.seq
-        if seq <= data.seq and mutation.epoch == data.data_epoch:
-            return True  # a resend of what we already hold
-        if seq != data.seq + 1:
-            raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
-        node.engine.apply(mutation)
-        self._copied_under[slot] = a.leader_epoch
-        self.node.lost.discard(slot)
-        node.dirty = True
-        assert node.wal is not None
-        return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
-
-    def _would_go_back(self, slot: int, a: Assignment, record: SlotExport) -> bool:
-        """A full sync older in (data_epoch, seq) than our in-sync copy, from the same leadership our
-        copy came from: only a primary that lost writes sends that (rule 2)."""
-        data = self.node.engine.slots.get(slot)
-        if data is None or self.node.name not in a.isr or self._copied_under.get(slot) != a.leader_epoch:
-            return False
-        return (record.data_epoch, record.seq) < (data.data_epoch, data.seq)
-
-    def op_sync(self, items: list[SyncItem]) -> Any:
-        node = self.node
-        results: list[bool | str] = []
-        for slot, epoch, record in items:
-            a = node.assignments.get(slot)
-            if a is None or a.role != REPLICA or epoch < a.leader_epoch:
-                results.append(False)
-                continue
-            if self._would_go_back(slot, a, record):
-                log.error(
-                    "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
-                    slot,
-                    (node.engine.slot(slot).data_epoch, node.engine.slot(slot).seq),
-                    (record.data_epoch, record.seq),
-                )
-                results.append(NEWER)
-                continue
-            self._copied_under[slot] = a.leader_epoch
-            self.node.lost.discard(slot)
-            self._staged.pop(slot, None)  # a copy in chunks still being assembled is older than this one
-            node.engine.import_slot(record)
-            assert node.wal is not None
-            node.wal.append(walmod.RESET, record)
-            results.append(True)
-        node.dirty = True
-        assert node.wal is not None
-        return then(node.wal.durable(), results)
-
-    def op_sync_chunk(self, chunk: SyncChunk) -> Any:
-        """One chunk of a full sync: assembled aside and logged as a part; the last one replaces
-        the slot's copy and is answered once its log record is written (rules 5, 6). The log
-        holds the copy whole or not at all: recovery takes it only from its end record."""
-        node = self.node
-        slot = chunk.slot
-        assert node.wal is not None
-        wal = node.wal
-        a = node.assignments.get(slot)
-        staged = self._staged.get(slot)
-        if a is None or a.role != REPLICA or chunk.epoch < a.leader_epoch:
-            if staged is not None and staged.sync == chunk.sync:
-                del self._staged[slot]
-            return False
-        if chunk.part == 0:
-            if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
-                return NEWER
-            staged = self._staged[slot] = _Staged(chunk.sync, a.leader_epoch)
-        elif staged is None or staged.sync != chunk.sync:
-            return False  # a chunk of a copy given up (a deposed primary's, an abandoned one): the staged one stays
-        elif staged.next != chunk.part:
-            del self._staged[slot]  # a chunk lost on a dropped connection: the primary starts over
-            return False
-        last = chunk.recent is not None
-        if last and chunk.part == 0:  # the whole slot in one chunk: the record it always was
-            del self._staged[slot]
-            return self._install(slot, a, SlotExport(slot, chunk.data_epoch, chunk.seq, chunk.flat, chunk.recent or []))
-        staged.builder.add(chunk.flat)
-        staged.parts.append(chunk.flat)
-        staged.next += 1
-        wal.append(walmod.RESET_PART, CopyPart(slot, chunk.sync, chunk.part, chunk.flat))
-        hooks = getattr(wal, "on_rotate", None)
-        if hooks is not None and self._restage not in hooks:
-            hooks.append(self._restage)
-        if not last:
-            return True
-        del self._staged[slot]
-        if self._refuses(slot, a, chunk.data_epoch, chunk.seq):
-            return NEWER
-        self._copied_under[slot] = a.leader_epoch
-        self.node.lost.discard(slot)
-        head = SlotExport(slot, chunk.data_epoch, chunk.seq, [], chunk.recent or [])
-        node.engine.install(slot, staged.builder.finish(chunk.data_epoch, chunk.seq, head.recent))
-        wal.append(walmod.RESET_END, CopyEnd(chunk.sync, staged.next, head))
-        node.dirty = True
-        return then(wal.durable(), True)
-
-    def _restage(self) -> None:
-        """The log has just rotated (a snapshot): every copy being assembled logs its parts so far
-        again, first in the new segment, so a recovery from that snapshot finds them all before
-        the end record. The snapshot holds the slot's old copy, which the parts do not touch."""
-        wal = self.node.wal
-        assert wal is not None
-        for slot, staged in self._staged.items():
-            for part, flat in enumerate(staged.parts):
-                wal.append(walmod.RESET_PART, CopyPart(slot, staged.sync, part, flat))
-
-    def _refuses(self, slot: int, a: Assignment, data_epoch: int, seq: int) -> bool:
-        if not self._would_go_back(slot, a, SlotExport(slot, data_epoch, seq, [], [])):
-            return False
-        data = self.node.engine.slot(slot)
-        log.error(
-            "event=sync_refused slot=%d reason=older_than_in_sync_copy have=%s got=%s",
-            slot,
-            (data.data_epoch, data.seq),
-            (data_epoch, seq),
-        )
-        return True
-
-    def _install(self, slot: int, a: Assignment, record: SlotExport) -> Any:
-        node = self.node
-        assert node.wal is not None
-        self._copied_under[slot] = a.leader_epoch
-        self.node.lost.discard(slot)
-        node.engine.import_slot(record)
-        node.wal.append(walmod.RESET, record)
-        node.dirty = True
-        return then(node.wal.durable(), True)
 
 
 def _fits_one_chunk(data: SlotData) -> bool:

@@ -11,12 +11,11 @@ repeats the key of the entry just before it continues that value (keys are uniqu
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..common.records import Entry, WriteResult
-from .engine import SlotData
+from ..common.records import Recent
+from .engine import EXPIRES, VALUE, VERSION, Item, Remembered, SlotData, remembered
 
 CHUNK_BYTES = 256 * 1024
 CHUNK_ENTRIES = 2048
@@ -29,10 +28,10 @@ class SlotCopy:
 
     def __init__(self, data: SlotData, chunk_bytes: int = CHUNK_BYTES, chunk_entries: int = CHUNK_ENTRIES) -> None:
         self.data_epoch, self.seq = data.data_epoch, data.seq
-        self.recent: list[tuple[str, WriteResult]] = list(data.recent.items())
+        self.recent: list[tuple[str, Remembered]] = list(data.recent.items())
         self.chunk_bytes, self.chunk_entries = chunk_bytes, chunk_entries
-        self._items: Iterator[tuple[bytes, Entry]] = iter(data.entries.copy().items())
-        self._carry: tuple[bytes, Entry, int] | None = None  # the next entry to send: key, entry, offset
+        self._items: Iterator[tuple[bytes, Item]] = iter(data.entries.copy().items())
+        self._carry: tuple[bytes, Item, int] | None = None  # the next entry to send: key, entry, offset
         self._advance()
         self.index = 0  # of the next chunk
 
@@ -52,17 +51,18 @@ class SlotCopy:
         size = 0
         while self._carry is not None and room > 0 and len(flat) < 4 * self.chunk_entries:
             key, entry, offset = self._carry
-            left = len(entry.value) - offset
+            value = entry[VALUE]
+            left = len(value) - offset
             fit = room - len(key) - ENTRY_OVERHEAD  # value bytes that still fit in this chunk
             if left > fit and fit < min(MIN_PIECE, self.chunk_bytes // 4) and flat:
                 break  # not worth a small piece: the value starts the next chunk
-            piece = entry.value if offset == 0 and left <= fit else entry.value[offset : offset + max(fit, 1)]
-            flat += (key, piece, entry.version, entry.expires_at)
+            piece = value if offset == 0 and left <= fit else value[offset : offset + max(fit, 1)]
+            flat += (key, piece, entry[VERSION], entry[EXPIRES])
             used = len(key) + len(piece) + ENTRY_OVERHEAD
             room -= used
             size += used
             offset += len(piece)
-            if offset >= len(entry.value):
+            if offset >= len(value):
                 self._advance()
             else:
                 self._carry = (key, entry, offset)
@@ -74,7 +74,7 @@ class SlotBuilder:
     """Assembles a slot from the flat entries of its chunks, in order; `finish` makes the SlotData."""
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, Entry] = {}
+        self.entries: dict[bytes, Item] = {}
         self.expiring: dict[bytes, int] = {}
         self.bytes = 0
         self._key: bytes | None = None  # the entry still open: its value may continue in the next chunk
@@ -96,18 +96,18 @@ class SlotBuilder:
         if key is None:
             return
         value = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
-        self.entries[key] = Entry(value, self._version, self._expires)
+        self.entries[key] = (value, self._version, self._expires)
         if self._expires:
             self.expiring[key] = self._expires
         self.bytes += len(key) + len(value)
         self._key, self._pieces = None, []
 
-    def finish(self, data_epoch: int, seq: int, recent: list[tuple[str, WriteResult]]) -> SlotData:
+    def finish(self, data_epoch: int, seq: int, recent: Sequence[Recent]) -> SlotData:
         self._close()
         data = SlotData()
         data.entries, data.expiring = self.entries, self.expiring
         data.data_epoch, data.seq = data_epoch, seq
-        data.recent = OrderedDict(recent)
+        data.recent = {rid: remembered(r) for rid, r in recent}
         data.size = self.bytes
         return data
 

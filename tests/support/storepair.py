@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from snapkv.common import records, rpc, wire
+from snapkv.common import records, rpc
 from snapkv.common.records import PRIMARY, REPLICA, Member, SlotAssignment
 from snapkv.store.replication import Replicator
 from support.storekit import MiniStore
@@ -41,9 +41,7 @@ class PairStore:
         node = self.mini.node
         repl = Replicator(node, session, self.broker.url, "", "sync", sync_rate=self.sync_rate)
         node.replicator = repl
-        node.routes.add(wire.OP_REPLICATE, records.replicate_request, repl.op_replicate)
-        node.routes.add(wire.OP_SYNC, records.sync_items, repl.op_sync)
-        node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, repl.op_sync_chunk)
+        repl.receiver.add_routes(node.routes)
         node.confirmed = True
         app = web.Application()
         app.router.add_get("/internal/ws", self.route)

@@ -17,7 +17,8 @@ from snapkv.common.slots import key_slot
 from snapkv.store import recovery, wal
 from snapkv.store.engine import Engine, SlotData
 from snapkv.store.node import REPLICA, StoreNode
-from snapkv.store.replication import NEWER, Replicator
+from snapkv.store.receiver import NEWER
+from snapkv.store.replication import Replicator
 from snapkv.store.slotcopy import CHUNK_BYTES, ENTRY_OVERHEAD, RateLimit, SlotBuilder, SlotCopy
 from support.storekit import MiniStore
 from support.storepair import start_pair
@@ -80,7 +81,7 @@ def test_the_copy_is_the_slot_at_the_moment_it_was_taken() -> None:
         builder.add(source.chunk()[0])
     got = builder.finish(source.data_epoch, source.seq, source.recent)
     assert source.seq == 1
-    assert {k: e.value for k, e in got.entries.items()} == {key(i): b"old%d" % i for i in range(100)}
+    assert {k: e[0] for k, e in got.entries.items()} == {key(i): b"old%d" % i for i in range(100)}
 
 
 def test_an_empty_slot_is_one_last_chunk() -> None:
@@ -136,11 +137,11 @@ async def recovered(tmp: Any) -> tuple[StoreNode, recovery.Recovered]:
 async def test_the_replica_keeps_its_copy_until_the_last_chunk_and_the_log_takes_it_only_whole(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     old = SlotExport(SLOT, 1, 3, [b"{big}old", b"v", (1 << 40) | 3, 0], [])
-    assert await repl.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
     frames = chunk_frames(big_values())
     assert len(frames) >= 8
     for frame in frames[:-1]:
-        assert repl.op_sync_chunk(frame) is True
+        assert repl.receiver.op_sync_chunk(frame) is True
         assert store.engine.slots[SLOT].seq == 3  # still the old copy: reads and streaming see it whole
     half = len(frames) // 2
     await store.node.wal.durable()
@@ -150,10 +151,10 @@ async def test_the_replica_keeps_its_copy_until_the_last_chunk_and_the_log_takes
 
     store, repl = await replica_store(tmp_path)  # the same data dir, restarted; a new copy
     for frame in frames[:half]:
-        assert repl.op_sync_chunk(frame._replace(sync=78)) is True
+        assert repl.receiver.op_sync_chunk(frame._replace(sync=78)) is True
     for frame in frames[:-1]:
-        assert repl.op_sync_chunk(frame._replace(sync=79)) is True
-    assert await repl.op_sync_chunk(frames[-1]._replace(sync=79)) is True  # once its end is logged
+        assert repl.receiver.op_sync_chunk(frame._replace(sync=79)) is True
+    assert await repl.receiver.op_sync_chunk(frames[-1]._replace(sync=79)) is True  # once its end is logged
     want = slot_data(big_values()).entries
     assert store.engine.slots[SLOT].entries == want and store.engine.slots[SLOT].seq == 9
     await store.stop()
@@ -165,17 +166,17 @@ async def test_the_replica_keeps_its_copy_until_the_last_chunk_and_the_log_takes
 async def test_a_lost_chunk_refuses_and_a_stale_chunk_leaves_the_staged_copy_alone(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     frames = chunk_frames(big_values())
-    assert repl.op_sync_chunk(frames[0]) is True
-    assert repl.op_sync_chunk(frames[2]) is False  # frame 1 lost on a dropped connection
-    assert repl.op_sync_chunk(frames[3]) is False  # that copy is over: the primary starts again
-    assert repl.op_sync_chunk(frames[0]._replace(sync=5)) is True
-    assert repl.op_sync_chunk(frames[1]._replace(sync=5)) is True
+    assert repl.receiver.op_sync_chunk(frames[0]) is True
+    assert repl.receiver.op_sync_chunk(frames[2]) is False  # frame 1 lost on a dropped connection
+    assert repl.receiver.op_sync_chunk(frames[3]) is False  # that copy is over: the primary starts again
+    assert repl.receiver.op_sync_chunk(frames[0]._replace(sync=5)) is True
+    assert repl.receiver.op_sync_chunk(frames[1]._replace(sync=5)) is True
     # a late chunk of an abandoned copy, and one of a deposed primary: refused, copy 5 goes on
-    assert repl.op_sync_chunk(frames[2]) is False
-    assert repl.op_sync_chunk(frames[2]._replace(sync=4, epoch=0)) is False
+    assert repl.receiver.op_sync_chunk(frames[2]) is False
+    assert repl.receiver.op_sync_chunk(frames[2]._replace(sync=4, epoch=0)) is False
     for frame in frames[2:-1]:
-        assert repl.op_sync_chunk(frame._replace(sync=5)) is True
-    assert await repl.op_sync_chunk(frames[-1]._replace(sync=5)) is True
+        assert repl.receiver.op_sync_chunk(frame._replace(sync=5)) is True
+    assert await repl.receiver.op_sync_chunk(frames[-1]._replace(sync=5)) is True
     await store.stop()
     node, _ = await recovered(tmp_path)
     assert node.engine.slots[SLOT].entries == slot_data(big_values()).entries
@@ -184,10 +185,10 @@ async def test_a_lost_chunk_refuses_and_a_stale_chunk_leaves_the_staged_copy_alo
 async def test_a_whole_slot_sync_voids_a_copy_in_chunks_being_assembled(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     frames = chunk_frames(big_values())
-    assert repl.op_sync_chunk(frames[0]) is True
+    assert repl.receiver.op_sync_chunk(frames[0]) is True
     newer = SlotExport(SLOT, 3, 20, [b"{big}new", b"v", (3 << 40) | 20, 0], [])
-    assert await repl.op_sync(records.sync_items([[SLOT, 2, newer]])) == [True]
-    assert repl.op_sync_chunk(frames[1]) is False  # its end would put the older copy back
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, newer]])) == [True]
+    assert repl.receiver.op_sync_chunk(frames[1]) is False  # its end would put the older copy back
     assert store.engine.slots[SLOT].seq == 20
     await store.stop()
 
@@ -195,14 +196,14 @@ async def test_a_whole_slot_sync_voids_a_copy_in_chunks_being_assembled(tmp_path
 async def test_a_copy_in_chunks_survives_a_snapshot_mid_copy_and_recovers_whole_or_old(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     old = SlotExport(SLOT, 1, 3, [b"{big}old", b"v", (1 << 40) | 3, 0], [])
-    assert await repl.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
     frames = chunk_frames(big_values())
     half = len(frames) // 2
     for frame in frames[:half]:
-        assert repl.op_sync_chunk(frame) is True
+        assert repl.receiver.op_sync_chunk(frame) is True
     assert (await store.snapshots.take("test"))["ok"]  # rotates the log; prune drops segment 1
     assert wal.list_segments(str(tmp_path)) == [2]
-    assert repl.op_sync_chunk(frames[half]) is True  # the copy goes on
+    assert repl.receiver.op_sync_chunk(frames[half]) is True  # the copy goes on
     await store.node.wal.durable()
     await store.stop()  # a crash before the end: the snapshot's old copy, nothing half
     node, result = await recovered(tmp_path)
@@ -210,12 +211,12 @@ async def test_a_copy_in_chunks_survives_a_snapshot_mid_copy_and_recovers_whole_
 
     store, repl = await replica_store(tmp_path)
     for frame in frames[:half]:
-        assert repl.op_sync_chunk(frame._replace(sync=80)) is True
+        assert repl.receiver.op_sync_chunk(frame._replace(sync=80)) is True
     assert (await store.snapshots.take("test"))["ok"]
     assert (await store.snapshots.take("test"))["ok"]  # two rotations mid-copy
     for frame in frames[half:-1]:
-        assert repl.op_sync_chunk(frame._replace(sync=80)) is True
-    assert await repl.op_sync_chunk(frames[-1]._replace(sync=80)) is True
+        assert repl.receiver.op_sync_chunk(frame._replace(sync=80)) is True
+    assert await repl.receiver.op_sync_chunk(frames[-1]._replace(sync=80)) is True
     await store.stop()
     node, result = await recovered(tmp_path)  # the newest snapshot and the segment after it
     assert node.engine.slots[SLOT].entries == slot_data(big_values()).entries
@@ -225,10 +226,10 @@ async def test_a_copy_in_chunks_survives_a_snapshot_mid_copy_and_recovers_whole_
 async def test_an_in_sync_replica_refuses_an_older_copy_at_its_first_chunk(tmp_path) -> None:
     store, repl = await replica_store(tmp_path, isr=("r",))
     newer = chunk_frames({key(1): b"x"}, seq=50)
-    assert await repl.op_sync_chunk(newer[0]) is True  # one chunk: the RESET record it always was
+    assert await repl.receiver.op_sync_chunk(newer[0]) is True  # one chunk: the RESET record it always was
     frames = chunk_frames(big_values(), seq=9)
-    assert repl.op_sync_chunk(frames[0]) == NEWER  # refused before the rest is sent
-    assert repl.op_sync_chunk(frames[1]) is False
+    assert repl.receiver.op_sync_chunk(frames[0]) == NEWER  # refused before the rest is sent
+    assert repl.receiver.op_sync_chunk(frames[1]) is False
     assert store.engine.slots[SLOT].seq == 50
     await store.stop()
 
@@ -236,10 +237,10 @@ async def test_an_in_sync_replica_refuses_an_older_copy_at_its_first_chunk(tmp_p
 async def test_a_new_leader_mid_copy_voids_it(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     frames = chunk_frames(big_values())
-    assert repl.op_sync_chunk(frames[0]) is True
+    assert repl.receiver.op_sync_chunk(frames[0]) is True
     frame = [SLOT, 3, REPLICA, [["q", "c:1"], ["r", "b:1"]], [], 3]
     store.node.op_assign(records.assign_request({"slots": [frame], "confirm": True}))
-    assert repl.op_sync_chunk(frames[1]._replace(epoch=3)) is False
+    assert repl.receiver.op_sync_chunk(frames[1]._replace(epoch=3)) is False
     await store.stop()
 
 
@@ -312,7 +313,7 @@ async def test_a_large_slot_syncs_in_chunks_while_writes_go_on_and_the_replica_e
         assert broker.assignments[SLOT].isr == ["r"]
         assert len(sizes) > 24 and max(sizes) <= CHUNK_BYTES  # it went over in bounded chunks
         assert dump(p.node) == dump(r.node)
-        assert {k: e.value for k, e in p.node.engine.slots[SLOT].entries.items()} == model
+        assert {k: e[0] for k, e in p.node.engine.slots[SLOT].entries.items()} == model
     finally:
         await close()
     node, result = await recovered(tmp_path / "r")  # the replica's log holds the same, whole
@@ -452,7 +453,7 @@ async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(t
         assert (SLOT, "r") in p.replicator._copying
         slot, tag = next(iter(small.items()))
         await asyncio.wait_for(p.mini.write([[tag + b"new", b"v", 0]], slot=slot), 1)
-        assert r.node.engine.slots[slot].entries[tag + b"new"].value == b"v"
+        assert r.node.engine.slots[slot].entries[tag + b"new"][0] == b"v"
         await all_joined(broker, [SLOT])
         assert dump(p.node) == dump(r.node)
     finally:

@@ -30,6 +30,9 @@ class HeldAcks:
     def assignment_changed(self, slot, previous, current):
         pass
 
+    def ask_same(self):
+        pass
+
     def release(self) -> None:
         for fut in self.pending:
             fut.set_result(None)
@@ -138,14 +141,14 @@ async def test_replica_fences_on_the_leader_epoch_not_the_isr_epoch():
     node.wal = NoLog()  # type: ignore[assignment]
     mutation = [SLOT, 5, 1, "r", [[b"k", b"v", 0]], 0]
     assert (
-        await repl.op_replicate(records.replicate_request([SLOT, 5, mutation])) is True
+        await repl.receiver.op_replicate(records.replicate_request([SLOT, 5, mutation])) is True
     )  # same primary, older ISR epoch: fine
     with pytest.raises(errors.StaleEpoch):
-        repl.op_replicate(
+        repl.receiver.op_replicate(
             records.replicate_request([SLOT, 4, [SLOT, 4, 2, "r2", [[b"k", b"x", 0]], 0]])
         )  # a deposed primary
-    with pytest.raises(errors.ReplicaGap):
-        repl.op_replicate(records.replicate_request([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]]))  # missed 2..8
+    with pytest.raises(errors.ReplicaGap):  # missed 2..8
+        repl.receiver.op_replicate(records.replicate_request([SLOT, 5, [SLOT, 5, 9, "r3", [[b"k", b"y", 0]], 0]]))
     assert node.engine.get(SLOT, b"k", 0)[0] == b"v"
     assert wire.OP_REPLICATE == "repl"
 

@@ -6,7 +6,8 @@ knows of, and an in-sync replica never lets a full sync take its copy back in (e
 from snapkv.common import errors
 from snapkv.store.engine import Engine
 from snapkv.store.node import PRIMARY, REPLICA, StoreNode
-from snapkv.store.replication import NEWER, Replicator
+from snapkv.store.receiver import NEWER
+from snapkv.store.replication import Replicator
 from support.storekit import NoLog
 
 SLOT = 7
@@ -71,23 +72,27 @@ def export(seq, data_epoch=3):
 
 async def test_an_in_sync_replica_refuses_an_older_full_sync_from_the_same_leadership():
     node, repl = replica()
-    assert await repl.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
     # the primary restarted without its log tail and, still primary at the same leadership, resyncs
-    assert await repl.op_sync(records.sync_items([[SLOT, 3, export(60)]])) == [NEWER]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 3, export(60)]])) == [NEWER]
     assert node.engine.slot(SLOT).seq == 100
-    assert await repl.op_sync(records.sync_items([[SLOT, 3, export(120)]])) == [True]  # newer copies still come in
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 3, export(120)]])) == [
+        True
+    ]  # newer copies still come in
 
 
 async def test_after_a_leader_change_or_outside_the_isr_the_primary_copy_wins():
     node, repl = replica()
-    assert await repl.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
     # a new primary (leader epoch 4) holds less: what we had beyond it was never committed
     node.op_assign(records.assign_request({"slots": [[SLOT, 4, REPLICA, [["s3", "c:1"], ["s2", "b:1"]], ["s2"], 4]]}))
-    assert await repl.op_sync(records.sync_items([[SLOT, 4, export(90)]])) == [True]
+    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 4, export(90)]])) == [True]
     assert node.engine.slot(SLOT).seq == 90
     node2, repl2 = replica(isr=())
-    assert await repl2.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
-    assert await repl2.op_sync(records.sync_items([[SLOT, 3, export(60)]])) == [True]  # not in sync: nothing to protect
+    assert await repl2.receiver.op_sync(records.sync_items([[SLOT, 3, export(100)]])) == [True]
+    assert await repl2.receiver.op_sync(records.sync_items([[SLOT, 3, export(60)]])) == [
+        True
+    ]  # not in sync: nothing to protect
 
 
 async def test_a_failed_log_says_so_to_the_health_check():
