@@ -1,21 +1,22 @@
-"""The keyspace: per-slot dicts of bytes -> (value, version, expiry), with per-slot (epoch, seq). Pure.
+"""The keyspace: per-slot dicts of key -> version and value in one bytes object, with per-slot (epoch, seq). Pure.
 
 A write is a Mutation(slot, epoch, seq, rid, ops, now_ms), ops = [Op(key, value or None, expires_at_ms)]
 (None deletes). The same record is logged, replicated and replayed, so every copy applies the
 same thing. Versions are unique across epochs: epoch << 40 | seq (rule 8).
 
-What the keyspace holds per key and per remembered request id is plain tuples of bytes and ints:
-the cyclic GC stops tracking such a tuple after the first collection it survives, while it tracks
-a NamedTuple (a tuple subclass) or a list for as long as it lives. With millions of keys, tracked
-entries made every full collection walk all of them: 0.4 s with 200,000 keys per store, on the
-event loop.
+What a slot holds is dicts of bytes, ints and strings only: each key's entry is one bytes object,
+its version (8 bytes, big-endian) then its value; expiry times are in `expiring` (keys with a TTL
+only); a remembered request id's result is bytes too (version, then a byte per op). The cyclic GC
+never tracks such a dict, so a full collection does not walk the keyspace: with a tuple or a
+NamedTuple per key it walked every key, 0.4 s per collection with 200,000 keys per store, on the
+event loop. One object per key is also the smallest entry Python offers (one header, no tuple).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any
 
 from ..common import errors
 from ..common.records import Mutation, Op, SlotExport, WriteOp, WriteResult
@@ -23,36 +24,47 @@ from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
 SEQ_BITS = 40
 RECENT_IDS = 512  # request ids remembered per slot for idempotent retries (rule 7)
+HEADER = 8  # bytes of version in front of each value
 
-
-Item = tuple[bytes, int, int]  # a key's value, version and expiry (unix ms, 0 = never)
-VALUE: Final = 0
-VERSION: Final = 1
-EXPIRES: Final = 2
-Remembered = tuple[int, tuple[bool, ...]]  # a request id's write: its version, and per op whether the key was live
-
-
-def remembered(result: tuple[int, Sequence[bool]] | list[Any]) -> Remembered:
-    version, existed = result
-    return version, tuple(existed)
+Item = tuple[bytes, int, int]  # what a read returns: a key's value, version and expiry (unix ms, 0 = never)
 
 
 def make_version(epoch: int, seq: int) -> int:
     return (epoch << SEQ_BITS) | seq
 
 
+def pack_entry(version: int, value: bytes) -> bytes:
+    return version.to_bytes(HEADER, "big") + value
+
+
+def entry_value(raw: bytes) -> bytes:
+    return raw[HEADER:]
+
+
+def entry_version(raw: bytes) -> int:
+    return int.from_bytes(raw[:HEADER], "big")
+
+
+def remembered(result: tuple[int, Sequence[bool]] | list[Any]) -> bytes:
+    """A write's result as the request-id memory keeps it."""
+    version, existed = result
+    return version.to_bytes(HEADER, "big") + bytes(existed)
+
+
+def recalled(raw: bytes) -> WriteResult:
+    return WriteResult(int.from_bytes(raw[:HEADER], "big"), [bool(b) for b in raw[HEADER:]])
+
+
 class SlotData:
     __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent", "expiring", "size")
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, Item] = {}
+        self.entries: dict[bytes, bytes] = {}  # key -> version + value (pack_entry)
         self.expiring: dict[bytes, int] = {}  # keys with a TTL -> expiry, so expiry never scans every key
         self.epoch = 0  # the assignment epoch this copy serves at
         self.seq = 0  # last applied mutation
         self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
-        # request id -> result of its write, oldest first: a plain dict, which the GC stops tracking (an
-        # OrderedDict it walks at every full collection: 55 ms for 200,000 ids)
-        self.recent: dict[str, Remembered] = {}
+        self.recent: dict[str, bytes] = {}  # request id -> result of its write (remembered), oldest first
         self.size = 0  # bytes of keys and values, so that replacing or dropping a slot never walks it
 
     def remember(self, rid: str, result: WriteResult) -> None:
@@ -62,11 +74,19 @@ class SlotData:
         if len(self.recent) > RECENT_IDS:
             del self.recent[next(iter(self.recent))]
 
+    def recent_results(self) -> list[tuple[str, WriteResult]]:
+        return [(rid, recalled(raw)) for rid, raw in self.recent.items()]
 
-def live(entry: Item | None, now_ms: int) -> Item | None:
-    if entry is None or (entry[EXPIRES] and entry[EXPIRES] <= now_ms):
-        return None
-    return entry
+    def live(self, key: bytes, now_ms: int) -> bytes | None:
+        """The key's entry (pack_entry), None when it does not exist or has expired."""
+        raw = self.entries.get(key)
+        if raw is None or not self.expiring:
+            return raw
+        expires_at = self.expiring.get(key, 0)
+        return None if expires_at and expires_at <= now_ms else raw
+
+    def item(self, key: bytes, raw: bytes) -> Item:
+        return raw[HEADER:], int.from_bytes(raw[:HEADER], "big"), self.expiring.get(key, 0) if self.expiring else 0
 
 
 class Engine:
@@ -82,7 +102,10 @@ class Engine:
 
     def get(self, slot: int, key: bytes, now_ms: int) -> Item | None:
         data = self.slots.get(slot)
-        return None if data is None else live(data.entries.get(key), now_ms)
+        if data is None:
+            return None
+        raw = data.live(key, now_ms)
+        return None if raw is None else data.item(key, raw)
 
     def prepare(
         self, slot: int, epoch: int, rid: str, ops: list[WriteOp], conditions: list[int | None], now_ms: int
@@ -92,20 +115,19 @@ class Engine:
         ops carry a ttl (0 = none); the mutation carries absolute expiry times.
         """
         data = self.slot(slot)
-        entries = data.entries
         for (key, value, _), cond in zip(ops, conditions):
-            current = live(entries.get(key), now_ms)
+            current = data.live(key, now_ms)
             if value is None and current is None:
                 raise errors.KeyNotFound(f"key {key!r} not found")
             if cond is None:
                 continue
             if cond == MUST_NOT_EXIST:
                 if current is not None:
-                    raise errors.VersionMismatch("key exists", key=_text(key), version=current[VERSION])
+                    raise errors.VersionMismatch("key exists", key=_text(key), version=entry_version(current))
             elif current is None:
                 raise errors.VersionMismatch("key does not exist", key=_text(key))
-            elif cond != MUST_EXIST and current[VERSION] != cond:
-                raise errors.VersionMismatch("version differs", key=_text(key), version=current[VERSION])
+            elif cond != MUST_EXIST and entry_version(current) != cond:
+                raise errors.VersionMismatch("version differs", key=_text(key), version=entry_version(current))
         absolute = [Op(key, value, now_ms + ttl if ttl else 0) for key, value, ttl in ops]
         return Mutation(slot, epoch, data.seq + 1, rid, absolute, now_ms)
 
@@ -114,21 +136,25 @@ class Engine:
         slot, epoch, seq, rid, ops, now = mutation
         data = self.slot(slot)
         version = make_version(epoch, seq)
-        entries = data.entries
+        header = version.to_bytes(HEADER, "big")
+        entries, expiring = data.entries, data.expiring
         delta = 0
         existed = []
         for key, value, expires_at in ops:
             old = entries.pop(key, None) if value is None else entries.get(key)
-            existed.append(live(old, now) is not None)
             if old is not None:
-                delta -= len(key) + len(old[VALUE])
+                was_expiring = expiring.get(key, 0) if expiring else 0
+                existed.append(not was_expiring or was_expiring > now)
+                delta -= len(key) + len(old) - HEADER
+            else:
+                existed.append(False)
             if value is not None:
-                entries[key] = (value, version, expires_at)
+                entries[key] = header + value
                 delta += len(key) + len(value)
             if expires_at and value is not None:
-                data.expiring[key] = expires_at
-            elif data.expiring:
-                data.expiring.pop(key, None)
+                expiring[key] = expires_at
+            elif expiring:
+                expiring.pop(key, None)
         self.bytes += delta
         data.size += delta
         data.seq = seq
@@ -169,12 +195,12 @@ class Engine:
             keys = sorted(k for k in data.entries if k.startswith(prefix)) if prefix else sorted(data.entries)
             start = bisect.bisect_right(keys, after[1]) if after is not None and slot == after[0] else 0
             for key in keys[start:]:
-                entry = live(data.entries[key], now_ms)
-                if entry is None:
+                raw = data.live(key, now_ms)
+                if raw is None:
                     continue
                 if len(items) >= limit:
                     return items, True
-                items.append([slot, key, entry[0]] if with_values else [slot, key])
+                items.append([slot, key, raw[HEADER:]] if with_values else [slot, key])
         return items, False
 
     def key_count(self, slots: Iterable[int] | None = None) -> int:
@@ -190,16 +216,20 @@ class Engine:
         """Point-in-time copy of one slot (snapshots, full sync, RESET log records)."""
         data = self.slots.get(slot) or SlotData()
         flat: list[Any] = []
-        for key, (value, version, expires_at) in data.entries.items():
-            flat += (key, value, version, expires_at)
-        return SlotExport(slot, data.data_epoch, data.seq, flat, list(data.recent.items()))
+        expiring = data.expiring
+        for key, raw in data.entries.items():
+            flat += (key, raw[HEADER:], int.from_bytes(raw[:HEADER], "big"), expiring.get(key, 0) if expiring else 0)
+        return SlotExport(slot, data.data_epoch, data.seq, flat, data.recent_results())
 
     def import_slot(self, record: SlotExport) -> None:
         slot, data_epoch, seq, flat, recent = record
         data = SlotData()
         it: Iterator[Any] = iter(flat)
-        data.entries = {k: (v, ver, exp) for k, v, ver, exp in zip(it, it, it, it)}
-        data.expiring = {k: e[EXPIRES] for k, e in data.entries.items() if e[EXPIRES]}
+        entries, expiring = data.entries, data.expiring
+        for k, v, ver, exp in zip(it, it, it, it):
+            entries[k] = ver.to_bytes(HEADER, "big") + v
+            if exp:
+                expiring[k] = exp
         data.data_epoch, data.seq = data_epoch, seq
         data.recent = {rid: remembered(r) for rid, r in recent}
         data.size = _size(data)
@@ -216,7 +246,7 @@ class Engine:
 
 
 def _size(data: SlotData) -> int:
-    return sum(len(k) + len(e[VALUE]) for k, e in data.entries.items())
+    return sum(len(k) + len(raw) - HEADER for k, raw in data.entries.items())
 
 
 def _text(key: bytes) -> str:

@@ -19,7 +19,7 @@ from ..common import errors, records, wire
 from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .engine import SEQ_BITS, VERSION, Engine, Item
+from .engine import SEQ_BITS, Engine, Item, recalled
 from .futures import ignore_outcome, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
@@ -116,7 +116,7 @@ class StoreNode:
             if pending > self.committed.get(slot, 0):
                 return self._after_commit(slot, pending, lambda: self._read_again(slot, key))
             return None
-        seq = entry[VERSION] & SEQ_MASK
+        seq = entry[1] & SEQ_MASK  # (value, version, expiry)
         if seq <= self.committed.get(slot, 0):
             return entry
         return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
@@ -156,9 +156,8 @@ class StoreNode:
         self.load.hit(slot)
         data = self.engine.slot(slot)
         if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
-            version, existed = data.recent[rid]
-            result = WriteResult(version, list(existed))
-            return self._after_commit(slot, version & SEQ_MASK, lambda: result)
+            result = recalled(data.recent[rid])
+            return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
         return self.commit_mutation(mutation)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..common.records import Recent
-from .engine import EXPIRES, VALUE, VERSION, Item, Remembered, SlotData, remembered
+from ..common.records import Recent, WriteResult
+from .engine import HEADER, SlotData, remembered
 
 CHUNK_BYTES = 256 * 1024
 CHUNK_ENTRIES = 2048
@@ -28,10 +28,11 @@ class SlotCopy:
 
     def __init__(self, data: SlotData, chunk_bytes: int = CHUNK_BYTES, chunk_entries: int = CHUNK_ENTRIES) -> None:
         self.data_epoch, self.seq = data.data_epoch, data.seq
-        self.recent: list[tuple[str, Remembered]] = list(data.recent.items())
+        self.recent: list[tuple[str, WriteResult]] = data.recent_results()
         self.chunk_bytes, self.chunk_entries = chunk_bytes, chunk_entries
-        self._items: Iterator[tuple[bytes, Item]] = iter(data.entries.copy().items())
-        self._carry: tuple[bytes, Item, int] | None = None  # the next entry to send: key, entry, offset
+        self._items: Iterator[tuple[bytes, bytes]] = iter(data.entries.copy().items())
+        self._expiring = data.expiring.copy()
+        self._carry: tuple[bytes, bytes, int] | None = None  # the next entry to send: key, entry, offset
         self._advance()
         self.index = 0  # of the next chunk
 
@@ -51,18 +52,19 @@ class SlotCopy:
         size = 0
         while self._carry is not None and room > 0 and len(flat) < 4 * self.chunk_entries:
             key, entry, offset = self._carry
-            value = entry[VALUE]
-            left = len(value) - offset
+            left = len(entry) - HEADER - offset
             fit = room - len(key) - ENTRY_OVERHEAD  # value bytes that still fit in this chunk
             if left > fit and fit < min(MIN_PIECE, self.chunk_bytes // 4) and flat:
                 break  # not worth a small piece: the value starts the next chunk
-            piece = value if offset == 0 and left <= fit else value[offset : offset + max(fit, 1)]
-            flat += (key, piece, entry[VERSION], entry[EXPIRES])
+            start = HEADER + offset
+            piece = entry[start : start + left if left <= fit else start + max(fit, 1)]
+            version = int.from_bytes(entry[:HEADER], "big")
+            flat += (key, piece, version, self._expiring.get(key, 0) if self._expiring else 0)
             used = len(key) + len(piece) + ENTRY_OVERHEAD
             room -= used
             size += used
             offset += len(piece)
-            if offset >= len(value):
+            if offset >= len(entry) - HEADER:
                 self._advance()
             else:
                 self._carry = (key, entry, offset)
@@ -74,7 +76,7 @@ class SlotBuilder:
     """Assembles a slot from the flat entries of its chunks, in order; `finish` makes the SlotData."""
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, Item] = {}
+        self.entries: dict[bytes, bytes] = {}
         self.expiring: dict[bytes, int] = {}
         self.bytes = 0
         self._key: bytes | None = None  # the entry still open: its value may continue in the next chunk
@@ -95,11 +97,11 @@ class SlotBuilder:
         key = self._key
         if key is None:
             return
-        value = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
-        self.entries[key] = (value, self._version, self._expires)
+        raw = b"".join([self._version.to_bytes(HEADER, "big"), *self._pieces])
+        self.entries[key] = raw
         if self._expires:
             self.expiring[key] = self._expires
-        self.bytes += len(key) + len(value)
+        self.bytes += len(key) + len(raw) - HEADER
         self._key, self._pieces = None, []
 
     def finish(self, data_epoch: int, seq: int, recent: Sequence[Recent]) -> SlotData:

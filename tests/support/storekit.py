@@ -11,7 +11,7 @@ from typing import Any
 from snapkv.common.records import Member, SlotAssignment
 from snapkv.common.slots import key_slot
 from snapkv.store import recovery
-from snapkv.store.engine import Engine
+from snapkv.store.engine import Engine, entry_value
 from snapkv.store.node import StoreNode
 from snapkv.store.snapshot import Snapshotter
 from snapkv.store.wal import Wal
@@ -112,4 +112,4 @@ async def random_writes(
 
 
 def live_items(store: MiniStore) -> dict[bytes, bytes]:
-    return {k: e[0] for d in store.engine.slots.values() for k, e in d.entries.items()}
+    return {k: entry_value(e) for d in store.engine.slots.values() for k, e in d.entries.items()}

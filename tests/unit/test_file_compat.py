@@ -27,8 +27,9 @@ EXPECTED = json.loads((FIXTURES / "pre-records.expected.json").read_text())
 def digest(node: StoreNode) -> dict[str, Any]:
     slots = {}
     for slot, data in sorted(node.engine.slots.items()):
-        entries = sorted([k.hex(), e[0].hex(), e[1], e[2]] for k, e in data.entries.items())
-        recent = [[rid, [r[0], list(r[1])]] for rid, r in data.recent.items()]
+        items = (data.item(k, e) for k, e in data.entries.items())
+        entries = sorted([k.hex(), v.hex(), ver, exp] for k, (v, ver, exp) in zip(data.entries, items))
+        recent = [[rid, [r.version, r.existed]] for rid, r in data.recent_results()]
         slots[str(slot)] = [data.data_epoch, data.seq, entries, recent]
     assigns = {
         str(s): [a.epoch, a.role, [list(m) for m in a.members], list(a.isr), a.leader_epoch]

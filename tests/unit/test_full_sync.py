@@ -15,7 +15,7 @@ from snapkv.common import records
 from snapkv.common.records import CopyEnd, CopyPart, Member, Mutation, Op, SlotExport, SyncChunk
 from snapkv.common.slots import key_slot
 from snapkv.store import recovery, wal
-from snapkv.store.engine import Engine, SlotData
+from snapkv.store.engine import Engine, SlotData, entry_value
 from snapkv.store.node import REPLICA, StoreNode
 from snapkv.store.receiver import NEWER
 from snapkv.store.replication import Replicator
@@ -81,7 +81,7 @@ def test_the_copy_is_the_slot_at_the_moment_it_was_taken() -> None:
         builder.add(source.chunk()[0])
     got = builder.finish(source.data_epoch, source.seq, source.recent)
     assert source.seq == 1
-    assert {k: e[0] for k, e in got.entries.items()} == {key(i): b"old%d" % i for i in range(100)}
+    assert {k: entry_value(e) for k, e in got.entries.items()} == {key(i): b"old%d" % i for i in range(100)}
 
 
 def test_an_empty_slot_is_one_last_chunk() -> None:
@@ -313,7 +313,7 @@ async def test_a_large_slot_syncs_in_chunks_while_writes_go_on_and_the_replica_e
         assert broker.assignments[SLOT].isr == ["r"]
         assert len(sizes) > 24 and max(sizes) <= CHUNK_BYTES  # it went over in bounded chunks
         assert dump(p.node) == dump(r.node)
-        assert {k: e[0] for k, e in p.node.engine.slots[SLOT].entries.items()} == model
+        assert {k: entry_value(e) for k, e in p.node.engine.slots[SLOT].entries.items()} == model
     finally:
         await close()
     node, result = await recovered(tmp_path / "r")  # the replica's log holds the same, whole
@@ -453,7 +453,7 @@ async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(t
         assert (SLOT, "r") in p.replicator._copying
         slot, tag = next(iter(small.items()))
         await asyncio.wait_for(p.mini.write([[tag + b"new", b"v", 0]], slot=slot), 1)
-        assert r.node.engine.slots[slot].entries[tag + b"new"][0] == b"v"
+        assert r.node.engine.get(slot, tag + b"new", 0)[0] == b"v"
         await all_joined(broker, [SLOT])
         assert dump(p.node) == dump(r.node)
     finally:

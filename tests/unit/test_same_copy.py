@@ -79,7 +79,7 @@ async def test_a_switch_to_an_in_sync_replica_copies_nothing_and_writes_commit_o
         seen = full_syncs(p)
         epoch = switch(broker, p, r)
         await asyncio.wait_for(r.mini.write([[key(999), b"after", 0]], slot=SLOT, epoch=epoch), 2)
-        assert p.node.engine.slots[SLOT].entries[key(999)][0] == b"after"
+        assert p.node.engine.get(SLOT, key(999), 0)[0] == b"after"
         assert seen == [] and r.replicator.sync_keys == synced_before
         assert dump(p.node) == dump(r.node)
         assert not r.replicator._asking
