@@ -245,12 +245,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients that measure the capacity")
     parser.add_argument("--load", type=float, default=0.5, help="the fixed request rate, as a share of the capacity")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest baseline")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a broker setting, e.g. moves_per_store=8"
+    )
     parser.add_argument("--logs", type=Path, help="copy the broker's and stores' logs into this directory at the end")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         c = LocalCluster(Path(tmp))
         try:
-            c.start_broker(min_stores=3)
+            c.start_broker(min_stores=3, **dict(item.split("=", 1) for item in args.set))
             # three sites: each store holds as many copies as the others (with sites a, b, a the
             # lone site-b store holds a copy of every slot and is the first to saturate)
             for name, site in (("s1", "a"), ("s2", "b"), ("s3", "c")):

@@ -2,15 +2,17 @@
 
 `Pusher.apply` is the only path for map changes: ClusterState.apply says what changed, the state
 is written (fsync, in a thread, one writer at a time) and only then are stores told, in the
-background and in order per store: what queues up behind a push in flight goes out together
-(`coalesce`), so a push waits behind at most one other. `push_all` confirms a (re)joining store:
-catch-up first, then its whole assignment, with retries. `assign_message` is the one place an
-`assign` is built.
+background and in order per store: each frame goes on the store's connection as soon as it is on
+disk, behind the ones before it and without waiting for their answers (the store takes a
+connection's frames in order), and what queued up together goes as one frame (`coalesce`).
+`push_all` confirms a (re)joining store: catch-up first, then its whole assignment, with retries.
+`assign_message` is the one place an `assign` is built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -115,6 +117,7 @@ class Pusher:
         self._queued: dict[str, list[_Queued]] = {}  # per store: the pushes waiting to go out, in order
         self._missed: set[str] = set()  # stores a push failed to since their last whole assignment
         self._senders: dict[str, asyncio.Task[None]] = {}
+        self._unanswered: dict[str, int] = {}  # per store: pushes on the connection, not answered yet
         self._background: set[asyncio.Task[None]] = set()
         self._persist_lock = asyncio.Lock()
         self._asked = 0  # persist calls so far
@@ -222,11 +225,11 @@ class Pusher:
         assignment: they bring it up to date with the map."""
         sender = self._senders.get(name)
         on_their_way = bool(self._queued.get(name)) or (sender is not None and not sender.done())
-        return on_their_way and name not in self._missed
+        return (on_their_way or self._unanswered.get(name, 0) > 0) and name not in self._missed
 
     async def _sender(self, name: str) -> None:
-        """One per store with pushes queued: sends what queued up while the previous frame was in
-        flight (or push_all held the lock) together, one frame after the other."""
+        """One per store with pushes queued: puts what queued up (while push_all held the lock, or
+        in one loop turn) on the connection, in order, without waiting for answers."""
         lock = self._push_locks.setdefault(name, asyncio.Lock())
         while self._queued.get(name):
             async with lock:
@@ -243,16 +246,43 @@ class Pusher:
                 if part[0].after is not None:
                     await asyncio.wait([part[0].after])
                 for frame, count in coalesce([q.args for q in part]):
-                    try:
-                        await self._send(name, frame)
-                    except errors.SnapkvError:
-                        self._missed.add(name)  # the store is failing: health checks decide; push_all follows
-                    for q in part[:count]:
-                        q.sent.set_result(None)
+                    answer = self._submit(name, frame)
+                    if answer is None:  # not connected: connect, and send this one alone
+                        try:
+                            await self._send(name, frame)
+                        except errors.SnapkvError:
+                            self._missed.add(name)  # the store is failing: health checks decide; push_all follows
+                        for q in part[:count]:
+                            q.sent.set_result(None)
+                    else:  # on the connection, in order: the next frame need not wait for this answer
+                        answered = functools.partial(self._answered, name, part[:count], len(frame["slots"]))
+                        answer.add_done_callback(answered)
                     part = part[count:]
         finally:
             for q in [*part, *batch]:
                 q.sent.cancel()  # stopped
+
+    def _submit(self, name: str, args: dict[str, Any]) -> asyncio.Future[Any] | None:
+        """Put an `assign` on the store's connection now (None when not connected)."""
+        try:
+            conn = self.pool.get(name, self.cluster.address_of(name))
+        except errors.SnapkvError:
+            return None
+        answer = conn.submit(wire.OP_ASSIGN, args, timeout=self.settings.request_deadline)
+        if answer is not None:
+            self._unanswered[name] = self._unanswered.get(name, 0) + 1
+        return answer
+
+    def _answered(self, name: str, pushes: list[_Queued], slots: int, answer: asyncio.Future[Any]) -> None:
+        self._unanswered[name] -= 1
+        exc = None if answer.cancelled() else answer.exception()
+        if answer.cancelled() or exc is not None:
+            code = exc.code if isinstance(exc, errors.SnapkvError) else "cancelled"
+            log.warning("event=push_failed node=%s slots=%d error=%s", name, slots, code)
+            self._missed.add(name)  # the store is failing: health checks decide; push_all follows
+        for q in pushes:
+            if not q.sent.done():
+                q.sent.set_result(None)
 
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:

@@ -95,6 +95,16 @@ class RpcClient:
     async def call(self, op: str, args: Any, timeout: float = 5.0) -> Any:
         if not self.connected:
             await self._connect()
+        fut = self.submit(op, args, timeout)
+        assert fut is not None
+        return await fut
+
+    def submit(self, op: str, args: Any, timeout: float = 5.0) -> asyncio.Future[Any] | None:
+        """Put the request on the connection now, behind every request put before it (the peer
+        handles a connection's requests in order), and return the future of its answer; None
+        when not connected (`call` connects first)."""
+        if not self.connected:
+            return None
         assert self._outbox is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -102,11 +112,13 @@ class RpcClient:
         self._pending[msg_id] = fut
         self._outbox.put([msg_id, op, args])
         timer = loop.call_later(timeout, self._expire, msg_id, op)
-        try:
-            return await fut
-        finally:
+
+        def done(_: asyncio.Future[Any]) -> None:
             timer.cancel()
             self._pending.pop(msg_id, None)
+
+        fut.add_done_callback(done)
+        return fut
 
     def fail_pending(self, exc: Exception) -> None:
         """Fail every call waiting for an answer (the peer was found down); the connection stays."""

@@ -31,6 +31,9 @@ class Store:
         self.log.append((self.name, "answered", 0))
         return {"ok": True}
 
+    def submit(self, op: str, args: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.call(op, args, timeout))
+
 
 class Pool:
     def __init__(self, stores: dict[str, Store]) -> None:
