@@ -88,7 +88,7 @@ async def save_and_recover(by_slot: dict[int, list[list[Any]]], data_dir: str, r
     keys = engine.key_count()
     os.makedirs(data_dir)
     service = BenchService(data_dir, engine)
-    snapshots = Snapshotter(service)  # type: ignore[arg-type]
+    snapshots = Snapshotter(service.name, data_dir, service.node, 0)
     seconds = []
     for _ in range(rounds):
         result = await snapshots.take(reason="bench")
