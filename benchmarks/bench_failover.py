@@ -7,6 +7,7 @@ Prints one JSON line per figure.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -96,6 +97,9 @@ async def baseline(cluster: LocalCluster, read_keys: list[str]) -> list[float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=TRIALS, help="primaries killed, one after the other")
+    trials = parser.parse_args().trials
     with tempfile.TemporaryDirectory() as tmp:
         cluster = LocalCluster(Path(tmp))
         try:
@@ -108,7 +112,7 @@ def main() -> None:
             base = asyncio.run(baseline(cluster, read_keys))
             times: list[float] = []
             during: list[float] = []
-            for t in range(TRIALS):
+            for t in range(trials):
                 elapsed, latencies = asyncio.run(trial(cluster, f"failover:{t}", read_keys))
                 times.append(elapsed)
                 during += latencies
@@ -127,7 +131,7 @@ def main() -> None:
         {"name": "read_p99_failover_ratio", "value": round(p99(during) / p99(base), 2), "unit": "x"},
     ]
     for figure in figures:
-        print(json.dumps({"bench": "failover", "trials": TRIALS, **figure}))
+        print(json.dumps({"bench": "failover", "trials": trials, **figure}))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
     await asyncio.to_thread(lambda: http("POST", f"{c.url}/kvstore/snapshot/manual", timeout=300))
     await asyncio.sleep(3.0)
     clients = Clients(c.url, args.keys, value)
-    capacity = await clients.capacity(args.clients, 5.0)
+    capacity = await clients.capacity(args.clients, args.capacity_seconds)
     rate = capacity * args.load
     say(f"{args.clients} closed-loop clients get {capacity:.0f} requests/s; the clients send {rate:.0f}/s")
     runner = asyncio.ensure_future(clients.run(rate))
@@ -243,6 +243,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients that measure the capacity")
+    parser.add_argument("--capacity-seconds", type=float, default=5.0, help="how long the capacity is measured")
     parser.add_argument("--load", type=float, default=0.5, help="the fixed request rate, as a share of the capacity")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest baseline")
     parser.add_argument(

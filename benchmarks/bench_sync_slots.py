@@ -93,10 +93,13 @@ async def one_round(slots: int, keys: int, value_bytes: int, rate: float) -> tup
             kwargs = {"sync_rate": rate} if "sync_rate" in inspect.signature(Replicator).parameters else {}
             repl = Replicator(node, session, f"http://127.0.0.1:{broker_port}", "", "sync", **kwargs)
             node.replicator = repl
-            node.routes.add(wire.OP_REPLICATE, records.replicate_request, repl.op_replicate)
-            node.routes.add(wire.OP_SYNC, records.sync_items, repl.op_sync)
-            if hasattr(wire, "OP_SYNC_CHUNK"):
-                node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, repl.op_sync_chunk)
+            if hasattr(repl, "receiver"):  # the replica side in store/receiver.py
+                repl.receiver.add_routes(node.routes)
+            else:  # an older tree (--compare)
+                node.routes.add(wire.OP_REPLICATE, records.replicate_request, repl.op_replicate)
+                node.routes.add(wire.OP_SYNC, records.sync_items, repl.op_sync)
+                if hasattr(wire, "OP_SYNC_CHUNK"):
+                    node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, repl.op_sync_chunk)
             node.confirmed = True
             sockets: set[Any] = set()
 
@@ -165,7 +168,9 @@ def main() -> None:
     rate = args.rate_mb * 1e6
     got = [asyncio.run(one_round(args.slots, args.keys, args.value_bytes, rate)) for _ in range(args.rounds)]
     wall, cpu = [w for w, _ in got], [c for _, c in got]
-    line = {"bench": "bench_sync_slots", "seconds": wall, "cpu_seconds": cpu, "median_s": statistics.median(wall)}
+    median = statistics.median(wall)
+    line = {"name": "sync_slots_seconds", "value": round(median, 4), "unit": "s", "slots": args.slots}
+    line.update({"bench": "bench_sync_slots", "seconds": wall, "cpu_seconds": cpu, "median_s": median})
     print(json.dumps({**line, "median_cpu_s": statistics.median(cpu)}), flush=True)
 
 

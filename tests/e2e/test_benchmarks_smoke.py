@@ -1,0 +1,43 @@
+"""Every benchmark still runs: each file in benchmarks/ for a moment with tiny sizes, as a user would
+run it, and what it prints is one JSON figure per line (name, value, unit). The figures themselves
+mean nothing at these sizes; a benchmark that no longer starts (a renamed call, a changed
+signature) fails here instead of on the day someone wants its numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent.parent / "benchmarks"
+
+TINY = {
+    "bench_failover.py": ["--trials", "1"],
+    "bench_migration.py": ["--keys", "2000", "--rest", "1", "--capacity-seconds", "1"],
+    "bench_snapshot.py": ["--keys", "2000", "--rounds", "1"],
+    "bench_sync.py": ["--slot-mb", "2", "--rounds", "1"],
+    "bench_sync_slots.py": ["--slots", "16", "--keys", "10", "--rounds", "1"],
+}
+
+
+def test_every_benchmark_has_tiny_sizes_here() -> None:
+    assert sorted(p.name for p in BENCHMARKS.glob("bench_*.py")) == sorted(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_benchmark_runs_and_prints_json_figures(name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *TINY[name]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert figures, proc.stderr[-3000:]
+    for figure in figures:
+        assert {"name", "value", "unit"} <= set(figure), figure
