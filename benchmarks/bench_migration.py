@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.procs import LocalCluster, http
 
 SLOTS = 4096
+HERE = Path(__file__).resolve().parent
 
 
 def p99(values: list[float]) -> float:
@@ -158,7 +159,9 @@ async def until(check: Any, timeout: float) -> float:
     raise RuntimeError(f"not reached within {timeout:.0f}s")
 
 
-async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def scenario(
+    c: LocalCluster, args: argparse.Namespace, phases: dict[str, float]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     value = "v" * args.value_bytes
     started = time.monotonic()
     await load(c.url, args.keys, value)
@@ -174,9 +177,11 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
     try:
         await asyncio.sleep(1.0)
         clients.into = "rest"
+        phases["rest"] = time.time()
         await asyncio.sleep(args.rest)
         copied_before = view(c)["copied"]
         clients.into = "moving"
+        phases["moving"] = time.time()
         joined = time.monotonic()
         c.add_store("s4", site="a")
 
@@ -193,6 +198,7 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
         await until(done, 900)
         finished = time.monotonic() - joined
         clients.into = "off"
+        phases["off"] = time.time()
     finally:
         clients.stop = True
         await runner
@@ -238,6 +244,25 @@ async def scenario(c: LocalCluster, args: argparse.Namespace) -> tuple[list[dict
     ], common
 
 
+def stalls(lag_file: Path, start: float, end: float, over_ms: float = 10.0) -> dict[str, float]:
+    """What looplag.py saw of one process between two unix times: stalls over `over_ms` per
+    second, the loop's CPU in them per second, and the longest stall (wall and CPU ms)."""
+    seen = []
+    for line in lag_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and not line.startswith("#") and start <= float(parts[0]) < end:
+            seen.append((float(parts[1]), float(parts[2])))
+    long = [(wall, cpu) for wall, cpu in seen if wall > over_ms]
+    seconds = max(end - start, 1e-9)
+    worst = max(long, default=(0.0, 0.0))
+    return {
+        "stalls_per_s": round(len(long) / seconds, 2),
+        "stall_cpu_ms_per_s": round(sum(cpu for _, cpu in long) / seconds, 1),
+        "longest_wall_ms": round(worst[0], 1),
+        "longest_cpu_ms": round(worst[1], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
@@ -250,9 +275,17 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a broker setting, e.g. moves_per_store=8"
     )
     parser.add_argument("--logs", type=Path, help="copy the broker's and stores' logs into this directory at the end")
+    parser.add_argument(
+        "--lag",
+        action="store_true",
+        help="run every process under looplag.py and report its loop stalls at rest and moving",
+    )
     args = parser.parse_args()
+    phases: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         c = LocalCluster(Path(tmp))
+        if args.lag:
+            c.launcher = lambda name: [sys.executable, str(HERE / "looplag.py"), str(Path(tmp) / f"{name}.lag")]
         try:
             c.start_broker(min_stores=3, **dict(item.split("=", 1) for item in args.set))
             # three sites: each store holds as many copies as the others (with sites a, b, a the
@@ -260,12 +293,26 @@ def main() -> None:
             for name, site in (("s1", "a"), ("s2", "b"), ("s3", "c")):
                 c.add_store(name, site=site)
             c.wait_ready()
-            figures, common = asyncio.run(scenario(c, args))
+            figures, common = asyncio.run(scenario(c, args, phases))
+            if args.lag:
+                for lag in sorted(Path(tmp).glob("*.lag")):
+                    at_rest = stalls(lag, phases["rest"], phases["moving"])
+                    moving = stalls(lag, phases["moving"], phases["off"])
+                    say(f"{lag.stem}: loop stalls over 10 ms at rest {at_rest}, moving {moving}")
+                    figures.append(
+                        {
+                            "name": f"loop_stalls_{lag.stem}",
+                            "value": moving["stall_cpu_ms_per_s"],
+                            "unit": "cpu ms/s",
+                            "rest": at_rest,
+                            "moving": moving,
+                        }
+                    )
         finally:
             c.stop()
             if args.logs is not None:
                 args.logs.mkdir(parents=True, exist_ok=True)
-                for log in Path(tmp).glob("*.log"):
+                for log in [*Path(tmp).glob("*.log"), *Path(tmp).glob("*.lag")]:
                     shutil.copy(log, args.logs / log.name)
     for figure in figures:
         print(json.dumps({**figure, **common, "bench": "bench_migration"}), flush=True)

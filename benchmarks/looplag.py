@@ -54,7 +54,9 @@ def _name_slow_steps(out: Any, over_ms: float) -> None:
         frame = getattr(coro, "cr_frame", None)
         if frame is None:
             return repr(handle)
-        return f"{coro.__qualname__} at {frame.f_code.co_filename}:{frame.f_lineno}"  # type: ignore[union-attr]
+        request = frame.f_locals.get("request")  # an aiohttp handler: which route
+        path = f" {request.method} {request.path}" if hasattr(request, "path") else ""
+        return f"{coro.__qualname__} at {frame.f_code.co_filename}:{frame.f_lineno}{path}"  # type: ignore[union-attr]
 
     def timed(handle: asyncio.events.Handle) -> None:
         started = time.thread_time()

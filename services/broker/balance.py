@@ -17,7 +17,7 @@ exchange for cold ones of the idlest, so the counts stay even and count balancin
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from .slotmap import SlotMap
@@ -61,19 +61,22 @@ class _Plan:
         self.moved: set[int] = set(skip)  # a slot moves at most once per plan
         self.busy = dict(busy)
         self.members: dict[int, list[str]] = {}  # slot -> [primary, *replicas] after the moves
-        self.isr: dict[int, set[str]] = {}
-        self.primaries: dict[str, list[int]] = {n: [] for n in sites}
-        self.replicas: dict[str, list[int]] = {n: [] for n in sites}
-        for slot, e in enumerate(slotmap.entries):
+        self.isr: dict[int, tuple[str, ...]] = {}  # a copy or two: a tuple is the cheapest to search
+        # per store, its slots in the order they came (a dict as an ordered set: a move takes one
+        # out in O(1)); picks take the last ones first
+        self.primaries: dict[str, dict[int, None]] = {n: {} for n in sites}
+        self.replicas: dict[str, dict[int, None]] = {n: {} for n in sites}
+        primaries, replicas, members, isr = self.primaries, self.replicas, self.members, self.isr
+        for slot, e in enumerate(slotmap.entries):  # a plan starts with this walk: kept lean
             if e.primary is None:  # skipped slots count too: they are held, only not moved
                 continue
-            self.members[slot] = e.members()
-            self.isr[slot] = set(e.isr)
-            if e.primary in self.primaries:
-                self.primaries[e.primary].append(slot)
+            members[slot] = [e.primary, *e.replicas]
+            isr[slot] = tuple(e.isr)
+            if e.primary in primaries:
+                primaries[e.primary][slot] = None
             for r in e.replicas:
-                if r in self.replicas:
-                    self.replicas[r].append(slot)
+                if r in replicas:
+                    replicas[r][slot] = None
 
     def full(self) -> bool:
         return len(self.moves) >= self.limit
@@ -112,14 +115,14 @@ class _Plan:
         """The slot's copies are now `members` (primary first): per-store counts follow."""
         for name in self.members[slot]:
             for held in (self.primaries.get(name), self.replicas.get(name)):
-                if held is not None and slot in held:
-                    held.remove(slot)
+                if held is not None:
+                    held.pop(slot, None)
         self.members[slot] = members
         if members and members[0] in self.primaries:
-            self.primaries[members[0]].append(slot)
+            self.primaries[members[0]][slot] = None
         for name in members[1:]:
             if name in self.replicas:
-                self.replicas[name].append(slot)
+                self.replicas[name][slot] = None
 
 
 def _after(members: list[str], source: str, target: str, primary: bool, swap: bool) -> list[str]:
@@ -166,7 +169,7 @@ def plan(
 
 def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
     for name in sorted(leaving):
-        for slot in sorted(p.primaries.get(name, [])):
+        for slot in sorted(p.primaries.get(name, {})):
             if p.full():
                 return
             if not p.free(name):
@@ -181,7 +184,7 @@ def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
             if pool:
                 target = min(pool, key=lambda n: (len(p.primaries[n]), n))
                 p.take(slot, name, target, True, DRAIN)
-        for slot in sorted(p.replicas.get(name, [])):
+        for slot in sorted(p.replicas.get(name, {})):
             if p.full():
                 return
             if not p.free(name):
@@ -196,7 +199,7 @@ def _drain(p: _Plan, staying: Mapping[str, str], leaving: list[str]) -> None:
                 p.take(slot, name, target, False, DRAIN)
 
 
-def _balance(p: _Plan, staying: Mapping[str, str], held: dict[str, list[int]], primary: bool) -> None:
+def _balance(p: _Plan, staying: Mapping[str, str], held: dict[str, dict[int, None]], primary: bool) -> None:
     """Move copies from the fullest staying store to the emptiest until all are within one."""
     names = sorted(staying)
     stuck: set[tuple[str, str]] = set()
@@ -225,23 +228,62 @@ def _balance(p: _Plan, staying: Mapping[str, str], held: dict[str, list[int]], p
             return
 
 
-def _pick(p: _Plan, slots: list[int], source: str, target: str, primary: bool) -> int | None:
+def _pick(p: _Plan, slots: dict[int, None], source: str, target: str, primary: bool) -> int | None:
     """A slot of `source` whose copy may go to `target`: for primaries a swap onto an in-sync replica
     first (nothing to copy), then the highest slots (ranges stay contiguous at the low end)."""
+    # a swap needs a replica of `target`: where it holds none (a store that just joined), no slot
+    # of `source` is looked at twice in every pick of the plan
+    swaps = primary and any(
+        p.members[s][0] == source and target in p.isr[s] for s in p.replicas.get(target, ()) if s not in p.moved
+    )
     best: int | None = None
     for slot in reversed(slots):
         if slot in p.moved:
             continue
         members = p.members[slot]
         if target in members:
-            if primary and target in p.isr[slot] and members[0] == source:
+            if swaps and target in p.isr[slot] and members[0] == source:
                 return slot  # a swap keeps the same copies, so the same sites
             continue
         if best is None and p.keeps_sites(slot, source, target):
             best = slot
-            if not primary:
+            if not swaps:
                 return best
     return best
+
+
+def still_valid(slotmap: SlotMap, move: Move) -> bool:
+    """A move planned earlier may still start: the slot is as the plan saw it (the source holds
+    the copy in that role; the target holds none, or an in-sync replica for a swap)."""
+    e = slotmap.entry(move.slot)
+    if e.primary is None or move.source not in e.members() or (e.primary == move.source) != move.primary:
+        return False
+    if move.target in e.members():
+        return move.swap and move.target in e.isr
+    return not move.swap
+
+
+def take_ready(
+    ahead: list[Move], busy: Mapping[str, int], per_node: int, room: int, ok: Callable[[Move], bool]
+) -> tuple[list[Move], list[Move]]:
+    """(the moves of a plan made ahead to start now, the ones left for later). In plan order, a
+    move starts when both its stores have room (`busy`: moves running per store, at most
+    `per_node`) and `room` allows; `ok` says whether it still may (a move that may not is
+    dropped). While a drain move waits, nothing else starts (drains go first, as in `plan`)."""
+    counts = dict(busy)
+    draining = any(m.reason == DRAIN for m in ahead)
+    take: list[Move] = []
+    keep: list[Move] = []
+    for move in ahead:
+        free = counts.get(move.source, 0) < per_node and counts.get(move.target, 0) < per_node
+        if len(take) < room and free and (move.reason == DRAIN or not draining):
+            if ok(move):
+                take.append(move)
+                counts[move.source] = counts.get(move.source, 0) + 1
+                counts[move.target] = counts.get(move.target, 0) + 1
+        else:
+            keep.append(move)
+    return take, keep
 
 
 def overloaded(
@@ -329,7 +371,7 @@ def _coldest(p: _Plan, name: str, other: str, hot: Collection[int]) -> int | Non
     """A primary of `name` with no listed load that may go to `other`: one where `other` holds an
     in-sync replica first (a swap, nothing to copy), then the highest."""
     best: int | None = None
-    for slot in reversed(p.primaries.get(name, [])):
+    for slot in reversed(p.primaries.get(name, {})):
         if slot in p.moved or slot in hot or not _may_take(p, slot, name, other):
             continue
         if other in p.members[slot]:

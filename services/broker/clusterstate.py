@@ -162,6 +162,10 @@ class ClusterState:
         stores = tuple(sorted((n.name, n.status.value, n.site, n.draining) for n in self.registry.nodes.values()))
         return self.slotmap.epoch, stores
 
+    def up_names(self) -> set[str]:
+        """The stores that are up (`Registry.is_up` of each)."""
+        return {n.name for n in self.registry.nodes.values() if n.up}
+
     def leaving(self) -> set[str]:
         """Stores being drained."""
         return {n.name for n in self.registry.nodes.values() if n.draining}

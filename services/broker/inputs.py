@@ -190,20 +190,36 @@ def _count(value: Any) -> bool:
 
 
 def inventory(value: Any) -> list[Position]:
-    """A registration's inventory: [[slot, role, seq, data_epoch, epoch], ...], each field typed."""
+    """A registration's inventory: [[slot, role, seq, data_epoch, epoch], ...], each field typed.
+    Every store sends one every few seconds with thousands of slots: one lean pass (`type(x) is
+    int` is what `_count` tests for JSON numbers, bool excluded)."""
     if value is None:
         return []
-    if not isinstance(value, list) or any(
-        not isinstance(i, list)
-        or len(i) != 5
-        or not _count(i[0])
-        or i[0] >= SLOTS
-        or i[1] not in ("primary", "replica")
-        or not all(_count(x) for x in i[2:])
-        for i in value
-    ):
-        raise errors.BadRequest("'inventory' must be a list of [slot, role, seq, data_epoch, epoch]")
-    return [Position(*i) for i in value]
+    bad = errors.BadRequest("'inventory' must be a list of [slot, role, seq, data_epoch, epoch]")
+    if not isinstance(value, list):
+        raise bad
+    out = []
+    for i in value:
+        if type(i) is not list or len(i) != 5:
+            raise bad
+        slot, role, seq, data_epoch, epoch = i
+        if (
+            type(slot) is not int
+            or type(seq) is not int
+            or type(data_epoch) is not int
+            or type(epoch) is not int
+            or not 0 <= slot < SLOTS
+            or seq < 0
+            or data_epoch < 0
+            or epoch < 0
+            or role not in _ROLES
+        ):
+            raise bad
+        out.append(Position(slot, role, seq, data_epoch, epoch))
+    return out
+
+
+_ROLES = ("primary", "replica")
 
 
 def slot_list(value: Any, field: str) -> list[int]:

@@ -30,7 +30,7 @@ from .watch import Watch
 
 log = logging.getLogger("snapkv.rebalancer")
 
-PLAN_GAP = 0.1  # seconds between plans while moves end (a plan reads the whole map)
+PLAN_GAP = 0.05  # seconds between steps while moves end: the moves ending together start the next ones at once
 LOAD_HOLD = 60.0  # seconds a slot moved for load does not move for load again
 LOAD_ROUNDS = 2  # readings in a row over the threshold before load moves slots
 LOAD_MOVES = 8  # moves (4 swaps of a hot and a cold slot) per decision
@@ -67,6 +67,9 @@ class Rebalancer:
         self._load_moved: dict[int, float] = {}  # slot -> when it was last moved for load
         self.decision: dict[str, object] = {"decision": "no reading yet"}  # the last one, for /v1/cluster
         self._nothing: set[tuple[object, ...]] = set()  # inputs of the last plans that found no move
+        # the rest of a whole plan, made while the stores were `_ahead_for`: moves start off it
+        self._ahead: list[balance.Move] = []
+        self._ahead_for: tuple[object, ...] = ()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -103,12 +106,7 @@ class Rebalancer:
         inputs = (c.fingerprint(), frozenset(moving), frozenset(recent), cooldown, bounded, limit)
         if inputs in self._nothing:
             return []
-        copies = c.copies_wanted
-        skip = {
-            s
-            for s in range(len(c.slotmap))
-            if s in moving or s in recent or c.slotmap.state(s, c.registry.is_up, copies) != OK
-        }
+        skip = moving | recent | c.slotmap.not_ok(c.up_names(), c.copies_wanted)
         room = self.settings.max_moves - len(moving) if limit is None else limit
         if room <= 0:
             return []
@@ -128,6 +126,39 @@ class Rebalancer:
             self._nothing.add(inputs)
         return moves
 
+    def _planned(self) -> list[balance.Move]:
+        """The moves to start now, off a whole plan made ahead: one walk of every slot (a plan
+        costs 10-20 ms of the loop) for as long as the stores stay as they were, where taking the
+        next moves off it as others end costs next to nothing. Each move is checked against the map
+        before it starts; a new plan is made once this one is used up (moves that were dropped or
+        rolled back are planned again) or a store joined, left or changed status."""
+        c = self.cluster
+        running, stores = self.migrator.running, c.fingerprint()[1:]
+        if not c.slotmap.assigned or self._in_grace() or c.unsettled():
+            self._ahead = []
+            return []
+        # a new plan when the stores changed (a drain goes first), or once this one's moves are
+        # all started and have ended (with moves running, a plan would find only their leftovers)
+        if stores != self._ahead_for or (not self._ahead and not running):
+            self._ahead = self.plan(limit=len(c.slotmap), bounded=False)
+            self._ahead_for = stores
+        recent = self.migrator.recent()
+        copies, is_up = c.copies_wanted, c.registry.is_up
+
+        def ok(move: balance.Move) -> bool:
+            return (
+                move.slot not in running
+                and move.slot not in recent
+                and c.slotmap.state(move.slot, is_up, copies) == OK
+                and balance.still_valid(c.slotmap, move)
+            )
+
+        room = self.settings.max_moves - len(running)
+        moves, self._ahead = balance.take_ready(
+            self._ahead, self.migrator.busy(), self.settings.moves_per_store, room, ok
+        )
+        return moves
+
     def step(self) -> int:
         """Mark drained stores, then start what the plan says; the number of moves started."""
         c = self.cluster
@@ -139,7 +170,7 @@ class Rebalancer:
             self.watch.changed()
         started = 0
         if self.settings.rebalance or c.leaving():
-            moves = self.plan()
+            moves = self._planned()
             if not self.settings.rebalance:  # still empty draining stores, never anything else
                 moves = [m for m in moves if m.reason == balance.DRAIN]
             started = sum(1 for m in moves if self.migrator.start(m))
@@ -234,13 +265,7 @@ class Rebalancer:
         now = time.monotonic()
         for slot in [s for s, t in self._load_moved.items() if now - t >= LOAD_HOLD]:
             del self._load_moved[slot]
-        copies = c.copies_wanted
-        recent = self.migrator.recent()
-        skip = {
-            s
-            for s in range(len(c.slotmap))
-            if s in self._load_moved or s in recent or c.slotmap.state(s, c.registry.is_up, copies) != OK
-        }
+        skip = set(self._load_moved) | self.migrator.recent() | c.slotmap.not_ok(c.up_names(), c.copies_wanted)
         hot: dict[str, list[tuple[int, float]]] = {}
         for name in staying:
             node = c.registry.get(name)

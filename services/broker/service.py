@@ -33,6 +33,7 @@ from .migration import Migrator
 from .pusher import Pusher
 from .rebalancer import Rebalancer
 from .router import Router
+from .slotmap import tally
 from .watch import Watch
 
 SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
@@ -189,13 +190,14 @@ class BrokerService:
 
     def cluster_view(self) -> dict[str, Any]:
         c = self.cluster
+        ranges = c.slotmap.ranges(c.registry.is_up, c.copies_wanted)
         return {
             "cluster_id": c.cluster_id,
             "epoch": c.slotmap.epoch,
             "slots": len(c.slotmap),
             "replication_factor": self.settings.replication_factor,
-            "summary": c.slotmap.summary(c.registry.is_up, c.copies_wanted),
-            "ranges": c.slotmap.ranges(c.registry.is_up, c.copies_wanted),
+            "summary": tally(ranges),  # the same as SlotMap.summary, without a second walk
+            "ranges": ranges,
             "moves": self.migrator.view(),
             "balanced": self.rebalancer.balanced,  # every store holds its share
             "settled": self.rebalancer.settled,  # nothing moves now, and nothing will by itself

@@ -7,7 +7,7 @@ store can tell an old assignment from a new one (rules 1 and 3).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ class SlotEntry:
 
     def to_json(self) -> list[Any]:
         return [self.primary, self.replicas, self.isr, self.epoch, self.leader_epoch]
+
+
+def tally(ranges: list[dict[str, Any]]) -> dict[str, int]:
+    """Slots per state in `SlotMap.ranges`: what `SlotMap.summary` counts."""
+    out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}
+    for r in ranges:
+        out[r["state"]] += r["to"] - r["from"] + 1
+    return out
 
 
 @dataclass
@@ -107,6 +115,17 @@ class SlotMap:
         copies = 1 + sum(1 for r in e.isr if is_up(r))
         return OK if copies >= copies_wanted else DEGRADED
 
+    def not_ok(self, up: Collection[str], copies_wanted: int) -> set[int]:
+        """The slots whose `state` is not OK with the stores `up` up: the same test, in one lean
+        walk (a plan starts with it)."""
+        out = set()
+        for slot, e in enumerate(self.entries):
+            if e.primary not in up or e.migrating_to is not None:
+                out.add(slot)
+            elif 1 + sum(1 for r in e.isr if r in up) < copies_wanted:
+                out.add(slot)
+        return out
+
     def summary(self, is_up: Callable[[str], bool], copies_wanted: int) -> dict[str, int]:
         out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}
         for slot in range(len(self.entries)):
@@ -114,33 +133,33 @@ class SlotMap:
         return out
 
     def ranges(self, is_up: Callable[[str], bool], copies_wanted: int) -> list[dict[str, Any]]:
-        """Consecutive slots with the same owners, epoch and state, joined."""
+        """Consecutive slots with the same owners, ISR and state, joined; `epoch` is the newest
+        epoch among them (after moves every slot has its own, and a range per slot would make
+        the view a 4,096-entry list that costs the broker's loop tens of ms to build and send)."""
         out: list[dict[str, Any]] = []
+        last: dict[str, Any] | None = None
         for slot, e in enumerate(self.entries):
             state = self.state(slot, is_up, copies_wanted)
-            last = out[-1] if out else None
             if (
                 last is not None
-                and last["to"] == slot - 1
                 and last["primary"] == e.primary
                 and last["replicas"] == e.replicas
                 and last["isr"] == e.isr
-                and last["epoch"] == e.epoch
                 and last["state"] == state
             ):
                 last["to"] = slot
+                last["epoch"] = max(last["epoch"], e.epoch)
             else:
-                out.append(
-                    {
-                        "from": slot,
-                        "to": slot,
-                        "primary": e.primary,
-                        "replicas": list(e.replicas),
-                        "isr": list(e.isr),
-                        "epoch": e.epoch,
-                        "state": state,
-                    }
-                )
+                last = {
+                    "from": slot,
+                    "to": slot,
+                    "primary": e.primary,
+                    "replicas": list(e.replicas),
+                    "isr": list(e.isr),
+                    "epoch": e.epoch,
+                    "state": state,
+                }
+                out.append(last)
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ class LocalCluster:
     broker: Proc | None = None
     settings: dict[str, str] = field(default_factory=dict)
     api_headers: dict[str, str] = field(default_factory=dict)  # e.g. the API token, for wait_ready
+    # what runs a process's module, given its name: `python -m` unless a benchmark wraps it
+    launcher: Callable[[str], list[str]] = field(default=lambda name: [sys.executable, "-m"])
 
     @property
     def url(self) -> str:
@@ -118,7 +121,7 @@ class LocalCluster:
         )
         self.broker = Proc(
             "broker",
-            [sys.executable, "-m", "snapkv.broker", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
+            [*self.launcher("broker"), "snapkv.broker", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
             port,
             data,
             env,
@@ -132,7 +135,7 @@ class LocalCluster:
         port = port or free_port()
         data = str(self.root / name)
         env = self.env({f"SNAPKV_{k.upper()}": v for k, v in settings.items()})
-        args = [sys.executable, "-m", "snapkv.store", name, str(port), "--host", "127.0.0.1", "--data-dir", data]
+        args = [*self.launcher(name), "snapkv.store", name, str(port), "--host", "127.0.0.1", "--data-dir", data]
         if site:
             args += ["--site", site]
         proc = Proc(name, args, port, data, env, str(self.root / f"{name}.log"))

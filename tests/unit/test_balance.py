@@ -219,3 +219,41 @@ def test_while_a_drain_has_copies_waiting_no_count_move_takes_a_free_move():
     counts = m.counts()
     assert "s4" not in counts
     assert max(c["primary"] for c in counts.values()) - min(c["primary"] for c in counts.values()) <= 1
+
+
+def test_a_whole_plan_made_ahead_starts_as_room_frees_and_balances_as_the_plans_one_by_one():
+    sites = {"s1": "a", "s2": "b", "s3": "c"}
+    m = cluster(sites)
+    sites["s4"] = "a"
+    ahead = balance.plan(m, sites, per_node=SLOTS, limit=SLOTS)
+    started: list[balance.Move] = []
+    running: list[balance.Move] = []
+    while ahead or running:
+        busy = Counter(n for mv in running for n in (mv.source, mv.target))
+        take, ahead = balance.take_ready(ahead, busy, 8, 16 - len(running), lambda mv: balance.still_valid(m, mv))
+        assert all(busy[n] + sum(n in (t.source, t.target) for t in take) <= 8 for n in sites)
+        assert len(running) + len(take) <= 16
+        running += take
+        started += take
+        for mv in running[:3]:  # a few end, the next start
+            run(m, mv)
+        running = running[3:]
+    assert {n: c["primary"] for n, c in m.counts().items()} == {n: SLOTS // 4 for n in sites}
+    assert all(spread(m, sites, s) == 2 for s in range(SLOTS))
+    assert balance.plan(m, sites, per_node=64) == []  # nothing left: the plan ahead did it all
+
+
+def test_a_move_planned_ahead_is_dropped_once_the_slot_changed_and_drains_go_first():
+    sites = {"s1": "a", "s2": "b"}
+    m = cluster(sites)
+    e = m.entry(0)
+    move = balance.Move(0, e.primary, "s3", True, balance.JOIN)
+    assert balance.still_valid(m, move)
+    m.apply([Change(0, e.replicas[0], [e.primary], [e.primary])])  # a failover swapped the copies
+    assert not balance.still_valid(m, move)
+    other = balance.Move(1, m.entry(1).primary, "s3", True, balance.COUNT)
+    drain = balance.Move(2, m.entry(2).primary, "s3", True, balance.DRAIN)
+    take, keep = balance.take_ready([move, other, drain], {}, 8, 8, lambda mv: balance.still_valid(m, mv))
+    assert take == [drain] and keep == [move, other]  # the others wait for the drain to be under way
+    take, keep = balance.take_ready(keep, {}, 8, 8, lambda mv: balance.still_valid(m, mv))
+    assert take == [other] and keep == []  # the stale move is dropped when its turn comes

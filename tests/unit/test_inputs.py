@@ -101,3 +101,23 @@ def test_query_does_not_turn_invalid_utf8_into_replacement_char():
 def test_key_from_path_rejects_a_raw_non_utf8_byte():
     with pytest.raises(errors.BadRequest):
         inputs.key_from_path("/v1/kv/a\udcff", "/v1/kv/")
+
+
+def test_inventory_types_every_field():
+    good = [[0, "primary", 5, 1, 2], [4095, "replica", 0, 0, 0]]
+    assert [tuple(p) for p in inputs.inventory(good)] == [tuple(i) for i in good]
+    assert inputs.inventory(None) == []
+    for bad in (
+        "x",
+        [[0, "primary", 5, 1]],
+        [(0, "primary", 5, 1, 2)],
+        [[4096, "primary", 5, 1, 2]],
+        [[-1, "primary", 5, 1, 2]],
+        [[True, "primary", 5, 1, 2]],
+        [[0, "leader", 5, 1, 2]],
+        [[0, "primary", -5, 1, 2]],
+        [[0, "primary", 5, 1.0, 2]],
+        [[0, "primary", 5, 1, None]],
+    ):
+        with pytest.raises(errors.BadRequest):
+            inputs.inventory(bad)

@@ -1,7 +1,7 @@
 import json
 import random
 
-from snapkv.broker.slotmap import Change, SlotMap
+from snapkv.broker.slotmap import Change, SlotMap, tally
 
 
 def test_apply_bumps_epoch_once_per_plan_and_only_for_changed_slots():
@@ -37,6 +37,34 @@ def test_ranges_join_consecutive_slots():
     m.apply([Change(s, "a" if s < 4 else "b", ["b" if s < 4 else "a"], []) for s in range(6)])
     ranges = m.ranges(lambda n: True, 1)
     assert [(r["from"], r["to"], r["primary"]) for r in ranges] == [(0, 3, "a"), (4, 5, "b")]
+
+
+def test_ranges_join_slots_of_different_epochs_and_tally_as_the_summary():
+    m = SlotMap(8)
+    m.apply([Change(s, "a", ["b"], ["b"]) for s in range(8)])
+    for s in range(8):  # moves give every slot its own epoch: the view stays a few ranges
+        m.apply([Change(s, "b" if s >= 4 else "a", ["a" if s >= 4 else "b"], [])])
+        m.apply([Change(s, "b" if s >= 4 else "a", ["a" if s >= 4 else "b"], ["a" if s >= 4 else "b"])])
+    up = {"a", "b"}
+    ranges = m.ranges(lambda n: n in up, 2)
+    assert [(r["from"], r["to"], r["primary"], r["epoch"]) for r in ranges] == [(0, 3, "a", 9), (4, 7, "b", 17)]
+    assert (
+        tally(ranges)
+        == m.summary(lambda n: n in up, 2)
+        == {"ok": 8, "degraded": 0, "unavailable": 0, "migrating": 0, "unassigned": 0}
+    )
+    up.discard("b")
+    assert tally(m.ranges(lambda n: n in up, 2)) == m.summary(lambda n: n in up, 2)
+
+
+def test_not_ok_is_every_slot_whose_state_is_not_ok():
+    m = SlotMap(5)
+    m.apply([Change(0, "a", ["b"], ["b"]), Change(1, "a", ["b"], []), Change(2, "b", ["a"], ["a"])])
+    m.apply([Change(3, "a", ["b"], ["b"])])
+    m.entry(3).migrating_to = "c"
+    for up in ({"a", "b"}, {"a"}, {"b"}, set()):
+        want = {s for s in range(5) if m.state(s, up.__contains__, 2) != "ok"}
+        assert m.not_ok(up, 2) == want
 
 
 def test_json_round_trip_and_counts():
