@@ -39,6 +39,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from snapkv.common.slots import key_slot
 from support.procs import LocalCluster, http
 
 SLOTS = 4096
@@ -87,10 +88,11 @@ class Clients:
         self.latencies: dict[str, list[float]] = {"rest": [], "moving": [], "off": []}
         self.into = "off"
         self.errors: list[str] = []
+        self.moving: list[tuple[float, int, float]] = []  # (unix time due, slot, latency) while moving
         self.stop = False
         self.rng = random.Random(7)
 
-    async def _request(self, session: aiohttp.ClientSession) -> None:
+    async def _request(self, session: aiohttp.ClientSession) -> str:
         key = f"k{self.rng.randrange(self.keys)}"
         try:
             if self.rng.random() < 0.5:
@@ -105,6 +107,7 @@ class Clients:
                 self.errors.append(f"{key}: {r.status}")
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.errors.append(f"{key}: {exc!r}")
+        return key
 
     async def capacity(self, clients: int, seconds: float) -> float:
         """Requests/s that `clients` closed-loop clients get served."""
@@ -125,8 +128,11 @@ class Clients:
         tasks: set[asyncio.Task[None]] = set()
 
         async def timed(session: aiohttp.ClientSession, due: float, into: str) -> None:
-            await self._request(session)
-            self.latencies[into].append(loop.time() - due)
+            key = await self._request(session)
+            latency = loop.time() - due
+            self.latencies[into].append(latency)
+            if into == "moving":
+                self.moving.append((time.time() - latency, key_slot(key.encode()), latency))
 
         connector = aiohttp.TCPConnector(limit=256)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=connector) as session:
@@ -140,6 +146,46 @@ class Clients:
                 task.add_done_callback(tasks.discard)
                 i += 1
             await asyncio.gather(*tasks)
+
+
+def split_by_moves(requests: list[tuple[float, int, float]], broker_log: Path) -> tuple[list[float], list[float]]:
+    """The latencies of requests to a slot while it was moving (any step, from the broker's
+    `slot_moved` events: the end and how long it took) and of the others."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for line in broker_log.read_text(errors="replace").splitlines():
+        if "event=slot_moved" not in line:
+            continue
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        stamp = line.split("ts=", 1)[1][:23]  # 2026-12-01 22:03:06,247
+        end = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:23]) / 1000
+        spans.setdefault(int(fields["slot"]), []).append((end - float(fields["seconds"]), end))
+    on, off = [], []
+    for due, slot, latency in requests:
+        busy = any(start <= due <= end for start, end in spans.get(slot, ()))
+        (on if busy else off).append(latency)
+    return on, off
+
+
+def cpu_seconds(c: LocalCluster) -> dict[str, float]:
+    """CPU seconds (user + system) each process used so far, from /proc (its children too: the
+    snapshot forks)."""
+    out = {}
+    for proc in [c.broker, *c.stores.values()]:
+        if proc is None or proc.popen is None:
+            continue
+        try:
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        out[proc.name] = ticks / os.sysconf("SC_CLK_TCK")
+    times = os.times()
+    out["clients"] = times.user + times.system  # this process
+    return out
+
+
+def cpu_per_second(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 3) for name in after}
 
 
 def view(c: LocalCluster) -> dict[str, Any]:
@@ -162,6 +208,7 @@ async def until(check: Any, timeout: float) -> float:
 async def scenario(
     c: LocalCluster, args: argparse.Namespace, phases: dict[str, float]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cpu: dict[str, dict[str, float]] = {}
     value = "v" * args.value_bytes
     started = time.monotonic()
     await load(c.url, args.keys, value)
@@ -171,17 +218,19 @@ async def scenario(
     await asyncio.sleep(3.0)
     clients = Clients(c.url, args.keys, value)
     capacity = await clients.capacity(args.clients, args.capacity_seconds)
-    rate = capacity * args.load
+    rate = args.rate or capacity * args.load
     say(f"{args.clients} closed-loop clients get {capacity:.0f} requests/s; the clients send {rate:.0f}/s")
     runner = asyncio.ensure_future(clients.run(rate))
     try:
         await asyncio.sleep(1.0)
         clients.into = "rest"
         phases["rest"] = time.time()
+        cpu["rest"] = cpu_seconds(c)
         await asyncio.sleep(args.rest)
         copied_before = view(c)["copied"]
         clients.into = "moving"
         phases["moving"] = time.time()
+        cpu["moving"] = cpu_seconds(c)
         joined = time.monotonic()
         c.add_store("s4", site="a")
 
@@ -199,6 +248,7 @@ async def scenario(
         finished = time.monotonic() - joined
         clients.into = "off"
         phases["off"] = time.time()
+        cpu["off"] = cpu_seconds(c)
     finally:
         clients.stop = True
         await runner
@@ -207,6 +257,17 @@ async def scenario(
     held = v["copied"]["keys"] - copied_before["keys"]
     sent = v["copied"]["bytes"] - copied_before["bytes"]
     rest, moving = p99(clients.latencies["rest"]), p99(clients.latencies["moving"])
+    cpu_rest = cpu_per_second(cpu["rest"], cpu["moving"], phases["moving"] - phases["rest"])
+    cpu_moving = cpu_per_second(cpu["moving"], cpu["off"], phases["off"] - phases["moving"])
+    say(
+        f"CPU s/s at rest {cpu_rest} (sum {sum(cpu_rest.values()):.2f}), moving {cpu_moving} "
+        f"(sum {sum(cpu_moving.values()):.2f})"
+    )
+    on_moving, elsewhere = split_by_moves(clients.moving, Path(c.root) / "broker.log")
+    say(
+        f"while moving: p99 {p99(on_moving) * 1000:.1f} ms over {len(on_moving)} requests to a slot in a move, "
+        f"{p99(elsewhere) * 1000:.1f} ms over {len(elsewhere)} to the others"
+    )
     say(
         f"p99 at rest {rest * 1000:.1f} ms over {len(clients.latencies['rest'])} requests, while moving "
         f"{moving * 1000:.1f} ms over {len(clients.latencies['moving'])}; errors {len(clients.errors)}"
@@ -232,6 +293,11 @@ async def scenario(
             "p99_rest_ms": round(rest * 1000, 2),
             "p99_moving_ms": round(moving * 1000, 2),
             "failed_requests": len(clients.errors),
+            "p99_moving_slot_ms": round(p99(on_moving) * 1000, 2),
+            "cpu_rest": round(sum(cpu_rest.values()), 2),
+            "cpu_moving": round(sum(cpu_moving.values()), 2),
+            "p99_other_slots_ms": round(p99(elsewhere) * 1000, 2),
+            "requests_to_moving_slots": len(on_moving),
         },
         {
             "name": "longest_switch_ms",
@@ -271,6 +337,7 @@ def main() -> None:
     parser.add_argument("--capacity-seconds", type=float, default=5.0, help="how long the capacity is measured")
     parser.add_argument("--load", type=float, default=0.5, help="the fixed request rate, as a share of the capacity")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest baseline")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s to send instead of --load x capacity")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a broker setting, e.g. moves_per_store=8"
     )

@@ -3,12 +3,12 @@
   copy    the target joins the slot as a replica outside the ISR; the primary full-syncs it and
           streams to it through the ordinary replication, and asks the broker to add it to the
           ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
-  switch  (primary moves) new requests of the slot wait at the gate; once the ones in flight
-          have answered (at most DRAIN_WAIT: later ones are retried on the new primary), the
-          target becomes primary at a new epoch, the source a replica in the ISR. Every copy is
-          told, the target last, once the others answered (it full-syncs them at once); its
-          answer lets the slot's requests go again. The pause is one disk write (group commit)
-          and two pushes, none of them behind a queue (pusher.py).
+  switch  (primary moves) new requests of the slot wait at the gate; the target becomes
+          primary at a new epoch, the source a replica in the ISR, in the map and on disk while
+          the requests in flight answer from the old primary (at most DRAIN_WAIT: later ones are
+          retried on the new primary). Then every copy is told, the target last, once the others
+          answered (it full-syncs them at once); its answer lets the slot's requests go again.
+          The pause is one disk write (group commit) and two pushes, none behind a queue.
   drop    the source's copy leaves the slot (last, once the target holds everything).
 
 Every step checks first that the slot is still as the previous step left it, under the map lock
@@ -206,7 +206,6 @@ class Migrator:
         self.gate.hold(slot)
         held = time.monotonic()
         try:
-            await self.gate.drained(slot, DRAIN_WAIT)  # what is in flight answers from the old primary
             async with self.lock:
                 self._check(move, target_member=True)
                 e = self.cluster.slotmap.entry(slot)
@@ -217,7 +216,12 @@ class Migrator:
                 # every copy hears of it before the slot's requests go on, the new primary last: it
                 # full-syncs its replicas at once, and a replica that has not heard refuses
                 change = Change(slot, move.target, replicas, isr)
-                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, last=move.target)
+                # what is in flight answers from the old primary while the change goes to disk:
+                # no store hears of it before both are done
+                drained = asyncio.get_running_loop().create_task(self.gate.drained(slot, DRAIN_WAIT))
+                pending = self.pusher.stage(
+                    [change], f"move:{move.reason}", wait=True, last=move.target, before_push=drained
+                )
             await pending
         finally:
             self.gate.release(slot)

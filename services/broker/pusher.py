@@ -28,6 +28,7 @@ from .slotmap import Change
 from .watch import Watch
 
 log = logging.getLogger("snapkv.cluster")  # the events' logger before the split: log queries keep working
+MOVE_STEPS = ("move_copy:", "move:", "move_drop:")  # the reasons migration.py gives its map changes
 
 
 def assign_message(
@@ -171,6 +172,7 @@ class Pusher:
         epoch_floor: int = 0,
         wait: bool = False,
         last: str | None = None,
+        before_push: Awaitable[Any] | None = None,
     ) -> asyncio.Task[int]:
         """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
         still hold and a lock it holds need not wait for the disk), and the rest in a task.
@@ -181,7 +183,8 @@ class Pusher:
 
         `last`: that store hears of it only once every other store it touches has answered (it
         keeps its place among the pushes to that store): a new primary full-syncs its replicas as
-        soon as it hears, and a replica that has not heard yet refuses the sync."""
+        soon as it hears, and a replica that has not heard yet refuses the sync. `before_push`:
+        awaited once the change is on disk, before any store is told (it runs during the write)."""
         applied = self.cluster.apply(changes, epoch_floor)
         messages = {}
         if applied.changed and push:
@@ -189,15 +192,26 @@ class Pusher:
                 name: assign_message(self.cluster, name, slots, confirm=False, replication=self.settings.replication)
                 for name, slots in applied.touched.items()
             }
-        return asyncio.get_running_loop().create_task(self._commit(applied, messages, reason, wait, last))
+        commit = self._commit(applied, messages, reason, wait, last, before_push)
+        return asyncio.get_running_loop().create_task(commit)
 
     async def _commit(
-        self, applied: Applied, messages: dict[str, dict[str, Any]], reason: str, wait: bool, last: str | None
+        self,
+        applied: Applied,
+        messages: dict[str, dict[str, Any]],
+        reason: str,
+        wait: bool,
+        last: str | None,
+        before_push: Awaitable[Any] | None,
     ) -> int:
         if not applied.changed:
             return 0
         await self.persist()  # rule 4: on disk before any store hears of it
-        log.info("event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
+        if before_push is not None:
+            await before_push
+        # a move's steps are logged by the move (migration.py's slot_moved): hundreds a second
+        level = logging.DEBUG if reason.startswith(MOVE_STEPS) else logging.INFO
+        log.log(level, "event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
         up = {name: args for name, args in messages.items() if self.cluster.registry.is_up(name)}  # after the write
         pushes = [self._send_later(name, args) for name, args in up.items() if name != last]
         if last in up:

@@ -11,16 +11,31 @@ import asyncio
 
 class Watch:
     def __init__(self) -> None:
-        self._changed = asyncio.Event()
+        self._next: asyncio.Future[None] | None = None  # done at the next change (made when awaited)
 
     def changed(self) -> None:
         """Wake every waiter."""
-        old, self._changed = self._changed, asyncio.Event()
-        old.set()
+        nxt, self._next = self._next, None
+        if nxt is not None and not nxt.done():
+            nxt.set_result(None)
 
     async def wait(self, timeout: float) -> None:
-        """Until the next change, at most `timeout` seconds."""
+        """Until the next change, at most `timeout` seconds. A timer and a callback, no task (as
+        asyncio.wait_for makes): every router retry and running move waits here, woken by each of
+        the hundreds of map changes a second a migration makes."""
+        loop = asyncio.get_running_loop()
+        if self._next is None:
+            self._next = loop.create_future()
+        nxt, woken = self._next, loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        nxt.add_done_callback(wake)
+        timer = loop.call_later(max(timeout, 0.0), wake)
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
+            await woken
+        finally:
+            timer.cancel()
+            nxt.remove_done_callback(wake)

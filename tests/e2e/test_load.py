@@ -137,7 +137,8 @@ def start_prometheus(root: Path, targets: list[str]) -> tuple[subprocess.Popen[b
     raise AssertionError(f"prometheus did not start: {(root / 'prometheus.log').read_text()[-2000:]}")
 
 
-@pytest.mark.parametrize("source", ["scrape", "prometheus"])
+# the Prometheus-fed run takes a minute: it runs with the slow ones (`make test-slow`, in CI too)
+@pytest.mark.parametrize("source", ["scrape", pytest.param("prometheus", marks=pytest.mark.slow)])
 def test_hot_slots_on_one_store_are_spread_until_request_rates_are_even_and_stay(local_cluster, source):
     c = local_cluster
     settings = {"load_interval": READING, "load_floor": FLOOR}
