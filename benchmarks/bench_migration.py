@@ -19,6 +19,10 @@ running five servers.) Figures, one JSON line each:
   (goal <= 2);
 - `longest_switch_ms`, `median_switch_ms`: how long single slots' requests were held for their
   primary switch (the broker's own measure, over the last 1,000 switches; goal <= 50 ms).
+
+On stderr, to say where a p99 comes from: each process's CPU seconds per second at rest and
+moving (from /proc), the p99 of requests to a slot in a move apart from the others', and with
+`--lag` each process's event-loop stalls (benchmarks/looplag.py). `--rate` fixes the request rate.
 """
 
 from __future__ import annotations
