@@ -345,6 +345,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a broker setting, e.g. moves_per_store=8"
     )
+    parser.add_argument(
+        "--store-set", action="append", default=[], metavar="KEY=VALUE", help="a store setting, e.g. sync_rate_mb=1"
+    )
     parser.add_argument("--logs", type=Path, help="copy the broker's and stores' logs into this directory at the end")
     parser.add_argument(
         "--lag",
@@ -358,6 +361,9 @@ def main() -> None:
         if args.lag:
             c.launcher = lambda name: [sys.executable, str(HERE / "looplag.py"), str(Path(tmp) / f"{name}.lag")]
         try:
+            for item in args.store_set:
+                key, _, value = item.partition("=")
+                c.settings[f"SNAPKV_{key.upper()}"] = value  # every process's environment: the stores'
             c.start_broker(min_stores=3, **dict(item.split("=", 1) for item in args.set))
             # three sites: each store holds as many copies as the others (with sites a, b, a the
             # lone site-b store holds a copy of every slot and is the first to saturate)
