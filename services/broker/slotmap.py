@@ -32,6 +32,17 @@ class SlotEntry:
         return [self.primary, self.replicas, self.isr, self.epoch, self.leader_epoch]
 
 
+def _state(e: SlotEntry, is_up: Callable[[str], bool], copies_wanted: int) -> str:
+    if e.primary is None:
+        return UNASSIGNED
+    if e.migrating_to is not None:
+        return MIGRATING
+    if not is_up(e.primary):
+        return DEGRADED if any(is_up(r) for r in e.isr) else UNAVAILABLE
+    copies = 1 + sum(1 for r in e.isr if is_up(r))
+    return OK if copies >= copies_wanted else DEGRADED
+
+
 def tally(ranges: list[dict[str, Any]]) -> dict[str, int]:
     """Slots per state in `SlotMap.ranges`: what `SlotMap.summary` counts."""
     out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}
@@ -105,15 +116,7 @@ class SlotMap:
         return out
 
     def state(self, slot: int, is_up: Callable[[str], bool], copies_wanted: int) -> str:
-        e = self.entries[slot]
-        if e.primary is None:
-            return UNASSIGNED
-        if e.migrating_to is not None:
-            return MIGRATING
-        if not is_up(e.primary):
-            return DEGRADED if any(is_up(r) for r in e.isr) else UNAVAILABLE
-        copies = 1 + sum(1 for r in e.isr if is_up(r))
-        return OK if copies >= copies_wanted else DEGRADED
+        return _state(self.entries[slot], is_up, copies_wanted)
 
     def not_ok(self, up: Collection[str], copies_wanted: int) -> set[int]:
         """The slots whose `state` is not OK with the stores `up` up: the same test, in one lean
@@ -138,8 +141,16 @@ class SlotMap:
         the view a 4,096-entry list that costs the broker's loop tens of ms to build and send)."""
         out: list[dict[str, Any]] = []
         last: dict[str, Any] | None = None
+        up: dict[str, bool] = {}  # is_up of each name, asked once (a handful of stores)
+
+        def alive(name: str) -> bool:
+            known = up.get(name)
+            if known is None:
+                known = up[name] = is_up(name)
+            return known
+
         for slot, e in enumerate(self.entries):
-            state = self.state(slot, is_up, copies_wanted)
+            state = _state(e, alive, copies_wanted)  # is_up asked once per store: the view walks every slot
             if (
                 last is not None
                 and last["primary"] == e.primary
