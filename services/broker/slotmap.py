@@ -119,15 +119,9 @@ class SlotMap:
         return _state(self.entries[slot], is_up, copies_wanted)
 
     def not_ok(self, up: Collection[str], copies_wanted: int) -> set[int]:
-        """The slots whose `state` is not OK with the stores `up` up: the same test, in one lean
-        walk (a plan starts with it)."""
-        out = set()
-        for slot, e in enumerate(self.entries):
-            if e.primary not in up or e.migrating_to is not None:
-                out.add(slot)
-            elif 1 + sum(1 for r in e.isr if r in up) < copies_wanted:
-                out.add(slot)
-        return out
+        """The slots whose `state` is not OK with the stores `up` up (a plan starts with it)."""
+        is_up = up.__contains__
+        return {slot for slot, e in enumerate(self.entries) if _state(e, is_up, copies_wanted) != OK}
 
     def summary(self, is_up: Callable[[str], bool], copies_wanted: int) -> dict[str, int]:
         out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}
