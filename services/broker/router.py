@@ -135,8 +135,46 @@ class Router:
         return records.write_answer(answer)
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
-        results = await asyncio.gather(*(self.get(k) for k in keys))
-        return dict(zip(keys, results))
+        """One call per store for the keys whose primary is up and not switching (`OP_MGET`); the
+        others, and every key a store refuses or a call that fails (an older store, a slot that
+        moved meanwhile), go alone through `get`, with its retries and replica reads."""
+        cluster, gate = self.cluster, self.gate
+        by_store: dict[str, list[tuple[bytes, int, int]]] = {}
+        alone: list[bytes] = []
+        for key in dict.fromkeys(keys):
+            slot = key_slot(key)
+            e = cluster.slotmap.entry(slot)
+            if e.primary is None or gate.held(slot) or not cluster.registry.is_up(e.primary):
+                alone.append(key)
+            else:
+                by_store.setdefault(e.primary, []).append((key, slot, e.epoch))
+        found: dict[bytes, Entry | None] = {}
+
+        async def one_store(name: str, items: list[tuple[bytes, int, int]]) -> None:
+            for _, slot, _ in items:
+                gate.enter(slot)  # a switch waits for these as for single gets
+            try:
+                conn = self.pool.get(name, cluster.address_of(name))
+                args = [GetRequest(slot, epoch, key) for key, slot, epoch in items]
+                answers = await conn.call(wire.OP_MGET, args, timeout=self.attempt_timeout)
+            except errors.SnapkvError:
+                answers = None
+            finally:
+                for _, slot, _ in items:
+                    gate.leave(slot)
+            if not isinstance(answers, list) or len(answers) != len(items):
+                alone.extend(key for key, _, _ in items)
+                return
+            for (key, _, _), answer in zip(items, answers):
+                if answer is records.REFUSED:
+                    alone.append(key)
+                else:
+                    found[key] = records.entry(answer)
+
+        await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
+        singles = await asyncio.gather(*(self.get(k) for k in alone))
+        found.update(zip(alone, singles))
+        return {k: found[k] for k in keys}
 
     async def scan(
         self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool

@@ -312,6 +312,16 @@ def get_request(raw: object) -> GetRequest:
     return GetRequest(slot, epoch, key, len(fields) > 3 and bool(fields[3]))
 
 
+REFUSED = False  # an mget item the store does not answer (not its slot at that epoch): ask it alone
+
+
+def mget_request(raw: object) -> list[GetRequest]:
+    """Gets of one store in one call: [[slot, epoch, key], ...] (primary reads only)."""
+    if not isinstance(raw, (list, tuple)):
+        raise _bad("mget", raw)
+    return [get_request(item)._replace(replica_read=False) for item in raw]
+
+
 def write_request(raw: object) -> WriteRequest:
     try:
         slot, epoch, rid, ops, conditions = _seq(raw, "write")

@@ -16,6 +16,7 @@ ERR = 1
 
 # broker -> store
 OP_GET = "get"
+OP_MGET = "mget"  # gets of many slots of one store in one call; a key it refuses answers REFUSED
 OP_WRITE = "write"  # a batch of set/delete items in one slot, applied atomically
 OP_SCAN = "scan"
 OP_ASSIGN = "assign"

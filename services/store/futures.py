@@ -4,6 +4,7 @@ with a future that completes once the log write and the replicas' acks are in.""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -51,3 +52,23 @@ def when_all(
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
     """A future for `value` once `fut` is done (or its error)."""
     return when_all([fut], lambda: value)
+
+
+def settled(answers: list[Any], failed: Any) -> list[Any] | asyncio.Future[list[Any]]:
+    """`answers` once each future among them is done, a future's result in its place, or `failed`
+    where it failed: one item's failure does not fail the others (a batch of independent reads)."""
+    pending = [(i, a) for i, a in enumerate(answers) if isinstance(a, asyncio.Future)]
+    if not pending:
+        return answers
+    out: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    left = [len(pending)]
+
+    def one_done(i: int, f: asyncio.Future[Any]) -> None:
+        answers[i] = failed if f.cancelled() or f.exception() is not None else f.result()
+        left[0] -= 1
+        if left[0] == 0 and not out.done():
+            out.set_result(answers)
+
+    for i, f in pending:
+        f.add_done_callback(functools.partial(one_done, i))
+    return out

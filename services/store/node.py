@@ -20,7 +20,7 @@ from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine, Item, recalled
-from .futures import ignore_outcome, then, when_all
+from .futures import ignore_outcome, settled, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
@@ -72,6 +72,7 @@ class StoreNode:
         self.dirty = False  # something changed since the last snapshot
         self.routes = Routes()
         self.routes.add(wire.OP_GET, records.get_request, self.op_get)
+        self.routes.add(wire.OP_MGET, records.mget_request, self.op_mget)
         self.routes.add(wire.OP_WRITE, records.write_request, self.op_write)
         self.routes.add(wire.OP_SCAN, records.scan_request, self.op_scan)
         self.routes.add(wire.OP_ASSIGN, records.assign_request, self.op_assign)
@@ -120,6 +121,18 @@ class StoreNode:
         if seq <= self.committed.get(slot, 0):
             return entry
         return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
+
+    def op_mget(self, reqs: list[records.GetRequest]) -> Reply:
+        """Gets of many slots in one call (the broker's mget, one call per store): each answers as
+        `get` would; one this store refuses (not its slot at that epoch, not confirmed, the slot
+        moved before a commit it waited for) answers REFUSED, for the broker to ask alone."""
+        answers: list[Any] = []
+        for req in reqs:
+            try:
+                answers.append(self.op_get(req))
+            except errors.SnapkvError:
+                answers.append(records.REFUSED)
+        return settled(answers, records.REFUSED)
 
     def _read_again(self, slot: int, key: bytes) -> Item | None:
         """The entry, read now (again, after a wait for a commit)."""

@@ -187,3 +187,33 @@ async def test_a_repeated_push_is_no_change_and_makes_no_snapshot_due():
         records.assign_request({"slots": [[SLOT, 4, PRIMARY, [["s1", "a:1"], ["s2", "b:1"]], [], 3]], "confirm": True})
     )
     assert node.dirty is True
+
+
+async def test_an_mget_answers_each_key_as_a_get_would_and_refuses_only_the_keys_not_its_own():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    first = node.op_write(records.write_request([SLOT, 3, "r0", [[b"a", b"va", 0]], [None]]))
+    acks.release()
+    await settle(first)
+    pending = node.op_write(records.write_request([SLOT, 3, "r1", [[b"b", b"vb", 0]], [None]]))
+    ask = [[SLOT, 3, b"a"], [SLOT, 2, b"a"], [SLOT + 1, 3, b"a"], [SLOT, 3, b"none"], [SLOT, 3, b"b"]]
+    answer = node.routes.get(wire.OP_MGET)(ask)
+    await asyncio.sleep(0)
+    assert asyncio.isfuture(answer) and not answer.done()  # b waits for its commit, as a get would
+    acks.release()
+    await pending
+    got = await answer
+    assert got[0][0] == b"va" and got[4][0] == b"vb" and got[3] is None
+    assert got[1] is records.REFUSED and got[2] is records.REFUSED  # an old epoch, a slot it does not hold
+
+
+async def test_an_mget_item_whose_commit_fails_is_refused_and_the_others_answer():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    first = node.op_write(records.write_request([SLOT, 3, "r0", [[b"a", b"va", 0]], [None]]))
+    acks.release()
+    await settle(first)
+    node.op_write(records.write_request([SLOT, 3, "r1", [[b"b", b"vb", 0]], [None]]))
+    answer = node.op_mget(records.mget_request([[SLOT, 3, b"b"]]))
+    node.op_assign(records.assign_request({"slots": [[SLOT, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], [], 4]]}))
+    assert await answer == [records.REFUSED]  # demoted before b committed: the broker asks b alone
