@@ -3,7 +3,6 @@ every front-end (the JSON seed routes, /v1, later the Redis protocol). No HTTP h
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, NamedTuple
 
 from ..common import errors
@@ -44,24 +43,18 @@ class KeyValue:
         return await self.router.mget(keys)
 
     async def mset(self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0) -> MsetResult:
-        """One atomic write per slot, all slots at once; a failure leaves the other slots written."""
+        """One atomic write per slot, each store's in one call; a failure leaves the other slots written."""
         by_slot: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in items:
             by_slot.setdefault(key_slot(key), []).append((key, value))
         slots = list(by_slot)
-        outcomes = await asyncio.gather(
-            *(
-                self.router.write(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [None] * len(by_slot[s]))
-                for s in slots
-            ),
-            return_exceptions=True,
+        outcomes = await self.router.write_many(
+            [(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots]
         )
         versions: dict[bytes, int] = {}
         failed: errors.SnapkvError | None = None
         for slot, outcome in zip(slots, outcomes):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, errors.SnapkvError):
-                    raise outcome
+            if isinstance(outcome, errors.SnapkvError):
                 failed = failed or outcome
                 continue
             for key, _ in by_slot[slot]:

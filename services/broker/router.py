@@ -13,7 +13,7 @@ import asyncio
 import functools
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..common import errors, records, wire
@@ -135,46 +135,90 @@ class Router:
         return records.write_answer(answer)
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
-        """One call per store for the keys whose primary is up and not switching (`OP_MGET`); the
-        others, and every key a store refuses or a call that fails (an older store, a slot that
-        moved meanwhile), go alone through `get`, with its retries and replica reads."""
+        """The keys' entries, asked of each store in one call (`batched`)."""
+        unique = list(dict.fromkeys(keys))
+        slots = [key_slot(k) for k in unique]
+        found = await self.batched(
+            wire.OP_MGET,
+            slots,
+            lambda i, epoch: GetRequest(slots[i], epoch, unique[i]),
+            records.entry,
+            lambda i: self.get(unique[i]),
+        )
+        for outcome in found:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        by_key = dict(zip(unique, found))
+        return {k: by_key[k] for k in keys}
+
+    async def write_many(self, writes: list[tuple[int, list[WriteOp], list[int | None]]]) -> list[Any]:
+        """Atomic writes of distinct slots, sent to each store in one call (`batched`): each one's
+        WriteResult, or the SnapkvError it failed with. A write asked again alone keeps its request
+        id, so a store that took it in the batch answers the retry from its memory (rule 7)."""
+        rids = [self.new_rid() for _ in writes]
+
+        def request(i: int, epoch: int) -> WriteRequest:
+            slot, ops, conditions = writes[i]
+            return WriteRequest(slot, epoch, rids[i], ops, conditions)
+
+        async def alone(i: int) -> WriteResult:
+            slot = writes[i][0]
+            answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch), write=True)
+            return records.write_answer(answer)
+
+        return await self.batched(wire.OP_MWRITE, [w[0] for w in writes], request, records.write_answer, alone)
+
+    async def batched(
+        self,
+        op: str,
+        slots: list[int],
+        request: Callable[[int, int], Any],
+        decode: Callable[[Any], Any],
+        alone: Callable[[int], Awaitable[Any]],
+    ) -> list[Any]:
+        """Item i (of slot slots[i]) in one call per store for the items whose primary is up and not
+        switching: `request(i, epoch)` each, answered in order. The others, an item the store refuses
+        (REFUSED: not its slot at that epoch, not confirmed, a commit that failed) and every item of a
+        call that fails (an older store answers unknown op) go through `alone(i)`, with the retries and
+        the replica reads of a single request. Each item's outcome, or the SnapkvError it raised."""
         cluster, gate = self.cluster, self.gate
-        by_store: dict[str, list[tuple[bytes, int, int]]] = {}
-        alone: list[bytes] = []
-        for key in dict.fromkeys(keys):
-            slot = key_slot(key)
+        by_store: dict[str, list[tuple[int, int]]] = {}
+        singles: list[int] = []
+        for i, slot in enumerate(slots):
             e = cluster.slotmap.entry(slot)
             if e.primary is None or gate.held(slot) or not cluster.registry.is_up(e.primary):
-                alone.append(key)
+                singles.append(i)
             else:
-                by_store.setdefault(e.primary, []).append((key, slot, e.epoch))
-        found: dict[bytes, Entry | None] = {}
+                by_store.setdefault(e.primary, []).append((i, e.epoch))
+        out: list[Any] = [None] * len(slots)
 
-        async def one_store(name: str, items: list[tuple[bytes, int, int]]) -> None:
-            for _, slot, _ in items:
-                gate.enter(slot)  # a switch waits for these as for single gets
+        async def one_store(name: str, items: list[tuple[int, int]]) -> None:
+            for i, _ in items:
+                gate.enter(slots[i])  # a switch waits for these as for single requests
             try:
                 conn = self.pool.get(name, cluster.address_of(name))
-                args = [GetRequest(slot, epoch, key) for key, slot, epoch in items]
-                answers = await conn.call(wire.OP_MGET, args, timeout=self.attempt_timeout)
+                answers = await conn.call(op, [request(i, epoch) for i, epoch in items], timeout=self.attempt_timeout)
             except errors.SnapkvError:
                 answers = None
             finally:
-                for _, slot, _ in items:
-                    gate.leave(slot)
+                for i, _ in items:
+                    gate.leave(slots[i])
             if not isinstance(answers, list) or len(answers) != len(items):
-                alone.extend(key for key, _, _ in items)
+                singles.extend(i for i, _ in items)
                 return
-            for (key, _, _), answer in zip(items, answers):
+            for (i, _), answer in zip(items, answers):
                 if answer is records.REFUSED:
-                    alone.append(key)
+                    singles.append(i)
                 else:
-                    found[key] = records.entry(answer)
+                    out[i] = decode(answer)
 
         await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
-        singles = await asyncio.gather(*(self.get(k) for k in alone))
-        found.update(zip(alone, singles))
-        return {k: found[k] for k in keys}
+        outcomes = await asyncio.gather(*(alone(i) for i in singles), return_exceptions=True)
+        for i, outcome in zip(singles, outcomes):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, errors.SnapkvError):
+                raise outcome
+            out[i] = outcome
+        return out
 
     async def scan(
         self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool

@@ -312,7 +312,7 @@ def get_request(raw: object) -> GetRequest:
     return GetRequest(slot, epoch, key, len(fields) > 3 and bool(fields[3]))
 
 
-REFUSED = False  # an mget item the store does not answer (not its slot at that epoch): ask it alone
+REFUSED = False  # an mget or mwrite item the store does not answer (not its slot at that epoch): send it alone
 
 
 def mget_request(raw: object) -> list[GetRequest]:
@@ -320,6 +320,13 @@ def mget_request(raw: object) -> list[GetRequest]:
     if not isinstance(raw, (list, tuple)):
         raise _bad("mget", raw)
     return [get_request(item)._replace(replica_read=False) for item in raw]
+
+
+def mwrite_request(raw: object) -> list[WriteRequest]:
+    """Writes of one store in one call: [write request, ...], each of its own slot."""
+    if not isinstance(raw, (list, tuple)):
+        raise _bad("mwrite", raw)
+    return [write_request(item) for item in raw]
 
 
 def write_request(raw: object) -> WriteRequest:

@@ -18,6 +18,7 @@ ERR = 1
 OP_GET = "get"
 OP_MGET = "mget"  # gets of many slots of one store in one call; a key it refuses answers REFUSED
 OP_WRITE = "write"  # a batch of set/delete items in one slot, applied atomically
+OP_MWRITE = "mwrite"  # writes of many slots of one store in one call, each as OP_WRITE; REFUSED as for mget
 OP_SCAN = "scan"
 OP_ASSIGN = "assign"
 OP_STATS = "stats"

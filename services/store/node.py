@@ -74,6 +74,7 @@ class StoreNode:
         self.routes.add(wire.OP_GET, records.get_request, self.op_get)
         self.routes.add(wire.OP_MGET, records.mget_request, self.op_mget)
         self.routes.add(wire.OP_WRITE, records.write_request, self.op_write)
+        self.routes.add(wire.OP_MWRITE, records.mwrite_request, self.op_mwrite)
         self.routes.add(wire.OP_SCAN, records.scan_request, self.op_scan)
         self.routes.add(wire.OP_ASSIGN, records.assign_request, self.op_assign)
         self.routes.add(wire.OP_STATS, records.nothing, self.op_stats)
@@ -173,6 +174,19 @@ class StoreNode:
             return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
         return self.commit_mutation(mutation)
+
+    def op_mwrite(self, reqs: list[records.WriteRequest]) -> Reply:
+        """Writes of many slots in one call (the broker's mset, one call per store): each applied,
+        logged and replicated as `write` would, all in this loop turn, so they share one log write
+        and one frame to each replica. One that fails here or does not commit answers REFUSED, for
+        the broker to send again alone with the same request id."""
+        answers: list[Any] = []
+        for req in reqs:
+            try:
+                answers.append(self.op_write(req))
+            except errors.SnapkvError:
+                answers.append(records.REFUSED)
+        return settled(answers, records.REFUSED)
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:
         """Apply, log and replicate; the future holds the result once the write is committed."""

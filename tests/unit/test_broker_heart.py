@@ -13,9 +13,10 @@ from snapkv.broker.health import HealthMonitor
 from snapkv.broker.router import Router
 from snapkv.broker.slotmap import Change
 from snapkv.broker.watch import Watch
-from snapkv.common import errors
+from snapkv.common import errors, records, wire
 from snapkv.common.config import Settings
 from snapkv.common.records import GetRequest
+from snapkv.common.slots import key_slot
 
 SLOT = 5
 
@@ -64,6 +65,29 @@ class FakeControl:
 
     async def wait_changed(self, timeout: float) -> None:
         await self.watch.wait(timeout)
+
+
+async def test_a_batch_goes_in_one_call_per_store_and_a_refused_item_is_sent_alone_with_its_request_id():
+    conns = {"p": FakeConn([[records.REFUSED], [9, [False]]]), "r": FakeConn([])}
+    router, _ = router_for(conns)
+    [outcome] = await router.write_many([(SLOT, [[b"k", b"v", 0]], [None])])
+    assert outcome == (9, [False])
+    (op1, batch), (op2, single) = conns["p"].calls
+    assert (op1, op2) == (wire.OP_MWRITE, wire.OP_WRITE)
+    assert single.rid == batch[0].rid  # the store that took it in the batch answers from memory (rule 7)
+
+
+async def test_a_batch_a_store_cannot_answer_goes_item_by_item_and_an_item_that_fails_is_its_outcome():
+    unknown = errors.BadRequest("unknown op mget")  # an older store
+    conns = {"p": FakeConn([unknown, [b"v", 1, 0]]), "r": FakeConn([])}
+    router, _ = router_for(conns)
+    key = next(k for k in (f"k{i}".encode() for i in range(100_000)) if key_slot(k) == SLOT)
+    assert (await router.mget([key, key]))[key] == (b"v", 1, 0)
+    assert [op for op, _ in conns["p"].calls] == [wire.OP_MGET, wire.OP_GET]
+    failing = {"p": FakeConn([[records.REFUSED], errors.VersionMismatch("differs")]), "r": FakeConn([])}
+    router, _ = router_for(failing)
+    [outcome] = await router.write_many([(SLOT, [[b"k", b"v", 0]], [5])])
+    assert isinstance(outcome, errors.VersionMismatch)
 
 
 class FakePusher:

@@ -25,6 +25,15 @@ class FakeRouter:
             self.data[key] = RecordEntry(value, version, ttl)
         return WriteResult(version, existed)
 
+    async def write_many(self, writes):
+        out = []
+        for slot, ops, conditions in writes:
+            try:
+                out.append(await self.write(slot, ops, conditions))
+            except errors.SnapkvError as exc:
+                out.append(exc)
+        return out
+
     async def get(self, key):
         return self.data.get(key)
 

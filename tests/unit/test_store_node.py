@@ -217,3 +217,33 @@ async def test_an_mget_item_whose_commit_fails_is_refused_and_the_others_answer(
     answer = node.op_mget(records.mget_request([[SLOT, 3, b"b"]]))
     node.op_assign(records.assign_request({"slots": [[SLOT, 4, REPLICA, [["s2", "b:1"], ["s1", "a:1"]], [], 4]]}))
     assert await answer == [records.REFUSED]  # demoted before b committed: the broker asks b alone
+
+
+async def test_an_mwrite_commits_each_write_as_a_write_would_and_refuses_only_the_ones_not_its_own():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    writes = [
+        [SLOT, 3, "m1", [[b"a", b"va", 0]], [None]],
+        [SLOT, 2, "m2", [[b"b", b"vb", 0]], [None]],  # an old epoch
+        [SLOT + 1, 3, "m3", [[b"c", b"vc", 0]], [None]],  # a slot it does not hold
+        [SLOT, 3, "m4", [[b"d", b"vd", 0]], [wire.MUST_EXIST]],  # its condition fails
+    ]
+    answer = node.routes.get(wire.OP_MWRITE)(writes)
+    await asyncio.sleep(0)
+    assert asyncio.isfuture(answer) and not answer.done()  # a waits for its replica's ack
+    assert len(acks.pending) == 1  # only a was applied and sent
+    acks.release()
+    got = await answer
+    assert records.write_answer(got[0]).version > 0 and got[1:] == [records.REFUSED] * 3
+    again = await settle(node.op_write(records.write_request(writes[0])))  # the broker's retry alone
+    assert again == got[0] and node.engine.slot(SLOT).seq == 1  # answered from memory, not applied twice
+
+
+async def test_an_mwrite_item_whose_commit_fails_is_refused_and_its_retry_alone_is_not_applied_twice():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    answer = node.op_mwrite(records.mwrite_request([[SLOT, 3, "m1", [[b"a", b"va", 0]], [None]]]))
+    for fut in acks.pending:
+        fut.set_exception(errors.Unavailable("replica gone"))
+    assert await answer == [records.REFUSED]
+    assert node.engine.slot(SLOT).recent  # applied and remembered: a retry with m1 is recognised
