@@ -129,10 +129,13 @@ class Router:
 
     async def write(self, slot: int, ops: list[WriteOp], conditions: list[int | None]) -> WriteResult:
         rid = self.new_rid()
-        answer = await self.call(
-            slot, wire.OP_WRITE, lambda epoch, _: WriteRequest(slot, epoch, rid, ops, conditions), write=True
-        )
-        return records.write_answer(answer)
+        sent: list[int] = []
+
+        def request(epoch: int, _replica: bool) -> WriteRequest:
+            sent.append(epoch)  # every try after the first says so: the store looks the id up then
+            return WriteRequest(slot, epoch, rid, ops, conditions, len(sent) > 1)
+
+        return records.write_answer(await self.call(slot, wire.OP_WRITE, request, write=True))
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
         """The keys' entries, asked of each store in one call (`batched`)."""
@@ -157,13 +160,13 @@ class Router:
         id, so a store that took it in the batch answers the retry from its memory (rule 7)."""
         rids = [self.new_rid() for _ in writes]
 
-        def request(i: int, epoch: int) -> WriteRequest:
+        def request(i: int, epoch: int, again: bool = False) -> WriteRequest:
             slot, ops, conditions = writes[i]
-            return WriteRequest(slot, epoch, rids[i], ops, conditions)
+            return WriteRequest(slot, epoch, rids[i], ops, conditions, again)
 
-        async def alone(i: int) -> WriteResult:
+        async def alone(i: int) -> WriteResult:  # sent before, in the batch
             slot = writes[i][0]
-            answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch), write=True)
+            answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch, True), write=True)
             return records.write_answer(answer)
 
         return await self.batched(wire.OP_MWRITE, [w[0] for w in writes], request, records.write_answer, alone)

@@ -50,7 +50,7 @@ class WriteResult(NamedTuple):
     existed: list[bool]  # per op: whether the key was live before
 
 
-# a remembered request id and its write's result: a WriteResult, or the plain tuple a store keeps
+# a remembered request id and its write's result: a WriteResult, or the plain tuple it travels as
 Recent = tuple[str, tuple[int, Sequence[bool]]]
 
 
@@ -133,6 +133,9 @@ class WriteRequest(NamedTuple):
     rid: str
     ops: list[WriteOp]
     conditions: list[int | None]  # per op: exact version, MUST_EXIST, MUST_NOT_EXIST or None
+    # sent before under this rid (a retry): only then does the store look it up in its memory;
+    # absent from an older broker's request, which then always counts as one
+    again: bool = True
 
 
 class ScanRequest(NamedTuple):
@@ -322,6 +325,11 @@ def mget_request(raw: object) -> list[GetRequest]:
     return [get_request(item)._replace(replica_read=False) for item in raw]
 
 
+def valid_rid(rid: str) -> bool:
+    """A request id as stores remember it (store/recent.py): printable ASCII, no space, short."""
+    return rid.isascii() and rid.isprintable() and " " not in rid and len(rid) <= 200
+
+
 def mwrite_request(raw: object) -> list[WriteRequest]:
     """Writes of one store in one call: [write request, ...], each of its own slot."""
     if not isinstance(raw, (list, tuple)):
@@ -331,8 +339,12 @@ def mwrite_request(raw: object) -> list[WriteRequest]:
 
 def write_request(raw: object) -> WriteRequest:
     try:
-        slot, epoch, rid, ops, conditions = _seq(raw, "write")
-        return WriteRequest(slot, epoch, rid, [WriteOp(k, v, t) for k, v, t in ops], conditions)
+        fields = _seq(raw, "write")
+        slot, epoch, rid, ops, conditions = fields[:5]
+        if len(fields) > 6 or not isinstance(rid, str) or (rid and not valid_rid(rid)):
+            raise ValueError("request id")
+        again = len(fields) < 6 or bool(fields[5])
+        return WriteRequest(slot, epoch, rid, [WriteOp(k, v, t) for k, v, t in ops], conditions, again)
     except (TypeError, ValueError):
         raise _bad("write", raw) from None
 

@@ -33,6 +33,7 @@ log = logging.getLogger("snapkv.store")
 SERVICE: web.AppKey[StoreService] = web.AppKey("service")
 EXPIRE_INTERVAL = 1.0
 EXPIRE_BATCH = 1000
+FORGET_INTERVAL = 10.0  # seconds between sweeps of request ids past their time (recent.RECENT_MS)
 
 
 class DataDirError(Exception):
@@ -160,9 +161,15 @@ class StoreService:
             self._registering.cancel()
 
     async def expire_loop(self) -> None:
-        """Primaries delete expired keys in the background, at most a bounded batch per turn."""
+        """Primaries delete expired keys in the background, at most a bounded batch per turn; every
+        copy forgets request ids past their time now and then."""
+        loop = asyncio.get_running_loop()
+        forget_at = loop.time() + FORGET_INTERVAL
         while True:
             await asyncio.sleep(0.05 if self.node.expire(EXPIRE_BATCH) >= EXPIRE_BATCH else EXPIRE_INTERVAL)
+            if loop.time() >= forget_at:
+                self.node.engine.forget_ids(int(time.time() * 1000))
+                forget_at = loop.time() + FORGET_INTERVAL
 
     # -- routes ---------------------------------------------------------------------------------
     async def internal(self, request: web.Request) -> web.StreamResponse:

@@ -6,7 +6,7 @@ same thing. Versions are unique across epochs: epoch << 40 | seq (rule 8).
 
 What a slot holds is dicts of bytes, ints and strings only: each key's entry is one bytes object,
 its version (8 bytes, big-endian) then its value; expiry times are in `expiring` (keys with a TTL
-only); a remembered request id's result is bytes too (version, then a byte per op). The cyclic GC
+only); the request-id memory is one bytearray per slot (`recent.RecentIds`). The cyclic GC
 never tracks such a dict, so a full collection does not walk the keyspace: with a tuple or a
 NamedTuple per key it walked every key, 0.4 s per collection with 200,000 keys per store, on the
 event loop. One object per key is also the smallest entry Python offers (one header, no tuple).
@@ -15,15 +15,15 @@ event loop. One object per key is also the smallest entry Python offers (one hea
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..common import errors
 from ..common.records import Mutation, Op, SlotExport, WriteOp, WriteResult
 from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
+from .recent import RecentIds
 
 SEQ_BITS = 40
-RECENT_IDS = 512  # request ids remembered per slot for idempotent retries (rule 7)
 HEADER = 8  # bytes of version in front of each value
 
 Item = tuple[bytes, int, int]  # what a read returns: a key's value, version and expiry (unix ms, 0 = never)
@@ -45,16 +45,6 @@ def entry_version(raw: bytes) -> int:
     return int.from_bytes(raw[:HEADER], "big")
 
 
-def remembered(result: tuple[int, Sequence[bool]] | list[Any]) -> bytes:
-    """A write's result as the request-id memory keeps it."""
-    version, existed = result
-    return version.to_bytes(HEADER, "big") + bytes(existed)
-
-
-def recalled(raw: bytes) -> WriteResult:
-    return WriteResult(int.from_bytes(raw[:HEADER], "big"), [bool(b) for b in raw[HEADER:]])
-
-
 class SlotData:
     __slots__ = ("entries", "epoch", "seq", "data_epoch", "recent", "expiring", "size")
 
@@ -64,18 +54,11 @@ class SlotData:
         self.epoch = 0  # the assignment epoch this copy serves at
         self.seq = 0  # last applied mutation
         self.data_epoch = 0  # epoch of the last applied mutation: copies are ordered by (data_epoch, seq)
-        self.recent: dict[str, bytes] = {}  # request id -> result of its write (remembered), oldest first
+        self.recent = RecentIds()  # request id -> result of its write, for retries (rule 7)
         self.size = 0  # bytes of keys and values, so that replacing or dropping a slot never walks it
 
-    def remember(self, rid: str, result: WriteResult) -> None:
-        if not rid:
-            return
-        self.recent[rid] = remembered(result)
-        if len(self.recent) > RECENT_IDS:
-            del self.recent[next(iter(self.recent))]
-
     def recent_results(self) -> list[tuple[str, WriteResult]]:
-        return [(rid, recalled(raw)) for rid, raw in self.recent.items()]
+        return list(self.recent.items())
 
     def live(self, key: bytes, now_ms: int) -> bytes | None:
         """The key's entry (pack_entry), None when it does not exist or has expired."""
@@ -160,8 +143,14 @@ class Engine:
         data.seq = seq
         data.data_epoch = epoch
         result = WriteResult(version, existed)
-        data.remember(rid, result)
+        data.recent.remember(rid, result, now)
         return result
+
+    def forget_ids(self, now_ms: int) -> None:
+        """Drop the request ids past their time in every slot (one no write reaches keeps them otherwise)."""
+        for data in self.slots.values():
+            if data.recent:
+                data.recent.forget(now_ms)
 
     def expired(self, slot: int, now_ms: int, limit: int) -> list[bytes]:
         data = self.slots.get(slot)
@@ -231,7 +220,7 @@ class Engine:
             if exp:
                 expiring[k] = exp
         data.data_epoch, data.seq = data_epoch, seq
-        data.recent = {rid: remembered(r) for rid, r in recent}
+        data.recent.load(recent)
         data.size = _size(data)
         self.install(slot, data)
 

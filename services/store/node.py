@@ -19,7 +19,7 @@ from ..common import errors, records, wire
 from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .engine import SEQ_BITS, Engine, Item, recalled
+from .engine import SEQ_BITS, Engine, Item
 from .futures import ignore_outcome, settled, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
@@ -165,12 +165,12 @@ class StoreNode:
 
     # -- writes ---------------------------------------------------------------------------------
     def op_write(self, req: records.WriteRequest) -> Reply:
-        slot, epoch, rid, ops, conditions = req
+        slot, epoch, rid, ops, conditions, again = req
         self.owned(slot, epoch)
         self.load.hit(slot)
         data = self.engine.slot(slot)
-        if rid and rid in data.recent:  # a retry of a write we already took (rule 7)
-            result = recalled(data.recent[rid])
+        result = data.recent.recall(rid) if again and rid else None
+        if result is not None:  # a retry of a write we already took (rule 7)
             return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
         return self.commit_mutation(mutation)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..common.records import Recent, WriteResult
-from .engine import HEADER, SlotData, remembered
+from .engine import HEADER, SlotData
 
 CHUNK_BYTES = 256 * 1024
 CHUNK_ENTRIES = 2048
@@ -109,7 +109,7 @@ class SlotBuilder:
         data = SlotData()
         data.entries, data.expiring = self.entries, self.expiring
         data.data_epoch, data.seq = data_epoch, seq
-        data.recent = {rid: remembered(r) for rid, r in recent}
+        data.recent.load(recent)
         data.size = self.bytes
         return data
 

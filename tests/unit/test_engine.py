@@ -4,7 +4,8 @@ import pytest
 
 from snapkv.common import errors, records, wire
 from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
-from snapkv.store.engine import SEQ_BITS, Engine, make_version, recalled
+from snapkv.store.engine import SEQ_BITS, Engine, make_version
+from snapkv.store.recent import RECENT_IDS, RECENT_MS, RecentIds
 
 NOW = 1_000_000
 
@@ -77,9 +78,29 @@ def test_ttl_hides_expired_entries():
 def test_request_ids_remember_results():
     e = Engine()
     result = write(e, 3, [[b"k", b"v", 0]], rid="r1")
-    assert recalled(e.slot(3).recent["r1"]) == result
+    assert e.slot(3).recent.recall("r1") == result
     two = write(e, 3, [[b"k", b"w", 0], [b"n", b"v", 0]], rid="r2")
-    assert recalled(e.slot(3).recent["r2"]) == two and two.existed == [True, False]
+    assert e.slot(3).recent.recall("r2") == two and two.existed == [True, False]
+    assert e.slot(3).recent.recall("r") is None and e.slot(3).recent.recall("r22") is None  # whole ids only
+
+
+def test_request_ids_are_kept_up_to_a_count_and_for_a_time_whichever_ends_first():
+    ids = RecentIds()
+    for i in range(RECENT_IDS + 10):
+        ids.remember(f"b-{i}", (i, [True]), NOW)
+    assert len(ids) == RECENT_IDS and "b-9" not in ids and ids.recall("b-10") == (10, [True])
+    ids.remember("late", (1, []), NOW + RECENT_MS - 1)
+    assert len(ids) == RECENT_IDS  # the oldest went for the newest: none is too old yet
+    ids.forget(NOW + RECENT_MS)
+    assert [rid for rid, _ in ids.items()] == ["late"]  # the others are older than RECENT_MS now
+    assert ids.recall("late") == (1, [])
+
+
+def test_request_ids_cost_tens_of_bytes_each_and_no_object():
+    ids = RecentIds()
+    for i in range(RECENT_IDS):
+        ids.remember(f"0123456789ab-{i}", (1 << 40 | i, [False]), NOW)
+    assert len(ids._lines) / RECENT_IDS < 40  # a dict of str -> bytes cost about 160 per id
 
 
 def test_what_the_keyspace_holds_is_not_tracked_by_the_cyclic_gc():
@@ -96,8 +117,7 @@ def test_what_the_keyspace_holds_is_not_tracked_by_the_cyclic_gc():
         data = engine.slot(3)
         assert len(data.entries) == 100 and len(data.recent) == 50
         assert not any(gc.is_tracked(entry) for entry in data.entries.values())
-        assert not any(gc.is_tracked(result) for result in data.recent.values())
-        assert not gc.is_tracked(data.entries) and not gc.is_tracked(data.recent)  # nor the dicts holding them
+        assert not gc.is_tracked(data.entries) and not gc.is_tracked(data.recent._lines)  # nor what holds them
 
 
 def test_scan_orders_by_slot_then_key_with_prefix_and_cursor():
