@@ -365,6 +365,12 @@ def replicate_request(raw: object) -> ReplicateRequest:
     return ReplicateRequest(slot, epoch, mutation(mut))
 
 
+def replicate_many_request(raw: object) -> list[ReplicateRequest]:
+    if not isinstance(raw, (list, tuple)):
+        raise _bad("replicate many", raw)
+    return [replicate_request(item) for item in raw]
+
+
 def sync_items(raw: object) -> list[SyncItem]:
     out = []
     for item in _seq(raw, "sync"):

@@ -25,6 +25,7 @@ OP_STATS = "stats"
 OP_SNAPSHOT = "snapshot"
 # store -> store
 OP_REPLICATE = "repl"
+OP_REPLICATE_MANY = "repl_many"  # mutations of many slots in one frame (an mwrite's); answers per item
 OP_SYNC = "sync"  # whole slots per message (an older primary)
 OP_SYNC_CHUNK = "sync_chunk"  # a full sync in bounded chunks
 OP_SYNC_SAME = "sync_same"  # a new primary asks whether a replica holds its copy already

@@ -9,6 +9,7 @@ committed seq wait for its commit, so no read returns a write that could still b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -181,11 +182,12 @@ class StoreNode:
         and one frame to each replica. One that fails here or does not commit answers REFUSED, for
         the broker to send again alone with the same request id."""
         answers: list[Any] = []
-        for req in reqs:
-            try:
-                answers.append(self.op_write(req))
-            except errors.SnapkvError:
-                answers.append(records.REFUSED)
+        with self.replicator.batch() if self.replicator is not None else contextlib.nullcontext():
+            for req in reqs:
+                try:
+                    answers.append(self.op_write(req))
+                except errors.SnapkvError:
+                    answers.append(records.REFUSED)
         return settled(answers, records.REFUSED)
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:

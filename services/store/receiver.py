@@ -62,6 +62,7 @@ class Receiver:
     def add_routes(self, routes: Routes) -> None:
         """The ops a primary sends to its replicas, on the store's internal connection."""
         routes.add(wire.OP_REPLICATE, records.replicate_request, self.op_replicate)
+        routes.add(wire.OP_REPLICATE_MANY, records.replicate_many_request, self.op_replicate_many)
         routes.add(wire.OP_SYNC, records.sync_items, self.op_sync)
         routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, self.op_sync_chunk)
         routes.add(wire.OP_SYNC_SAME, records.same_copies, self.op_sync_same)
@@ -104,6 +105,27 @@ class Receiver:
         return then(node.wal.durable(), results)  # what we hold of those slots is on disk (rule 6)
 
     def op_replicate(self, req: records.ReplicateRequest) -> Any:
+        if not self._take(req):
+            return True  # a resend of what we already hold
+        assert self.node.wal is not None
+        return then(self.node.wal.durable(), True)
+
+    def op_replicate_many(self, reqs: list[records.ReplicateRequest]) -> Any:
+        """Mutations of many slots in one frame (a primary's mwrite): each taken as `repl` would,
+        answered True or with its error; the answer waits for one log write of them all (rule 6)."""
+        answers: list[Any] = []
+        for req in reqs:
+            try:
+                self._take(req)
+                answers.append(True)
+            except errors.SnapkvError as exc:
+                answers.append(exc.to_wire())
+        assert self.node.wal is not None
+        return then(self.node.wal.durable(), answers)
+
+    def _take(self, req: records.ReplicateRequest) -> bool:
+        """Apply and log one streamed mutation; False for a resend of what we hold. Raises when
+        the stream is not ours to take (not a replica, a deposed primary, a gap)."""
         slot, epoch, mutation = req
         node = self.node
         a = node.assignments.get(slot)
@@ -118,14 +140,15 @@ class Receiver:
         data = node.engine.slot(slot)
         seq = mutation.seq
         if seq <= data.seq and mutation.epoch == data.data_epoch:
-            return True  # a resend of what we already hold
+            return False
         if seq != data.seq + 1:
             raise errors.ReplicaGap(f"slot {slot}: have seq {data.seq}, got {seq}", slot=slot, seq=data.seq)
         node.engine.apply(mutation)
         self._taken(slot, a)
         node.dirty = True
         assert node.wal is not None
-        return then(node.wal.durable(node.wal.append(walmod.MUTATION, mutation)), True)
+        node.wal.append(walmod.MUTATION, mutation)
+        return True
 
     def _would_go_back(self, slot: int, a: Assignment, record: SlotExport) -> bool:
         """A full sync older in (data_epoch, seq) than our in-sync copy, from the same leadership our

@@ -15,11 +15,12 @@ fails is removed from the ISR through the broker before any write commits withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,9 @@ class Replicator:
         self._asking: dict[str, list[tuple[SameCopy, int]]] = {}
         self._no_same: set[str] = set()  # replicas older than the same-copy check: full syncs only
         self._old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
+        self._old_repl: set[str] = set()  # replicas that answered repl_many as an unknown op
+        # replica -> (address, [(slot, mutation, stream)]) while a batch gathers them (`batch`)
+        self._batch: dict[str, tuple[str, list[tuple[int, Mutation, int]]]] | None = None
         self._isr_queue: list[list[Any]] = []  # [slot, epoch, "add"|"remove", replica]
         self._isr_inflight: set[tuple[int, str, str]] = set()
         self._isr_task: asyncio.Task[None] | None = None
@@ -150,6 +154,8 @@ class Replicator:
                     if copy.held_bytes > HELD_MAX_BYTES and not copy.uncapped:
                         copy.uncapped = True  # end this copy soon rather than hold more
                         log.info("event=sync_uncapped slot=%d replica=%s held_bytes=%d", slot, name, copy.held_bytes)
+                elif self._batch is not None:
+                    self._batch.setdefault(name, (address, []))[1].append((slot, mutation, stream))
                 else:
                     self._send(slot, name, address, mutation, stream)
         # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
@@ -176,6 +182,52 @@ class Replicator:
         call.add_done_callback(lambda f: self._on_ack(slot, name, mutation.seq, f, mutation.epoch, stream))
         return call
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The mutations replicated inside go to each replica in one frame when it ends (an mwrite):
+        the same order on the same connection as one frame each, one answer to wait for."""
+        if self._batch is not None:  # already batching: the outer one sends
+            yield
+            return
+        self._batch = {}
+        try:
+            yield
+        finally:
+            batch, self._batch = self._batch, None
+            for name, (address, items) in batch.items():
+                self._send_many(name, address, items)
+
+    def _send_many(self, name: str, address: str, items: list[tuple[int, Mutation, int]]) -> None:
+        if len(items) == 1 or name in self._old_repl:  # a replica older than repl_many: one frame each
+            for slot, mutation, stream in items:
+                self._send(slot, name, address, mutation, stream)
+            return
+        requests = [records.ReplicateRequest(slot, m.epoch, m) for slot, m, _ in items]
+        call = asyncio.ensure_future(
+            self.peers.get(name, address).call(wire.OP_REPLICATE_MANY, requests, timeout=REPL_TIMEOUT)
+        )
+        call.add_done_callback(functools.partial(self._many_acked, name, address, items))
+
+    def _many_acked(
+        self, name: str, address: str, items: list[tuple[int, Mutation, int]], fut: asyncio.Future[Any]
+    ) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and _unknown_op(exc):
+            if name not in self._old_repl:
+                self._old_repl.add(name)
+                log.warning("event=repl_fallback replica=%s reason=no_repl_many action=one_frame_each", name)
+            self._send_many(name, address, items)  # mutations sent since then follow them: a gap resyncs
+            return
+        answers: list[Any] = [exc] * len(items) if exc is not None else list(fut.result())
+        for (slot, mutation, stream), answer in zip(items, answers):
+            if answer is True:
+                self._acked(slot, name, mutation.seq, stream)
+            else:
+                failure = answer if isinstance(answer, BaseException) else errors.from_wire(answer)
+                self._replica_failed(slot, name, failure, mutation.epoch, stream)
+
     def _on_ack(self, slot: int, name: str, seq: int, fut: asyncio.Future[Any], frame_epoch: int, stream: int) -> None:
         if fut.cancelled():
             return
@@ -183,6 +235,9 @@ class Replicator:
         if exc is not None:
             self._replica_failed(slot, name, exc, frame_epoch, stream)
             return
+        self._acked(slot, name, seq, stream)
+
+    def _acked(self, slot: int, name: str, seq: int, stream: int) -> None:
         a = self.node.assignments.get(slot)
         tracker = self.slots.get(slot)
         if a is None or tracker is None:

@@ -1,6 +1,7 @@
 """The store's write path and fencing, in one process: committed reads, leader epochs, full pushes."""
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -32,6 +33,9 @@ class HeldAcks:
 
     def ask_same(self):
         pass
+
+    def batch(self):
+        return contextlib.nullcontext()
 
     def release(self) -> None:
         for fut in self.pending:
