@@ -63,12 +63,12 @@ def preload(url: str, keys: int, value_bytes: int, batch: bool) -> None:
             assert status == 200, body
 
 
-def start_cluster(root: Path, stores: int) -> LocalCluster:
+def start_cluster(root: Path, stores: int, event_loop: str = "uvloop") -> LocalCluster:
     root.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(root)
-    cluster.start_broker(min_stores=stores, replication_factor=str(min(2, stores)), log_level="warning")
+    cluster = LocalCluster(root, settings={"SNAPKV_EVENT_LOOP": event_loop, "SNAPKV_LOG_LEVEL": "warning"})
+    cluster.start_broker(min_stores=stores, replication_factor=str(min(2, stores)))
     for i in range(stores):
-        cluster.add_store(f"s{i + 1}", site=SITES[i] if stores > 1 else "", log_level="warning")
+        cluster.add_store(f"s{i + 1}", site=SITES[i] if stores > 1 else "")
     cluster.wait_ready(timeout=60)
     return cluster
 
@@ -136,7 +136,7 @@ def scaling(args: argparse.Namespace, root: Path) -> None:
     run = {"seconds": args.seconds, "keys": args.keys, "value_bytes": args.value_bytes, "batch": args.batch}
     ops: dict[int, float] = {}
     for stores in (1, 3, 6):
-        cluster = start_cluster(root / f"scale{stores}", stores)
+        cluster = start_cluster(root / f"scale{stores}", stores, args.event_loop)
         try:
             preload(cluster.url, args.keys, args.value_bytes, batch=True)
             result = wrk(cluster.url, "get", args.conns[-1], **run)
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=100, help="keys per mget / mset")
     parser.add_argument("--only", default="get,set,mget,mset,scaling", help="which parts to run")
+    parser.add_argument("--event-loop", default="uvloop", choices=("uvloop", "asyncio"), help="the cluster's loop")
     args = parser.parse_args()
     args.conns = [int(c) for c in args.conns.split(",")]
     args.only = set(args.only.split(","))
@@ -165,7 +166,7 @@ def main() -> None:
         root = Path(tmp)
         if args.only & {"get", "set", "mget", "mset"}:
             ceiling = start_ceiling(root)
-            cluster = start_cluster(root / "main", 3)
+            cluster = start_cluster(root / "main", 3, args.event_loop)
             try:
                 preload(ceiling.url, args.keys, args.value_bytes, batch=False)
                 preload(cluster.url, args.keys, args.value_bytes, batch=True)

@@ -22,26 +22,29 @@ TICK = 0.001
 REPORT_OVER = 0.001
 
 
-class _TickingPolicy(asyncio.DefaultEventLoopPolicy):
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.out = open(path, "a", buffering=1)  # open for the life of the process
+def _ticking_policy(path: str, base: Any) -> asyncio.AbstractEventLoopPolicy:
+    """`base`'s loops, each with a callback due every TICK that logs how late it ran."""
+    out = open(path, "a", buffering=1)  # open for the life of the process
 
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        loop = super().new_event_loop()
-        out = self.out
-        due = [time.perf_counter() + TICK, time.thread_time()]
+    class Ticking(base):  # type: ignore[misc, valid-type]
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            loop = super().new_event_loop()
+            due = [time.perf_counter() + TICK, time.thread_time()]
 
-        def tick() -> None:
-            now, cpu = time.perf_counter(), time.thread_time()
-            late = now - due[0]
-            if late > REPORT_OVER:
-                out.write(f"{time.time():.4f} {late * 1000:.2f} {(cpu - due[1]) * 1000:.2f}\n")
-            due[0], due[1] = now + TICK, cpu
+            def tick() -> None:
+                now, cpu = time.perf_counter(), time.thread_time()
+                late = now - due[0]
+                if late > REPORT_OVER:
+                    out.write(f"{time.time():.4f} {late * 1000:.2f} {(cpu - due[1]) * 1000:.2f}\n")
+                due[0], due[1] = now + TICK, cpu
+                loop.call_later(TICK, tick)
+
             loop.call_later(TICK, tick)
+            return loop
 
-        loop.call_later(TICK, tick)
-        return loop
+    policy = Ticking()
+    policy.out = out  # type: ignore[attr-defined]
+    return policy
 
 
 def _name_slow_steps(out: Any, over_ms: float) -> None:
@@ -71,10 +74,19 @@ def _name_slow_steps(out: Any, over_ms: float) -> None:
 
 def main() -> None:
     path, module, *argv = sys.argv[1:]
-    policy = _TickingPolicy(path)
+    base: Any = asyncio.DefaultEventLoopPolicy
+    naming = os.environ.get("LOOPLAG_NAME_OVER_MS")
+    if not naming:  # the loop the processes run (snapkv.common.eventloop); naming patches asyncio's handles
+        try:
+            import uvloop
+
+            base = uvloop.EventLoopPolicy
+        except ImportError:
+            pass
+    policy = _ticking_policy(path, base)
     asyncio.set_event_loop_policy(policy)
-    if os.environ.get("LOOPLAG_NAME_OVER_MS"):
-        _name_slow_steps(policy.out, float(os.environ["LOOPLAG_NAME_OVER_MS"]))
+    if naming:
+        _name_slow_steps(policy.out, float(naming))  # type: ignore[attr-defined]
     sys.argv = [module, *argv]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

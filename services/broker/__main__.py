@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..common import config, logsetup
+from ..common import config, eventloop, logsetup
 from .app import make_app
 
 
@@ -12,7 +12,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = config.load("snapkv-broker", argv, defaults={"name": "broker"})
     logsetup.setup("broker", settings.log_level)
     web.run_app(
-        make_app(settings), host=settings.host, port=settings.port, print=None, shutdown_timeout=10.0, access_log=None
+        make_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10.0,
+        access_log=None,
+        loop=eventloop.new_event_loop(settings.event_loop),
     )
 
 

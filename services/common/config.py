@@ -33,6 +33,7 @@ class Settings:
     data_dir: str = _opt("", "directory for logs, snapshots and state (default ./data/<name>)")
     config: str = _opt("", "YAML file with settings (keys as flag names with underscores)")
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
+    event_loop: str = _opt("uvloop", "event loop: uvloop (when installed) or asyncio", choices=("uvloop", "asyncio"))
     cluster_token: str = _opt("", "shared secret guarding registration and internal routes")
     api_token: str = _opt("", "optional bearer token guarding the public API")
     # store

@@ -7,7 +7,7 @@ import sys
 
 from aiohttp import web
 
-from ..common import config, logsetup
+from ..common import config, eventloop, logsetup
 from .app import DataDirError, make_app
 
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         shutdown_timeout=10.0,
         access_log=None,
         handle_signals=True,
+        loop=eventloop.new_event_loop(settings.event_loop),
     )
 
 
