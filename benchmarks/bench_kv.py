@@ -50,6 +50,13 @@ def wrk(url: str, mode: str, conns: int, seconds: float, keys: int, value_bytes:
     return summary
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def preload(url: str, keys: int, value_bytes: int, batch: bool) -> None:
     value = "v" * value_bytes
     if batch:
@@ -105,11 +112,17 @@ def routed_vs_ceiling(args: argparse.Namespace, cluster: LocalCluster, ceiling: 
             if mode not in args.only:
                 continue
             base = wrk(ceiling.url, mode, conns, **run)
+            assert cluster.broker is not None and cluster.broker.popen is not None
+            pid = cluster.broker.popen.pid
+            cpu_before = cpu_seconds(pid)
             routed = wrk(cluster.url, mode, conns, **run)
+            broker_us = (cpu_seconds(pid) - cpu_before) / max(1, routed["requests"]) * 1e6
             ratio = routed["ops"] / base["ops"]
             p99_ratio = routed["p99_us"] / max(1, base["p99_us"])
             common = {"conns": conns, "errors": routed["errors"]}
             figure(f"routed_{mode}_c{conns}_ops", routed["ops"], "ops/s", ceiling=round(base["ops"]), **common)
+            # the broker's own CPU per request: steadier than a rate on a shared machine
+            figure(f"routed_{mode}_c{conns}_broker_cpu", broker_us, "us/request")
             figure(f"routed_{mode}_c{conns}_p50", routed["p50_us"] / 1000, "ms", ceiling=base["p50_us"] / 1000)
             figure(f"routed_{mode}_c{conns}_p99", routed["p99_us"] / 1000, "ms", ceiling=base["p99_us"] / 1000)
             target = TARGETS[mode]

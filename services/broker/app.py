@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..common.config import Settings
-from ..common.httpjson import json_errors, require_token, warn_no_cluster_token
+from ..common.httpjson import error_for, require_token, warn_no_cluster_token
 from . import api_seed, api_v1
 from .service import SERVICE, BrokerService
 
@@ -42,16 +43,26 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _api_token(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Every request's way in, as one middleware (each layer costs a few microseconds a request):
+    the API token, JSON errors, then metrics of what was answered."""
+    metrics = service.metrics
+
     @web.middleware
-    async def check(
+    async def front(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if token and request.path not in OPEN_PATHS:
-            require_token(request, token)
-        return await handler(request)
+        started = time.perf_counter()
+        try:
+            if token and request.path not in OPEN_PATHS:
+                require_token(request, token)
+            response = await handler(request)
+        except Exception as exc:
+            response = error_for(request, exc)
+        metrics.observe(request, response.status, time.perf_counter() - started)
+        return response
 
-    return check
+    return front
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -65,7 +76,7 @@ def make_app(settings: Settings) -> web.Application:
     service = BrokerService(settings)
     warn_no_cluster_token(log, settings.cluster_token, "/register,/internal/isr")
     app = web.Application(
-        middlewares=[service.metrics.middleware, json_errors, _api_token(settings.api_token)],
+        middlewares=[_front(service, settings.api_token)],
         client_max_size=2 * settings.max_value_bytes + BODY_ROOM,
     )
     app[SERVICE] = service

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -33,6 +33,7 @@ class BrokerMetrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # (route, code) -> labelled metrics
         self.switch_seconds = Histogram(
             "snapkv_broker_slot_switch_seconds",
             "How long a moving slot's requests were held while its primary switched",
@@ -41,16 +42,18 @@ class BrokerMetrics:
         )
         self.registry.register(_ClusterCollector(cluster, moves))
 
-    @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        response = await handler(request)
-        self.requests.labels(route, str(response.status)).inc()
-        self.request_seconds.labels(route).observe(time.perf_counter() - started)
-        return response
+    def observe(self, request: web.Request, status: int, seconds: float) -> None:
+        """One HTTP request answered: counted by route and code, timed by route."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        children = self._children.get((route, status))
+        if children is None:  # labels() costs a few microseconds: once per route and code
+            children = self._children[(route, status)] = (
+                self.requests.labels(route, str(status)),
+                self.request_seconds.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _ClusterCollector(Collector):

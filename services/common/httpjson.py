@@ -39,11 +39,18 @@ _HTTP_CODES = {
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.SnapkvError as known:
-        return error_response(known)
-    except web.HTTPException as exc:
+    except Exception as exc:
+        return error_for(request, exc)
+
+
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error answer to what a handler raised; a redirect or other non-error HTTPException
+    goes on up (raised again)."""
+    if isinstance(exc, errors.SnapkvError):
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         cls = _HTTP_CODES.get(exc.status)
         if cls is None:
             err = errors.SnapkvError(exc.reason)
@@ -59,9 +66,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 405 and "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except Exception:
-        log.exception("event=unhandled_error path=%s", request.path)
-        return error_response(errors.SnapkvError("internal error"))
+    log.exception("event=unhandled_error path=%s", request.path, exc_info=exc)
+    return error_response(errors.SnapkvError("internal error"))
 
 
 def require_token(request: web.Request, token: str) -> None:
