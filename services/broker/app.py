@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..common import errors
 from ..common.config import Settings
 from ..common.httpjson import error_for, require_token, warn_no_cluster_token
 from . import api_seed, api_v1
@@ -45,20 +46,31 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Every request's way in, as one middleware (each layer costs a few microseconds a request):
-    the API token, JSON errors, then metrics of what was answered."""
-    metrics = service.metrics
+    the API token, admission (at most `max_inflight` client requests at once: one more is answered
+    503 overloaded before its body is read, so no queue grows with a flood), JSON errors, then
+    metrics of what was answered."""
+    metrics, cap = service.metrics, service.settings.max_inflight
 
     @web.middleware
     async def front(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         started = time.perf_counter()
+        admitted = request.path not in OPEN_PATHS  # probes, metrics and the stores' calls always get in
         try:
-            if token and request.path not in OPEN_PATHS:
-                require_token(request, token)
+            if admitted:
+                if token:
+                    require_token(request, token)
+                if cap and metrics.in_flight >= cap:  # rule 11: a flood waits nowhere in here
+                    admitted = False
+                    raise errors.Overloaded(f"the broker serves {cap} requests at once (max_inflight); retry")
+                metrics.in_flight += 1
             response = await handler(request)
         except Exception as exc:
             response = error_for(request, exc)
+        finally:
+            if admitted:
+                metrics.in_flight -= 1
         metrics.observe(request, response.status, time.perf_counter() - started)
         return response
 

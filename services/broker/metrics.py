@@ -34,13 +34,14 @@ class BrokerMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # (route, code) -> labelled metrics
+        self.in_flight = 0  # client requests being served now (app._front)
         self.switch_seconds = Histogram(
             "snapkv_broker_slot_switch_seconds",
             "How long a moving slot's requests were held while its primary switched",
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.registry.register(_ClusterCollector(cluster, moves))
+        self.registry.register(_ClusterCollector(cluster, moves, lambda: self.in_flight))
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         """One HTTP request answered: counted by route and code, timed by route."""
@@ -57,9 +58,12 @@ class BrokerMetrics:
 
 
 class _ClusterCollector(Collector):
-    def __init__(self, cluster: ClusterState, moves: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self, cluster: ClusterState, moves: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]
+    ) -> None:
         self.cluster = cluster
         self.moves = moves
+        self.in_flight = in_flight
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         c = self.cluster
@@ -96,3 +100,8 @@ class _ClusterCollector(Collector):
             moves.add_metric([reason], n)
         yield moves
         yield GaugeMetricFamily("snapkv_broker_epoch", "Current cluster epoch", value=c.slotmap.epoch)
+        yield GaugeMetricFamily(
+            "snapkv_broker_requests_in_flight",
+            "Client requests being served (max_inflight caps)",
+            value=self.in_flight(),
+        )

@@ -57,6 +57,7 @@ class Settings:
     heartbeat_interval: float = _opt(0.5, "seconds between health checks of each store", lo=0.05)
     failure_timeout: float = _opt(2.0, "seconds of failed checks before a store is down", lo=0.1)
     request_deadline: float = _opt(5.0, "seconds a request may wait (e.g. during failover)", lo=0.1)
+    max_inflight: int = _opt(4096, "client requests served at once; past it 503 overloaded at once (0 = no cap)", lo=0)
     prometheus_url: str = _opt("", "read load from this Prometheus instead of scraping stores")
     rebalance: bool = _opt(True, "move slots by itself so that every store holds its share")
     rebalance_interval: float = _opt(1.0, "seconds between rebalancing plans", lo=0.05)

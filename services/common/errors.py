@@ -82,6 +82,12 @@ class NotReady(Unavailable):
     code = "not_ready"
 
 
+class Overloaded(Unavailable):
+    """The broker already serves as many requests as it admits at once (`max_inflight`)."""
+
+    code = "overloaded"
+
+
 class NodeUnreachable(Unavailable):
     """The internal connection to a store failed or timed out."""
 

@@ -43,8 +43,16 @@ class SlotTracker:
 
     def commit_point(self, isr: Collection[str]) -> int | None:
         """Every seq up to this is acknowledged by every required replica; None: none required."""
-        required = set(isr) | set(self.joining)
-        return min((self.acked.get(r, 0) for r in required), default=None)
+        acked, point = self.acked, None
+        for r in isr:  # once per write and per ack: no sets, no generator
+            seq = acked.get(r, 0)
+            if point is None or seq < point:
+                point = seq
+        for r in self.joining:
+            seq = acked.get(r, 0)
+            if point is None or seq < point:
+                point = seq
+        return point
 
     def may_join(self, name: str, isr: Collection[str]) -> bool:
         join_seq = self.joining.get(name)
