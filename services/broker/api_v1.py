@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..common import errors
-from ..common.httpjson import error_response, read_json_object
+from ..common.httpjson import error_response, json_response, read_json_object
 from . import inputs
 from .service import SERVICE, BrokerService
 
@@ -39,7 +39,7 @@ async def kv_put(request: web.Request) -> web.Response:
     ttl = inputs.ttl_ms(inputs.query(request.rel_url.raw_query_string).get("ttl"))
     value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
     version, created = await svc.kv.put(key, value, ttl, cond)
-    return web.json_response(
+    return json_response(
         {"key": key.decode(), "version": version}, status=201 if created else 200, headers=_etag(version)
     )
 
@@ -49,7 +49,7 @@ async def kv_delete(request: web.Request) -> web.Response:
     key = inputs.key_from_path(request.raw_path, KV_PREFIX)
     cond = inputs.condition(request.headers.get("If-Match"), None)
     await svc.kv.delete(key, cond)
-    return web.json_response({"key": key.decode(), "deleted": True})
+    return json_response({"key": key.decode(), "deleted": True})
 
 
 async def mget(request: web.Request) -> web.Response:
@@ -59,7 +59,7 @@ async def mget(request: web.Request) -> web.Response:
         raise errors.BadRequest(f"'keys' must be a list of at most {MAX_BATCH} strings")
     keys = [inputs.key_from_json(k, "keys[]") for k in names]
     found = await _svc(request).kv.mget(keys)
-    return web.json_response(
+    return json_response(
         inputs.json_values(
             (name, None if (entry := found[key]) is None else entry.value) for name, key in zip(names, keys)
         )
@@ -81,12 +81,12 @@ async def mset(request: web.Request) -> web.Response:
     written, failed = await svc.kv.mset(pairs, ttl)
     versions = {key.decode(): version for key, version in written.items()}
     if failed is None:
-        return web.json_response({"count": len(versions), "versions": versions})
+        return json_response({"count": len(versions), "versions": versions})
     resp = error_response(failed)
     body_out = failed.to_json()
     body_out["error"]["message"] = f"{len(versions)} of {len(items)} keys written: {failed.message}"
     body_out.update({"written": sorted(versions), "versions": versions, "count": len(versions)})
-    return web.json_response(
+    return json_response(
         body_out, status=resp.status, headers={k: v for k, v in resp.headers.items() if k == "Retry-After"}
     )
 
@@ -94,27 +94,27 @@ async def mset(request: web.Request) -> web.Response:
 async def keys(request: web.Request) -> web.Response:
     after, prefix, limit = inputs.scan_query(inputs.query(request.rel_url.raw_query_string))
     items, position = await _svc(request).kv.scan(after, prefix, limit, with_values=False)
-    return web.json_response(
+    return json_response(
         {"keys": [key.decode("utf-8", "replace") for _slot, key in items], "cursor": inputs.encode_cursor(position)}
     )
 
 
 async def cluster(request: web.Request) -> web.Response:
-    return web.json_response(_svc(request).cluster_view())
+    return json_response(_svc(request).cluster_view())
 
 
 async def stores(request: web.Request) -> web.Response:
-    return web.json_response({"stores": _svc(request).stores()})
+    return json_response({"stores": _svc(request).stores()})
 
 
 async def drain(request: web.Request) -> web.Response:
     """Move every copy off a store (202 while it drains, 200 once it holds nothing)."""
     report = await _svc(request).drain(request.match_info["name"])
-    return web.json_response(report, status=200 if report["status"] == "drained" else 202)
+    return json_response(report, status=200 if report["status"] == "drained" else 202)
 
 
 async def rebalance_plan(request: web.Request) -> web.Response:
-    return web.json_response(_svc(request).rebalance_plan())
+    return json_response(_svc(request).rebalance_plan())
 
 
 def add_routes(app: web.Application) -> None:

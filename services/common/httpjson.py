@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from . import errors
@@ -23,7 +24,7 @@ def error_response(err: errors.SnapkvError) -> web.Response:
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(err.retry_after)))
     status = err.status if err.status < 600 else 500
-    return web.json_response(err.to_json(), status=status, headers=headers)
+    return json_response(err.to_json(), status=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -123,8 +124,26 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """web.json_response, encoded by orjson (several times faster: an mget's hundred values, the
+    cluster view), compact; what orjson does not take (an int past 64 bits) goes through json.
+    The /v1 routes and errors answer with it; the original routes keep json's bytes as they were."""
+    try:
+        body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        body = json.dumps(data).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json", charset="utf-8")
+
+
 def _loads(raw: bytes, charset: str) -> Any:
-    """Body bytes -> JSON; every way a client can get this wrong is a BadRequest, never a 500."""
+    """Body bytes -> JSON; every way a client can get this wrong is a BadRequest, never a 500.
+    UTF-8 goes through orjson first; what it refuses (and any other charset) through json, whose
+    answer and messages are the ones clients have always had (NaN, big ints, lone surrogates)."""
+    if charset.lower().replace("-", "") == "utf8":
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = raw.decode(charset)
     except LookupError:
