@@ -1,5 +1,33 @@
 """Python clients and the `snapkv` command."""
 
-from .client import AsyncClient, Client, SnapkvHTTPError
+from .client import (
+    AsyncClient,
+    BadRequest,
+    BrokerUnreachable,
+    Client,
+    Conflict,
+    NotFound,
+    Overloaded,
+    Retry,
+    SnapkvHTTPError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    VersionMismatch,
+)
 
-__all__ = ["AsyncClient", "Client", "SnapkvHTTPError"]
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "BrokerUnreachable",
+    "Client",
+    "Conflict",
+    "NotFound",
+    "Overloaded",
+    "Retry",
+    "SnapkvHTTPError",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "VersionMismatch",
+]

@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import progress
-from .client import Client, SnapkvHTTPError
+from .client import BrokerUnreachable, Client, Retry, SnapkvHTTPError
 from .local import run_local_cluster
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "up":
         raise SystemExit(run_local_cluster(args.stores, args.port, args.data_dir, args.sites, args.fsync))
-    client = Client(args.url, token=args.token)
+    client = Client(args.url, token=args.token, retry=Retry(retries=3))  # a command says so soon
     try:
         if args.command == "get":
             value = client.get(args.key)
@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> None:
             if args.wait and not progress.follow(client, progress.rebalance_left, "rebalance", args.timeout):
                 print(f"snapkv: not balanced after {args.timeout:.0f}s", file=sys.stderr)
                 raise SystemExit(1)
+    except BrokerUnreachable as exc:
+        print(f"snapkv: cannot reach {args.url}: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
     except SnapkvHTTPError as exc:
         print(f"snapkv: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except OSError as exc:
-        print(f"snapkv: cannot reach {args.url}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -1,13 +1,31 @@
 """Python clients for snapkv: `Client` (sync, standard library only) and `AsyncClient` (aiohttp).
 
-Both speak the idiomatic /v1 API: raw bytes values, versions for compare-and-set, TTLs.
+Both speak the idiomatic /v1 API: raw bytes values, versions for compare-and-set, TTLs. Both keep
+their connections open, take several broker URLs (a list, or one string with commas), and ride
+out a failover or an overloaded broker by themselves (`Retry`): a 503 is retried after its
+`Retry-After` (or the backoff, whichever is longer), a connection that fails moves to the next
+broker, until `retries` are spent. A request is sent again only when that cannot apply it twice:
+
+- a 503 `overloaded` was never admitted, and a refused connection never reached a broker: any
+  request is retried;
+- after another 503 or a connection lost mid-request, only what is idempotent: reads, unconditional
+  puts and deletes, mset. A compare-and-set (`if_match`) then raises, since its first try may
+  have been applied (the broker's own retries, inside one request, are idempotent: rule 7).
+
+Errors are typed by the broker's error code (`errors_by_code`), all `SnapkvHTTPError`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
-import urllib.error
-import urllib.request
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -15,12 +33,95 @@ import aiohttp
 
 
 class SnapkvHTTPError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, retry_after: float | None = None) -> None:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         self.status = status
         self.code = error.get("code", "http_error")
         self.message = error.get("message", str(body))
+        self.detail = {k: v for k, v in error.items() if k not in ("code", "message")}
+        self.retry_after = retry_after
         super().__init__(f"{status} {self.code}: {self.message}")
+
+
+class BadRequest(SnapkvHTTPError):
+    """400: the request itself is wrong (a key, a value, a body)."""
+
+
+class Unauthorized(SnapkvHTTPError):
+    """401: a missing or wrong API token."""
+
+
+class NotFound(SnapkvHTTPError):
+    """404: no such key, store or route."""
+
+
+class Conflict(SnapkvHTTPError):
+    """409: e.g. draining the last store that could hold a slot."""
+
+
+class VersionMismatch(SnapkvHTTPError):
+    """412: a compare-and-set whose version no longer matches."""
+
+
+class TooLarge(SnapkvHTTPError):
+    """413: a key or value past the limits."""
+
+
+class Unavailable(SnapkvHTTPError):
+    """503: the key's slot has no live copy now, or the cluster is not ready; retried by the client."""
+
+
+class Overloaded(Unavailable):
+    """503 overloaded: the broker already serves max_inflight requests; the request was not admitted."""
+
+
+class BrokerUnreachable(SnapkvHTTPError):
+    """No broker answered (connections refused or lost, timeouts) within the client's retries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, {"error": {"code": "broker_unreachable", "message": message}})
+
+
+errors_by_code: dict[str, type[SnapkvHTTPError]] = {
+    "bad_request": BadRequest,
+    "key_too_large": TooLarge,
+    "value_too_large": TooLarge,
+    "unauthorized": Unauthorized,
+    "key_not_found": NotFound,
+    "not_found": NotFound,
+    "store_not_found": NotFound,
+    "cannot_drain": Conflict,
+    "name_taken": Conflict,
+    "version_mismatch": VersionMismatch,
+    "overloaded": Overloaded,
+    "unavailable": Unavailable,
+    "slot_unavailable": Unavailable,
+    "not_ready": Unavailable,
+    "node_unreachable": Unavailable,
+}
+_by_status: dict[int, type[SnapkvHTTPError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    412: VersionMismatch,
+    413: TooLarge,
+    503: Unavailable,
+}
+
+
+def error_for(status: int, raw: bytes, retry_after: str | None = None) -> SnapkvHTTPError:
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        body = raw.decode(errors="replace")
+    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+    cls = errors_by_code.get(code or "") or _by_status.get(status, SnapkvHTTPError)
+    try:
+        after = float(retry_after) if retry_after else None
+    except ValueError:
+        after = None
+    return cls(status, body, after)
 
 
 def key_path(key: str | bytes) -> str:
@@ -28,71 +129,202 @@ def key_path(key: str | bytes) -> str:
     return "/v1/kv/" + quote(raw, safe="").replace(".", "%2E")
 
 
-class Client:
-    """Blocking client: Client("http://localhost:8080").put("k", b"v")."""
+def broker_urls(url: str | Iterable[str]) -> list[str]:
+    urls = url.split(",") if isinstance(url, str) else list(url)
+    out = [u.strip().rstrip("/") for u in urls if u.strip()]
+    if not out:
+        raise ValueError("at least one broker URL")
+    return out
 
-    def __init__(self, url: str = "http://localhost:8080", token: str | None = None, timeout: float = 10.0):
-        self.url = url.rstrip("/")
+
+@dataclass
+class Retry:
+    """How a client rides out failures: `retries` more tries after the first, the n-th waiting
+    `backoff` x 2^n (at most `max_backoff`, with jitter), or a 503's Retry-After when longer."""
+
+    retries: int = 8
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+        return max(wait, min(retry_after or 0.0, self.max_backoff * 2))
+
+
+class StaleConnection(ConnectionError):
+    """A kept-open connection the broker had closed: the request was not taken, send it again."""
+
+
+def _retriable(exc: BaseException, idempotent: bool) -> bool:
+    if isinstance(exc, (Overloaded, ConnectionRefusedError, StaleConnection)):
+        return True  # never admitted, never sent
+    if isinstance(exc, (Unavailable, OSError, aiohttp.ClientError, TimeoutError)):
+        return idempotent
+    return False
+
+
+def _json_body(payload: Any) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(payload).encode(), {"Content-Type": "application/json"}
+
+
+class Client:
+    """Blocking client: Client("http://localhost:8080").put("k", b"v"). One kept-open connection
+    per thread and broker (http.client)."""
+
+    def __init__(
+        self,
+        url: str | Iterable[str] = "http://localhost:8080",
+        token: str | None = None,
+        timeout: float = 10.0,
+        retry: Retry | None = None,
+    ):
+        self.urls = broker_urls(url)
+        self.url = self.urls[0]
         self.token = token
         self.timeout = timeout
+        self.retry = retry or Retry()
+        self._current = 0
+        self._local = threading.local()
+
+    # -- transport ------------------------------------------------------------------------------
+    def _conn(self, base: str) -> http.client.HTTPConnection:
+        conns: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(base)
+        if conn is None:
+            parts = urllib.parse.urlsplit(base)
+            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = conns[base] = cls(parts.netloc, timeout=self.timeout)
+        return conn
+
+    def _drop(self, base: str) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(base, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for base in list(self._local.__dict__.get("conns", {})):
+            self._drop(base)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _once(self, base: str, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        reused = base in self._local.__dict__.get("conns", {})
+        conn = self._conn(base)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(base)
+            if reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError)):
+                # a kept-open connection the broker had closed while idle: the request never got in
+                raise StaleConnection(str(exc)) from None
+            raise (exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))) from None
+        if resp.getheader("Connection", "").lower() == "close":
+            self._drop(base)
+        return resp.status, dict(resp.getheaders()), data
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool = True,
     ) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
+        headers = dict(headers or {})
         if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, dict(resp.headers.items()), resp.read()
-        except urllib.error.HTTPError as exc:
-            data = exc.read()
+            headers["Authorization"] = f"Bearer {self.token}"
+        attempt = 0
+        while True:
+            base = self.urls[self._current % len(self.urls)]
             try:
-                parsed = json.loads(data)
-            except ValueError:
-                parsed = data.decode(errors="replace")
-            raise SnapkvHTTPError(exc.code, parsed) from None
+                status, got, data = self._once(base, method, path, body, headers)
+                if status < 400:
+                    return status, got, data
+                raise error_for(status, data, got.get("Retry-After"))
+            except (SnapkvHTTPError, OSError) as exc:
+                if not _retriable(exc, idempotent) or attempt >= self.retry.retries:
+                    if isinstance(exc, OSError):
+                        raise BrokerUnreachable(f"{base}: {exc!r}") from None
+                    raise
+                if isinstance(exc, OSError):
+                    self._current += 1  # the next broker
+                time.sleep(self.retry.delay(attempt, getattr(exc, "retry_after", None)))
+                attempt += 1
 
-    def _json(self, method: str, path: str, payload: Any = None) -> Any:
-        body = None if payload is None else json.dumps(payload).encode()
-        _, _, data = self._request(method, path, body, {"Content-Type": "application/json"} if body else None)
-        return json.loads(data)
+    def _json(self, method: str, path: str, payload: Any = None, idempotent: bool = True) -> Any:
+        body, headers = _json_body(payload) if payload is not None else (None, {})
+        return json.loads(self._request(method, path, body, headers, idempotent)[2])
 
+    # -- keys -----------------------------------------------------------------------------------
     def get(self, key: str | bytes) -> bytes | None:
         try:
             return self._request("GET", key_path(key))[2]
-        except SnapkvHTTPError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     def put(self, key: str | bytes, value: bytes | str, ttl: float | None = None, if_match: int | None = None) -> int:
         data = value.encode() if isinstance(value, str) else value
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
         query = f"?ttl={ttl}" if ttl else ""
-        _, _, body = self._request("PUT", key_path(key) + query, data, headers)
+        _, _, body = self._request("PUT", key_path(key) + query, data, headers, idempotent=if_match is None)
         return int(json.loads(body)["version"])
 
-    def delete(self, key: str | bytes) -> bool:
+    def delete(self, key: str | bytes, if_match: int | None = None) -> bool:
+        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
         try:
-            self._request("DELETE", key_path(key))
+            self._request("DELETE", key_path(key), None, headers, idempotent=if_match is None)
             return True
-        except SnapkvHTTPError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
 
-    def keys(self, prefix: str = "", limit: int = 1000) -> list[str]:
-        out: list[str] = []
+    def mget(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """The keys' values (None: no such key), 1,000 keys per request."""
+        out: dict[str, bytes | None] = {}
+        for batch in _batches(list(keys), 1000):
+            items = self._json("POST", "/v1/mget", {"keys": batch})["items"]
+            out.update({k: None if v is None else v.encode() for k, v in items.items()})
+        return out
+
+    def mset(self, items: Mapping[str, str | bytes]) -> dict[str, int]:
+        """Write the keys (atomic per slot), 1,000 per request; their versions."""
+        versions: dict[str, int] = {}
+        for batch in _batches(list(items), 1000):
+            payload = {"items": {k: _text(items[k]) for k in batch}}
+            versions.update(self._json("POST", "/v1/mset", payload)["versions"])
+        return versions
+
+    def scan(self, prefix: str = "", page: int = 1000) -> Iterator[str]:
+        """Every key with this prefix, one page at a time as the iteration goes."""
         cursor = None
         while True:
-            query = f"?prefix={quote(prefix)}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
-            page = self._json("GET", "/v1/keys" + query)
-            out.extend(page["keys"])
-            cursor = page["cursor"]
+            query = f"?prefix={quote(prefix)}&limit={page}" + (f"&cursor={cursor}" if cursor else "")
+            result = self._json("GET", "/v1/keys" + query)
+            yield from result["keys"]
+            cursor = result["cursor"]
             if not cursor:
-                return out
+                return
 
+    def scan_items(self, prefix: str = "", page: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """(key, value) of every key with this prefix; one mget per page of keys."""
+        keys: list[str] = []
+        for key in self.scan(prefix, page):
+            keys.append(key)
+            if len(keys) >= page:
+                yield from _present(self.mget(keys))
+                keys = []
+        if keys:
+            yield from _present(self.mget(keys))
+
+    def keys(self, prefix: str = "", limit: int = 1000) -> list[str]:
+        return list(self.scan(prefix, limit))
+
+    # -- the cluster ----------------------------------------------------------------------------
     def stores(self) -> list[dict[str, Any]]:
         return self._json("GET", "/stores/list")
 
@@ -100,7 +332,7 @@ class Client:
         return self._json("GET", "/v1/cluster")
 
     def snapshot(self) -> dict[str, Any]:
-        return self._json("POST", "/kvstore/snapshot/manual")
+        return self._json("POST", "/kvstore/snapshot/manual", idempotent=False)
 
     def drain(self, name: str) -> dict[str, Any]:
         """Start draining a store (its copies move to the others); its status and slots now."""
@@ -114,10 +346,19 @@ class Client:
 class AsyncClient:
     """aiohttp client: async with AsyncClient(url) as c: await c.put("k", b"v")."""
 
-    def __init__(self, url: str = "http://localhost:8080", token: str | None = None) -> None:
-        self.url = url.rstrip("/")
+    def __init__(
+        self,
+        url: str | Iterable[str] = "http://localhost:8080",
+        token: str | None = None,
+        timeout: float = 10.0,
+        retry: Retry | None = None,
+    ) -> None:
+        self.urls = broker_urls(url)
+        self.url = self.urls[0]
+        self.retry = retry or Retry()
+        self._current = 0
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._session = aiohttp.ClientSession(headers=headers)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -128,20 +369,48 @@ class AsyncClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _check(self, resp: aiohttp.ClientResponse) -> None:
-        if resp.status >= 400:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> tuple[int, bytes]:
+        attempt = 0
+        while True:
+            base = self.urls[self._current % len(self.urls)]
             try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = await resp.text()
-            raise SnapkvHTTPError(resp.status, body)
+                async with self._session.request(
+                    method, base + path, data=data, headers=headers, params=params
+                ) as resp:
+                    body = await resp.read()
+                    if resp.status < 400:
+                        return resp.status, body
+                    raise error_for(resp.status, body, resp.headers.get("Retry-After"))
+            except (TimeoutError, SnapkvHTTPError, OSError, aiohttp.ClientError) as exc:
+                refused = isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+                    exc.os_error, ConnectionRefusedError
+                )
+                if not (refused or _retriable(exc, idempotent)) or attempt >= self.retry.retries:
+                    if not isinstance(exc, SnapkvHTTPError):
+                        raise BrokerUnreachable(f"{base}: {exc!r}") from None
+                    raise
+                if not isinstance(exc, SnapkvHTTPError):
+                    self._current += 1
+                await asyncio.sleep(self.retry.delay(attempt, getattr(exc, "retry_after", None)))
+                attempt += 1
+
+    async def _json(self, method: str, path: str, payload: Any = None, idempotent: bool = True) -> Any:
+        body, headers = _json_body(payload) if payload is not None else (None, {})
+        return json.loads((await self._request(method, path, body, headers, idempotent=idempotent))[1])
 
     async def get(self, key: str | bytes) -> bytes | None:
-        async with self._session.get(self.url + key_path(key)) as resp:
-            if resp.status == 404:
-                return None
-            await self._check(resp)
-            return await resp.read()
+        try:
+            return (await self._request("GET", key_path(key)))[1]
+        except NotFound:
+            return None
 
     async def put(
         self, key: str | bytes, value: bytes | str, ttl: float | None = None, if_match: int | None = None
@@ -149,13 +418,54 @@ class AsyncClient:
         data = value.encode() if isinstance(value, str) else value
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
         params = {"ttl": str(ttl)} if ttl else None
-        async with self._session.put(self.url + key_path(key), data=data, headers=headers, params=params) as resp:
-            await self._check(resp)
-            return int((await resp.json())["version"])
+        _, body = await self._request("PUT", key_path(key), data, headers, params, idempotent=if_match is None)
+        return int(json.loads(body)["version"])
 
-    async def delete(self, key: str | bytes) -> bool:
-        async with self._session.delete(self.url + key_path(key)) as resp:
-            if resp.status == 404:
-                return False
-            await self._check(resp)
+    async def delete(self, key: str | bytes, if_match: int | None = None) -> bool:
+        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
+        try:
+            await self._request("DELETE", key_path(key), None, headers, idempotent=if_match is None)
             return True
+        except NotFound:
+            return False
+
+    async def mget(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for batch in _batches(list(keys), 1000):
+            items = (await self._json("POST", "/v1/mget", {"keys": batch}))["items"]
+            out.update({k: None if v is None else v.encode() for k, v in items.items()})
+        return out
+
+    async def mset(self, items: Mapping[str, str | bytes]) -> dict[str, int]:
+        versions: dict[str, int] = {}
+        for batch in _batches(list(items), 1000):
+            payload = {"items": {k: _text(items[k]) for k in batch}}
+            versions.update((await self._json("POST", "/v1/mset", payload))["versions"])
+        return versions
+
+    async def scan(self, prefix: str = "", page: int = 1000) -> AsyncIterator[str]:
+        cursor = None
+        while True:
+            query = f"?prefix={quote(prefix)}&limit={page}" + (f"&cursor={cursor}" if cursor else "")
+            result = await self._json("GET", "/v1/keys" + query)
+            for key in result["keys"]:
+                yield key
+            cursor = result["cursor"]
+            if not cursor:
+                return
+
+    async def cluster(self) -> dict[str, Any]:
+        return await self._json("GET", "/v1/cluster")
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _present(found: Mapping[str, bytes | None]) -> Iterator[tuple[str, bytes]]:
+    return ((k, v) for k, v in found.items() if v is not None)
