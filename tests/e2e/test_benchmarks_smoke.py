@@ -22,7 +22,7 @@ NEEDS = {"bench_kv.py": ["wrk"], "bench_memory.py": ["redis-server"]}
 
 TINY = {
     "bench_failover.py": ["--trials", "1"],
-    "bench_kv.py": ["--seconds", "1", "--conns", "4", "--keys", "50", "--batch", "5"],
+    "bench_kv.py": ["--seconds", "1", "--conns", "4", "--keys", "50", "--batch", "5", "--scale", "1,2"],
     "bench_memory.py": ["--keys", "2000"],
     "bench_migration.py": ["--keys", "2000", "--rest", "1", "--capacity-seconds", "1"],
     "bench_snapshot.py": ["--keys", "2000", "--rounds", "1"],

@@ -89,7 +89,8 @@ def test_returning_store_is_told_what_it_owns(local_cluster):
     victim.kill()
     wait_copies(local_cluster, 10)
     victim.start()
-    local_cluster.wait_ready()
+    # ready once it holds its share again: about 1,000 moves back to it, 16 at a time (moves_per_store)
+    local_cluster.wait_ready(timeout=90)
     listed = {s["name"]: s for s in http("GET", f"{local_cluster.url}/stores/list")[1]}
     assert listed["s3"]["status"] == "up"
     # it holds nothing the map does not give it: the stale copies were dropped

@@ -10,6 +10,8 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from snapkv.common.slots import key_slot
 from snapkv.store import wal
 from support.chaos import Workload
@@ -43,6 +45,7 @@ def failovers(cluster: LocalCluster) -> float:
     return float(line.split()[1])
 
 
+@pytest.mark.slow  # about 150 s (ten cycles, each waiting for the store's share to come back): make test-slow
 def test_power_loss_of_a_store_with_a_broker_restart_loses_no_acknowledged_write(local_cluster):
     local_cluster.start_broker(min_stores=2)
     for name, site in (("s1", "a"), ("s2", "b")):
