@@ -128,13 +128,7 @@ class StoreNode:
         """Gets of many slots in one call (the broker's mget, one call per store): each answers as
         `get` would; one this store refuses (not its slot at that epoch, not confirmed, the slot
         moved before a commit it waited for) answers REFUSED, for the broker to ask alone."""
-        answers: list[Any] = []
-        for req in reqs:
-            try:
-                answers.append(self.op_get(req))
-            except errors.SnapkvError:
-                answers.append(records.REFUSED)
-        return settled(answers, records.REFUSED)
+        return _each(self.op_get, reqs)
 
     def _read_again(self, slot: int, key: bytes) -> Item | None:
         """The entry, read now (again, after a wait for a commit)."""
@@ -181,14 +175,8 @@ class StoreNode:
         logged and replicated as `write` would, all in this loop turn, so they share one log write
         and one frame to each replica. One that fails here or does not commit answers REFUSED, for
         the broker to send again alone with the same request id."""
-        answers: list[Any] = []
         with self.replicator.batch() if self.replicator is not None else contextlib.nullcontext():
-            for req in reqs:
-                try:
-                    answers.append(self.op_write(req))
-                except errors.SnapkvError:
-                    answers.append(records.REFUSED)
-        return settled(answers, records.REFUSED)
+            return _each(self.op_write, reqs)
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:
         """Apply, log and replicate; the future holds the result once the write is committed."""
@@ -400,3 +388,14 @@ class StoreNode:
                 "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
             },
         }
+
+
+def _each(handle: Callable[[Any], Reply], reqs: list[Any]) -> Reply:
+    """A batch's answers, each as `handle` gives it, REFUSED where it raised or its future failed."""
+    answers: list[Any] = []
+    for req in reqs:
+        try:
+            answers.append(handle(req))
+        except errors.SnapkvError:
+            answers.append(records.REFUSED)
+    return settled(answers, records.REFUSED)

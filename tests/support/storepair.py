@@ -123,3 +123,19 @@ async def start_pair(tmp: Any, sync_rate: float = 0.0) -> tuple[StandInBroker, P
         await session.close()
 
     return broker, primary, replica, close
+
+
+def counted(store: PairStore, *ops: str) -> list[str]:
+    """The ops among `ops` that `store` is sent from now on, in order."""
+    seen: list[str] = []
+    table = store.node.routes._table
+    for op in ops:
+        if op in table:
+            route = table[op]
+
+            def count(raw: Any, op: str = op, route: Any = route) -> Any:
+                seen.append(op)
+                return route(raw)
+
+            table[op] = count
+    return seen

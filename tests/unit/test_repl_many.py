@@ -11,7 +11,7 @@ from typing import Any
 from snapkv.common import errors, records, wire
 from snapkv.common.records import Member
 from snapkv.common.slots import key_slot
-from support.storepair import start_pair
+from support.storepair import counted, start_pair
 
 SLOTS = [key_slot(b"{a}"), key_slot(b"{b}")]
 
@@ -21,22 +21,6 @@ async def until(check: Any, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
-
-
-def counted(store: Any, *ops: str) -> list[str]:
-    """The ops `store` is sent from now on, among `ops`."""
-    seen: list[str] = []
-    table = store.node.routes._table
-    for op in ops:
-        if op in table:
-            route = table[op]
-
-            def count(raw: Any, op: str = op, route: Any = route) -> Any:
-                seen.append(op)
-                return route(raw)
-
-            table[op] = count
-    return seen
 
 
 async def pair_with_two_slots(tmp: Any) -> tuple[Any, Any, Any, Any]:

@@ -17,7 +17,7 @@ from snapkv.store import recovery
 from snapkv.store.engine import Engine
 from snapkv.store.node import StoreNode
 from snapkv.store.receiver import DIFFERS
-from support.storepair import start_pair
+from support.storepair import counted, start_pair
 
 SLOT = key_slot(b"{same}")
 
@@ -33,17 +33,7 @@ def dump(node: StoreNode) -> tuple[Any, ...]:
 
 def full_syncs(store: Any) -> list[str]:
     """The ops of the full syncs `store` is sent from now on."""
-    seen: list[str] = []
-    table = store.node.routes._table
-    for op in ("sync", "sync_chunk"):
-        route = table[op]
-
-        def counted(raw: Any, op: str = op, route: Any = route) -> Any:
-            seen.append(op)
-            return route(raw)
-
-        table[op] = counted
-    return seen
+    return counted(store, "sync", "sync_chunk")
 
 
 async def until(check: Any, timeout: float = 10.0) -> None:
