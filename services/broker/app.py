@@ -56,20 +56,20 @@ def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.St
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        admitted = request.path not in OPEN_PATHS  # probes, metrics and the stores' calls always get in
+        counted = False  # whether this request holds one of the max_inflight places
         try:
-            if admitted:
+            if request.path not in OPEN_PATHS:  # probes, metrics and the stores' calls always get in
                 if token:
                     require_token(request, token)
                 if cap and metrics.in_flight >= cap:  # rule 11: a flood waits nowhere in here
-                    admitted = False
                     raise errors.Overloaded(f"the broker serves {cap} requests at once (max_inflight); retry")
                 metrics.in_flight += 1
+                counted = True
             response = await handler(request)
         except Exception as exc:
             response = error_for(request, exc)
         finally:
-            if admitted:
+            if counted:
                 metrics.in_flight -= 1
         metrics.observe(request, response.status, time.perf_counter() - started)
         return response

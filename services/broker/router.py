@@ -129,13 +129,10 @@ class Router:
 
     async def write(self, slot: int, ops: list[WriteOp], conditions: list[int | None]) -> WriteResult:
         rid = self.new_rid()
-        sent: list[int] = []
-
-        def request(epoch: int, _replica: bool) -> WriteRequest:
-            sent.append(epoch)  # every try after the first says so: the store looks the id up then
-            return WriteRequest(slot, epoch, rid, ops, conditions, len(sent) > 1)
-
-        return records.write_answer(await self.call(slot, wire.OP_WRITE, request, write=True))
+        answer = await self.call(
+            slot, wire.OP_WRITE, lambda epoch, _: WriteRequest(slot, epoch, rid, ops, conditions), write=True
+        )
+        return records.write_answer(answer)
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
         """The keys' entries, asked of each store in one call (`batched`)."""
@@ -160,13 +157,13 @@ class Router:
         id, so a store that took it in the batch answers the retry from its memory (rule 7)."""
         rids = [self.new_rid() for _ in writes]
 
-        def request(i: int, epoch: int, again: bool = False) -> WriteRequest:
+        def request(i: int, epoch: int) -> WriteRequest:
             slot, ops, conditions = writes[i]
-            return WriteRequest(slot, epoch, rids[i], ops, conditions, again)
+            return WriteRequest(slot, epoch, rids[i], ops, conditions)
 
-        async def alone(i: int) -> WriteResult:  # sent before, in the batch
+        async def alone(i: int) -> WriteResult:
             slot = writes[i][0]
-            answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch, True), write=True)
+            answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch), write=True)
             return records.write_answer(answer)
 
         return await self.batched(wire.OP_MWRITE, [w[0] for w in writes], request, records.write_answer, alone)
@@ -196,16 +193,11 @@ class Router:
         out: list[Any] = [None] * len(slots)
 
         async def one_store(name: str, items: list[tuple[int, int]]) -> None:
-            for i, _ in items:
-                gate.enter(slots[i])  # a switch waits for these as for single requests
             try:
                 conn = self.pool.get(name, cluster.address_of(name))
                 answers = await conn.call(op, [request(i, epoch) for i, epoch in items], timeout=self.attempt_timeout)
             except errors.SnapkvError:
                 answers = None
-            finally:
-                for i, _ in items:
-                    gate.leave(slots[i])
             if not isinstance(answers, list) or len(answers) != len(items):
                 singles.extend(i for i, _ in items)
                 return
@@ -215,7 +207,15 @@ class Router:
                 else:
                     out[i] = decode(answer)
 
-        await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
+        # in flight from the turn that found them not held to the last store's answer: a switch waits for them
+        entered = [slots[i] for items in by_store.values() for i, _ in items]
+        for slot in entered:
+            gate.enter(slot)
+        try:
+            await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
+        finally:
+            for slot in entered:
+                gate.leave(slot)
         outcomes = await asyncio.gather(*(alone(i) for i in singles), return_exceptions=True)
         for i, outcome in zip(singles, outcomes):
             if isinstance(outcome, BaseException) and not isinstance(outcome, errors.SnapkvError):

@@ -7,7 +7,7 @@ out a failover or an overloaded broker by themselves (`Retry`): a 503 is retried
 broker, until `retries` are spent. A request is sent again only when that cannot apply it twice:
 
 - a 503 `overloaded` was never admitted, and a refused connection never reached a broker: any
-  request is retried;
+  request is retried (a kept-open connection the broker closed while idle is replaced before use);
 - after another 503 or a connection lost mid-request, only what is idempotent: reads, unconditional
   puts and deletes, mset. A compare-and-set (`if_match`) then raises, since its first try may
   have been applied (the broker's own retries, inside one request, are idempotent: rule 7).
@@ -21,6 +21,8 @@ import asyncio
 import http.client
 import json
 import random
+import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -151,12 +153,17 @@ class Retry:
         return max(wait, min(retry_after or 0.0, self.max_backoff * 2))
 
 
-class StaleConnection(ConnectionError):
-    """A kept-open connection the broker had closed: the request was not taken, send it again."""
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle kept-open connection was closed by the peer (it reads as ready: EOF)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _retriable(exc: BaseException, idempotent: bool) -> bool:
-    if isinstance(exc, (Overloaded, ConnectionRefusedError, StaleConnection)):
+    if isinstance(exc, (Overloaded, ConnectionRefusedError)):
         return True  # never admitted, never sent
     if isinstance(exc, (Unavailable, OSError, aiohttp.ClientError, TimeoutError)):
         return idempotent
@@ -212,17 +219,16 @@ class Client:
         self.close()
 
     def _once(self, base: str, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        reused = base in self._local.__dict__.get("conns", {})
         conn = self._conn(base)
+        if conn.sock is not None and _dropped(conn.sock):  # closed by the broker while idle: open a new one
+            self._drop(base)
+            conn = self._conn(base)
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            self._drop(base)
-            if reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError)):
-                # a kept-open connection the broker had closed while idle: the request never got in
-                raise StaleConnection(str(exc)) from None
+            self._drop(base)  # lost with the request on its way or taken: only what is idempotent goes again
             raise (exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))) from None
         if resp.getheader("Connection", "").lower() == "close":
             self._drop(base)

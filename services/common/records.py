@@ -133,9 +133,6 @@ class WriteRequest(NamedTuple):
     rid: str
     ops: list[WriteOp]
     conditions: list[int | None]  # per op: exact version, MUST_EXIST, MUST_NOT_EXIST or None
-    # sent before under this rid (a retry): only then does the store look it up in its memory;
-    # absent from an older broker's request, which then always counts as one
-    again: bool = True
 
 
 class ScanRequest(NamedTuple):
@@ -339,12 +336,10 @@ def mwrite_request(raw: object) -> list[WriteRequest]:
 
 def write_request(raw: object) -> WriteRequest:
     try:
-        fields = _seq(raw, "write")
-        slot, epoch, rid, ops, conditions = fields[:5]
-        if len(fields) > 6 or not isinstance(rid, str) or (rid and not valid_rid(rid)):
+        slot, epoch, rid, ops, conditions = _seq(raw, "write")
+        if not isinstance(rid, str) or (rid and not valid_rid(rid)):
             raise ValueError("request id")
-        again = len(fields) < 6 or bool(fields[5])
-        return WriteRequest(slot, epoch, rid, [WriteOp(k, v, t) for k, v, t in ops], conditions, again)
+        return WriteRequest(slot, epoch, rid, [WriteOp(k, v, t) for k, v, t in ops], conditions)
     except (TypeError, ValueError):
         raise _bad("write", raw) from None
 

@@ -168,7 +168,7 @@ class StoreService:
         while True:
             await asyncio.sleep(0.05 if self.node.expire(EXPIRE_BATCH) >= EXPIRE_BATCH else EXPIRE_INTERVAL)
             if loop.time() >= forget_at:
-                self.node.engine.forget_ids(int(time.time() * 1000))
+                self.node.engine.forget_ids()
                 forget_at = loop.time() + FORGET_INTERVAL
 
     # -- routes ---------------------------------------------------------------------------------

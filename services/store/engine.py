@@ -143,14 +143,14 @@ class Engine:
         data.seq = seq
         data.data_epoch = epoch
         result = WriteResult(version, existed)
-        data.recent.remember(rid, result, now)
+        data.recent.remember(rid, result)  # stamped with this process's clock, not the mutation's
         return result
 
-    def forget_ids(self, now_ms: int) -> None:
+    def forget_ids(self) -> None:
         """Drop the request ids past their time in every slot (one no write reaches keeps them otherwise)."""
         for data in self.slots.values():
             if data.recent:
-                data.recent.forget(now_ms)
+                data.recent.forget()
 
     def expired(self, slot: int, now_ms: int, limit: int) -> list[bytes]:
         data = self.slots.get(slot)

@@ -160,11 +160,11 @@ class StoreNode:
 
     # -- writes ---------------------------------------------------------------------------------
     def op_write(self, req: records.WriteRequest) -> Reply:
-        slot, epoch, rid, ops, conditions, again = req
+        slot, epoch, rid, ops, conditions = req
         self.owned(slot, epoch)
         self.load.hit(slot)
         data = self.engine.slot(slot)
-        result = data.recent.recall(rid) if again and rid else None
+        result = data.recent.recall(rid) if rid else None
         if result is not None:  # a retry of a write we already took (rule 7)
             return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
         mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())

@@ -1,17 +1,21 @@
 """A slot's request-id memory (rule 7): the results of its recent writes by request id, compact.
 
 The broker resends a write under the same request id only while it retries that request (within its
-request deadline), so a slot keeps what a retry needs and no more: at most `RECENT_IDS` ids and none
-older than `RECENT_MS`. Everything lives in one bytearray per slot, one line per write, oldest first:
+request deadline), so a slot keeps what a retry needs and no more: about its last `RECENT_IDS` ids,
+none older than `RECENT_MS`. The ids live in `PARTS` bytearrays per slot (an id's part is its hash),
+one line per write, oldest first:
 
-    b"\\n" rid b" " time b" " version b" " existed     (time: unix ms and version in hex; existed: a
-                                                    byte 0 or 1 per op)
+    b"\\n" rid b" " time b" " version b" " existed     (time: ms in hex; existed: a byte 0 or 1 per op)
 
-A request id is printable ASCII without spaces (`valid_rid`), so b"\\n" only starts lines and a look-up
-is one C-level `find` of b"\\n" + rid + b" ". The ids cost about 40 bytes each and no Python object:
-as a dict of str -> bytes they cost about 160, which for a million writes was a third of the store.
-Trimming the oldest lines is a bytearray front delete (no copy of the rest). The time is the
-mutation's, so every copy of a slot keeps the same ids whatever the moment it applied them.
+A request id is printable ASCII without spaces (`records.valid_rid`), so b"\\n" only starts lines
+and a look-up is one C-level `find` of b"\\n" + rid + b" " in one part: about 1 µs, cheap enough
+for every write, retried or not (a first try that reaches a store after its own retry must be
+recognised too). The ids cost about 40 bytes each and no Python object: as a dict of str -> bytes
+they cost about 160, which for a million writes was a third of the store. Trimming the oldest
+lines is a bytearray front delete. The time is this process's monotonic clock when the copy took
+the write, so no copy's memory depends on another host's clock: each keeps each id RECENT_MS
+from when it applied it (a replica from when the write was streamed to it, a restarted store from
+its replay).
 """
 
 from __future__ import annotations
@@ -21,18 +25,24 @@ from collections.abc import Iterator, Sequence
 
 from ..common.records import Recent, WriteResult, valid_rid
 
-RECENT_IDS = 512  # ids remembered per slot at most
+RECENT_IDS = 512  # ids remembered per slot, about (PER_PART in each part)
+PARTS = 16
+PER_PART = RECENT_IDS // PARTS
 RECENT_MS = 120_000  # and for this long: well past any broker's retries of one request (its deadline)
-_NL = 0x0A
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 class RecentIds:
-    __slots__ = ("_lines", "count", "_oldest")
+    __slots__ = ("_parts", "_counts", "_oldest", "count")
 
     def __init__(self) -> None:
-        self._lines = bytearray()
+        self._parts: list[bytearray] = [bytearray() for _ in range(PARTS)]
+        self._counts = [0] * PARTS
+        self._oldest = [0] * PARTS  # the time of each part's first line
         self.count = 0
-        self._oldest = 0  # the time of the first line
 
     def __len__(self) -> int:
         return self.count
@@ -40,21 +50,24 @@ class RecentIds:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def remember(self, rid: str, result: tuple[int, Sequence[bool]], now_ms: int) -> None:
+    def remember(self, rid: str, result: tuple[int, Sequence[bool]], at_ms: int | None = None) -> None:
         if not rid or not valid_rid(rid):  # an id `write` decoding would refuse (empty: not remembered)
             return
+        at = now_ms() if at_ms is None else at_ms
         version, existed = result
-        self._lines += b"\n%s %x %x %s" % (rid.encode(), now_ms, version, bytes(existed))
-        if not self.count:
-            self._oldest = now_ms
+        part = hash(rid) % PARTS
+        self._parts[part] += b"\n%s %x %x %s" % (rid.encode(), at, version, bytes(existed))
+        if not self._counts[part]:
+            self._oldest[part] = at
+        self._counts[part] += 1
         self.count += 1
-        self.forget(now_ms)
+        self._trim(part, at)
 
     def recall(self, rid: str) -> WriteResult | None:
         """The result of the write with this id, if remembered."""
         if not self.count or not rid:
             return None
-        lines = self._lines
+        lines = self._parts[hash(rid) % PARTS]
         at = lines.find(b"\n" + rid.encode() + b" ")
         if at < 0:
             return None
@@ -65,39 +78,55 @@ class RecentIds:
         return self.recall(rid) is not None
 
     def __eq__(self, other: object) -> bool:  # the same ids and results, whenever each was taken
-        return isinstance(other, RecentIds) and list(self.items()) == list(other.items())
+        return isinstance(other, RecentIds) and sorted(self.items()) == sorted(other.items())
 
     __hash__ = None  # type: ignore[assignment]
 
-    def forget(self, now_ms: int) -> None:
-        """Drop the ids past the count or older than RECENT_MS (oldest first)."""
-        if self.count <= RECENT_IDS and self._oldest > now_ms - RECENT_MS:
+    def forget(self, at_ms: int | None = None) -> None:
+        """Drop the ids older than RECENT_MS (a slot no write reaches keeps them otherwise)."""
+        at = now_ms() if at_ms is None else at_ms
+        for part in range(PARTS):
+            if self._counts[part]:
+                self._trim(part, at)
+
+    def _trim(self, part: int, at: int) -> None:
+        count = self._counts[part]
+        if count <= PER_PART and self._oldest[part] > at - RECENT_MS:
             return  # nothing to drop: the usual case, without reading the lines
-        lines = self._lines
+        lines = self._parts[part]
         cut = 0
-        while self.count:
+        while count:
             stamp = _stamp(lines, cut)
-            if self.count <= RECENT_IDS and stamp > now_ms - RECENT_MS:
-                self._oldest = stamp
+            if count <= PER_PART and stamp > at - RECENT_MS:
+                self._oldest[part] = stamp
                 break
-            self.count -= 1
+            count -= 1
             end = lines.find(b"\n", cut + 1)
             cut = end if end >= 0 else len(lines)
+        self.count -= self._counts[part] - count
+        self._counts[part] = count
         if cut:
             del lines[:cut]
 
     def items(self) -> Iterator[tuple[str, WriteResult]]:
         """(rid, result), oldest first: what exports and snapshots carry."""
-        for line in bytes(self._lines).split(b"\n")[1:]:
+        stamped = []
+        for lines in self._parts:
+            for line in bytes(lines).split(b"\n")[1:]:
+                stamped.append((int(line.split(b" ", 2)[1], 16), line))
+        stamped.sort(key=lambda s: s[0])
+        for _, line in stamped:
             yield _result(line)
 
     def load(self, recent: Sequence[Recent]) -> None:
         """Take a copy's ids (an import, a full sync, a snapshot): they count from now here."""
-        self._lines = bytearray()
-        self.count = self._oldest = 0
-        now_ms = int(time.time() * 1000)
+        self._parts = [bytearray() for _ in range(PARTS)]
+        self._counts = [0] * PARTS
+        self._oldest = [0] * PARTS
+        self.count = 0
+        at = now_ms()
         for rid, result in recent:
-            self.remember(rid, result, now_ms)
+            self.remember(rid, result, at)
 
 
 def _stamp(lines: bytearray, at: int) -> int:

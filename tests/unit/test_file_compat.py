@@ -29,7 +29,8 @@ def digest(node: StoreNode) -> dict[str, Any]:
     for slot, data in sorted(node.engine.slots.items()):
         items = (data.item(k, e) for k, e in data.entries.items())
         entries = sorted([k.hex(), v.hex(), ver, exp] for k, (v, ver, exp) in zip(data.entries, items))
-        recent = [[rid, [r.version, r.existed]] for rid, r in data.recent_results()]
+        # the ids and their results, in no order: which copy keeps which first is the memory's business
+        recent = sorted([rid, [r.version, r.existed]] for rid, r in data.recent_results())
         slots[str(slot)] = [data.data_epoch, data.seq, entries, recent]
     assigns = {
         str(s): [a.epoch, a.role, [list(m) for m in a.members], list(a.isr), a.leader_epoch]

@@ -4,6 +4,7 @@ stores in one process (support/storepair.py), with real logs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import Any
@@ -32,12 +33,13 @@ async def pair_with_two_slots(tmp: Any) -> tuple[Any, Any, Any, Any]:
     return broker, p, r, close
 
 
-def mwrite(broker: Any, p: Any, writes: list[tuple[int, bytes]]) -> Any:
-    reqs = [
-        [slot, broker.assignments[slot].epoch, f"m{i}", [[key, b"v", 0]], [None], False]
-        for i, (slot, key) in enumerate(writes)
-    ]
-    return p.node.op_mwrite(records.mwrite_request(reqs))
+RIDS = itertools.count()
+
+
+async def mwrite(broker: Any, p: Any, writes: list[tuple[int, bytes]]) -> Any:
+    reqs = [[slot, broker.assignments[slot].epoch, f"m{next(RIDS)}", [[key, b"v", 0]], [None]] for slot, key in writes]
+    answer = p.node.op_mwrite(records.mwrite_request(reqs))
+    return await answer if asyncio.isfuture(answer) else answer
 
 
 async def test_an_mwrite_reaches_the_replica_in_one_frame_and_commits_every_write(tmp_path) -> None:

@@ -37,8 +37,8 @@ def test_file_round_trip_with_header(tmp_path):
     for record in records:
         copy.import_slot(record)
     assert {s: d.entries for s, d in copy.slots.items()} == {s: d.entries for s, d in e.slots.items()}
-    assert {s: (d.data_epoch, d.seq, list(d.recent.items())) for s, d in copy.slots.items()} == {
-        s: (d.data_epoch, d.seq, list(d.recent.items())) for s, d in e.slots.items()
+    assert {s: (d.data_epoch, d.seq, sorted(d.recent.items())) for s, d in copy.slots.items()} == {
+        s: (d.data_epoch, d.seq, sorted(d.recent.items())) for s, d in e.slots.items()
     }
     assert copy.bytes == e.bytes
 
