@@ -1,14 +1,12 @@
 """Python clients and the `snapkv` command."""
 
-from .client import (
-    AsyncClient,
+from .client import AsyncClient, Client, Retry
+from .errors import (
     BadRequest,
     BrokerUnreachable,
-    Client,
     Conflict,
     NotFound,
     Overloaded,
-    Retry,
     SnapkvHTTPError,
     TooLarge,
     Unauthorized,

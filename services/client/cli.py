@@ -8,7 +8,8 @@ import os
 import sys
 
 from . import progress
-from .client import BrokerUnreachable, Client, Retry, SnapkvHTTPError
+from .client import Client, Retry
+from .errors import BrokerUnreachable, SnapkvHTTPError
 from .local import run_local_cluster
 
 

@@ -12,7 +12,7 @@ broker, until `retries` are spent. A request is sent again only when that cannot
   puts and deletes, mset. A compare-and-set (`if_match`) then raises, since its first try may
   have been applied (the broker's own retries, inside one request, are idempotent: rule 7).
 
-Errors are typed by the broker's error code (`errors_by_code`), all `SnapkvHTTPError`.
+Errors are typed by the broker's error code (errors.py), all `SnapkvHTTPError`.
 """
 
 from __future__ import annotations
@@ -33,97 +33,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-
-class SnapkvHTTPError(Exception):
-    def __init__(self, status: int, body: Any, retry_after: float | None = None) -> None:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        self.status = status
-        self.code = error.get("code", "http_error")
-        self.message = error.get("message", str(body))
-        self.detail = {k: v for k, v in error.items() if k not in ("code", "message")}
-        self.retry_after = retry_after
-        super().__init__(f"{status} {self.code}: {self.message}")
-
-
-class BadRequest(SnapkvHTTPError):
-    """400: the request itself is wrong (a key, a value, a body)."""
-
-
-class Unauthorized(SnapkvHTTPError):
-    """401: a missing or wrong API token."""
-
-
-class NotFound(SnapkvHTTPError):
-    """404: no such key, store or route."""
-
-
-class Conflict(SnapkvHTTPError):
-    """409: e.g. draining the last store that could hold a slot."""
-
-
-class VersionMismatch(SnapkvHTTPError):
-    """412: a compare-and-set whose version no longer matches."""
-
-
-class TooLarge(SnapkvHTTPError):
-    """413: a key or value past the limits."""
-
-
-class Unavailable(SnapkvHTTPError):
-    """503: the key's slot has no live copy now, or the cluster is not ready; retried by the client."""
-
-
-class Overloaded(Unavailable):
-    """503 overloaded: the broker already serves max_inflight requests; the request was not admitted."""
-
-
-class BrokerUnreachable(SnapkvHTTPError):
-    """No broker answered (connections refused or lost, timeouts) within the client's retries."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(0, {"error": {"code": "broker_unreachable", "message": message}})
-
-
-errors_by_code: dict[str, type[SnapkvHTTPError]] = {
-    "bad_request": BadRequest,
-    "key_too_large": TooLarge,
-    "value_too_large": TooLarge,
-    "unauthorized": Unauthorized,
-    "key_not_found": NotFound,
-    "not_found": NotFound,
-    "store_not_found": NotFound,
-    "cannot_drain": Conflict,
-    "name_taken": Conflict,
-    "version_mismatch": VersionMismatch,
-    "overloaded": Overloaded,
-    "unavailable": Unavailable,
-    "slot_unavailable": Unavailable,
-    "not_ready": Unavailable,
-    "node_unreachable": Unavailable,
-}
-_by_status: dict[int, type[SnapkvHTTPError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    412: VersionMismatch,
-    413: TooLarge,
-    503: Unavailable,
-}
-
-
-def error_for(status: int, raw: bytes, retry_after: str | None = None) -> SnapkvHTTPError:
-    try:
-        body: Any = json.loads(raw)
-    except ValueError:
-        body = raw.decode(errors="replace")
-    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
-    cls = errors_by_code.get(code or "") or _by_status.get(status, SnapkvHTTPError)
-    try:
-        after = float(retry_after) if retry_after else None
-    except ValueError:
-        after = None
-    return cls(status, body, after)
+from .errors import BrokerUnreachable, NotFound, Overloaded, SnapkvHTTPError, Unavailable, error_for
 
 
 def key_path(key: str | bytes) -> str:
@@ -174,7 +84,17 @@ def _json_body(payload: Any) -> tuple[bytes, dict[str, str]]:
     return json.dumps(payload).encode(), {"Content-Type": "application/json"}
 
 
-class Client:
+class _Brokers:
+    """The broker URLs a client takes in turn, and how it retries."""
+
+    def __init__(self, url: str | Iterable[str], retry: Retry | None) -> None:
+        self.urls = broker_urls(url)
+        self.url = self.urls[0]
+        self.retry = retry or Retry()
+        self._current = 0  # the broker in use: the next one after a failed connection
+
+
+class Client(_Brokers):
     """Blocking client: Client("http://localhost:8080").put("k", b"v"). One kept-open connection
     per thread and broker (http.client)."""
 
@@ -185,12 +105,9 @@ class Client:
         timeout: float = 10.0,
         retry: Retry | None = None,
     ):
-        self.urls = broker_urls(url)
-        self.url = self.urls[0]
+        super().__init__(url, retry)
         self.token = token
         self.timeout = timeout
-        self.retry = retry or Retry()
-        self._current = 0
         self._local = threading.local()
 
     # -- transport ------------------------------------------------------------------------------
@@ -349,7 +266,7 @@ class Client:
         return self._json("GET", "/v1/rebalance/plan")
 
 
-class AsyncClient:
+class AsyncClient(_Brokers):
     """aiohttp client: async with AsyncClient(url) as c: await c.put("k", b"v")."""
 
     def __init__(
@@ -359,10 +276,7 @@ class AsyncClient:
         timeout: float = 10.0,
         retry: Retry | None = None,
     ) -> None:
-        self.urls = broker_urls(url)
-        self.url = self.urls[0]
-        self.retry = retry or Retry()
-        self._current = 0
+        super().__init__(url, retry)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
 
