@@ -317,9 +317,7 @@ REFUSED = False  # an mget or mwrite item the store does not answer (not its slo
 
 def mget_request(raw: object) -> list[GetRequest]:
     """Gets of one store in one call: [[slot, epoch, key], ...] (primary reads only)."""
-    if not isinstance(raw, (list, tuple)):
-        raise _bad("mget", raw)
-    return [get_request(item)._replace(replica_read=False) for item in raw]
+    return [get_request(item)._replace(replica_read=False) for item in _seq(raw, "mget")]
 
 
 def valid_rid(rid: str) -> bool:
@@ -329,9 +327,7 @@ def valid_rid(rid: str) -> bool:
 
 def mwrite_request(raw: object) -> list[WriteRequest]:
     """Writes of one store in one call: [write request, ...], each of its own slot."""
-    if not isinstance(raw, (list, tuple)):
-        raise _bad("mwrite", raw)
-    return [write_request(item) for item in raw]
+    return [write_request(item) for item in _seq(raw, "mwrite")]
 
 
 def write_request(raw: object) -> WriteRequest:
@@ -361,9 +357,7 @@ def replicate_request(raw: object) -> ReplicateRequest:
 
 
 def replicate_many_request(raw: object) -> list[ReplicateRequest]:
-    if not isinstance(raw, (list, tuple)):
-        raise _bad("replicate many", raw)
-    return [replicate_request(item) for item in raw]
+    return [replicate_request(item) for item in _seq(raw, "replicate many")]
 
 
 def sync_items(raw: object) -> list[SyncItem]:

@@ -72,3 +72,15 @@ def settled(answers: list[Any], failed: Any) -> list[Any] | asyncio.Future[list[
     for i, f in pending:
         f.add_done_callback(functools.partial(one_done, i))
     return out
+
+
+def each(handle: Callable[[Any], Any], items: list[Any], failed: Any) -> list[Any] | asyncio.Future[list[Any]]:
+    """A batch's answers, each as `handle` gives it (a value or a future), `failed` where it raised
+    a SnapkvError or its future failed (`settled`)."""
+    answers: list[Any] = []
+    for item in items:
+        try:
+            answers.append(handle(item))
+        except errors.SnapkvError:
+            answers.append(failed)
+    return settled(answers, failed)

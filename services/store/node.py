@@ -21,7 +21,7 @@ from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine, Item
-from .futures import ignore_outcome, settled, then, when_all
+from .futures import each, ignore_outcome, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
@@ -128,7 +128,7 @@ class StoreNode:
         """Gets of many slots in one call (the broker's mget, one call per store): each answers as
         `get` would; one this store refuses (not its slot at that epoch, not confirmed, the slot
         moved before a commit it waited for) answers REFUSED, for the broker to ask alone."""
-        return _each(self.op_get, reqs)
+        return each(self.op_get, reqs, records.REFUSED)
 
     def _read_again(self, slot: int, key: bytes) -> Item | None:
         """The entry, read now (again, after a wait for a commit)."""
@@ -176,7 +176,7 @@ class StoreNode:
         and one frame to each replica. One that fails here or does not commit answers REFUSED, for
         the broker to send again alone with the same request id."""
         with self.replicator.batch() if self.replicator is not None else contextlib.nullcontext():
-            return _each(self.op_write, reqs)
+            return each(self.op_write, reqs, records.REFUSED)
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:
         """Apply, log and replicate; the future holds the result once the write is committed."""
@@ -388,14 +388,3 @@ class StoreNode:
                 "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
             },
         }
-
-
-def _each(handle: Callable[[Any], Reply], reqs: list[Any]) -> Reply:
-    """A batch's answers, each as `handle` gives it, REFUSED where it raised or its future failed."""
-    answers: list[Any] = []
-    for req in reqs:
-        try:
-            answers.append(handle(req))
-        except errors.SnapkvError:
-            answers.append(records.REFUSED)
-    return settled(answers, records.REFUSED)
