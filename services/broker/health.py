@@ -110,7 +110,18 @@ class HealthMonitor:
         if cluster.restarted(name, stats.get("boot", "")):
             await self.mark_down(name, reason="restarted")  # it comes back as a returning store
             return
+        before = node.stats  # None until the first answer: snapshots taken before it are not news
         back = cluster.answered(name, stats, self.clock.now())
+        taken = stats.get("snapshot")
+        if taken and before and taken != before.get("snapshot"):  # the newest one since the last check
+            log.info(
+                "event=snapshot node=%s reason=%s keys=%s bytes=%s ms=%s",
+                name,
+                taken.get("reason"),
+                taken.get("keys"),
+                taken.get("bytes"),
+                taken.get("ms"),
+            )
         if back is not None:
             log.info("event=node_up node=%s was=%s rtt_ms=%.1f", name, back.was, (time.monotonic() - started) * 1000)
             if back.push_all:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import statistics
+import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from ..common.pool import Pool
 from . import state
 from .clock import RunningClock
 from .clusterstate import ClusterState
+from .events import EventFeed
 from .failover import Failover
 from .gate import SlotGate
 from .health import HealthMonitor
@@ -30,6 +32,7 @@ from .loadmon import LoadMonitor
 from .membership import Membership
 from .metrics import BrokerMetrics
 from .migration import Migrator
+from .pulse import Pulse
 from .pusher import Pusher
 from .rebalancer import Rebalancer
 from .router import Router
@@ -38,6 +41,21 @@ from .watch import Watch
 
 SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
 SNAPSHOT_TIMEOUT = 120.0
+# routes that are not client traffic: the broker's request rate and p99 (pulse) leave them out
+NOT_CLIENT_ROUTES = (
+    "/",
+    "/v1/dashboard",
+    "/v1/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/register",
+    "/internal/isr",
+    "/internal/drain",
+    "/openapi.json",
+    "/docs",
+    "unmatched",
+)
 log = logging.getLogger("snapkv.cluster")  # the events' logger before the split: log queries keep working
 
 
@@ -100,6 +118,9 @@ class BrokerService:
         )
         # live migration and the loop that plans it: control plane, holding slots at the data plane's gate
         self.metrics = BrokerMetrics(self.cluster, moves=lambda: self.migrator.done)
+        self.events = EventFeed()  # the event log lines, for the dashboard and `snapkv watch`
+        self.pulse = Pulse(self.metrics.request_seconds, skip=NOT_CLIENT_ROUTES)
+        self.started_at = time.monotonic()
         self.migrator = Migrator(
             self.cluster,
             self.pusher,
@@ -124,6 +145,8 @@ class BrokerService:
         self.started = False
 
     async def start(self) -> None:
+        self.events.attach()
+        await self.pulse.start()
         await self.clock.start()
         saved = state.load(self.data_dir)
         if saved is not None:
@@ -146,6 +169,8 @@ class BrokerService:
         await self.pusher.stop()
         await self.clock.stop()
         await self.pool.close()
+        await self.pulse.stop()
+        self.events.detach()
 
     def stores(self) -> list[dict[str, Any]]:
         counts = self.cluster.slotmap.counts()

@@ -14,6 +14,7 @@ from typing import Any
 from ..common.slots import SLOTS
 
 OK, DEGRADED, UNAVAILABLE, MIGRATING, UNASSIGNED = "ok", "degraded", "unavailable", "migrating", "unassigned"
+STATE_LETTERS = {OK: "o", DEGRADED: "d", UNAVAILABLE: "u", MIGRATING: "m", UNASSIGNED: "n"}  # SlotMap.grid
 
 
 @dataclass
@@ -122,6 +123,20 @@ class SlotMap:
         """The slots whose `state` is not OK with the stores `up` up (a plan starts with it)."""
         is_up = up.__contains__
         return {slot for slot, e in enumerate(self.entries) if _state(e, is_up, copies_wanted) != OK}
+
+    def grid(self, is_up: Callable[[str], bool], copies_wanted: int) -> tuple[list[str], list[int], str]:
+        """For drawing the map: the primaries' names, each slot's primary as an index into them
+        (-1: none), and each slot's state as one letter (STATE_LETTERS)."""
+        owners: dict[str, int] = {}
+        up: dict[str, bool] = {}
+        primary: list[int] = []
+        letters: list[str] = []
+        for e in self.entries:
+            name = e.primary
+            primary.append(-1 if name is None else owners.setdefault(name, len(owners)))
+            state = _state(e, lambda n: up[n] if n in up else up.setdefault(n, is_up(n)), copies_wanted)
+            letters.append(STATE_LETTERS[state])
+        return list(owners), primary, "".join(letters)
 
     def summary(self, is_up: Callable[[str], bool], copies_wanted: int) -> dict[str, int]:
         out = {OK: 0, DEGRADED: 0, UNAVAILABLE: 0, MIGRATING: 0, UNASSIGNED: 0}

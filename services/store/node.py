@@ -71,6 +71,8 @@ class StoreNode:
         self.lost: set[int] = set()
         self.on_behind: Callable[[int], None] | None = None  # report a slot as behind (registration)
         self.dirty = False  # something changed since the last snapshot
+        # the last snapshot written since the store started (Snapshotter), in its stats for the broker's feed
+        self.last_snapshot: dict[str, Any] | None = None
         self.routes = Routes()
         self.routes.add(wire.OP_GET, records.get_request, self.op_get)
         self.routes.add(wire.OP_MGET, records.mget_request, self.op_mget)
@@ -387,4 +389,5 @@ class StoreNode:
                 "keys": self.replicator.sync_keys if self.replicator is not None else 0,
                 "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
             },
+            "snapshot": self.last_snapshot,
         }

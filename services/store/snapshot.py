@@ -222,6 +222,14 @@ class Snapshotter:
         except OSError as exc:  # the snapshot itself is safe on disk; old files are removed next time
             log.warning("event=snapshot_prune_failed error=%r", exc)
         log.info("event=snapshot reason=%s file=%s keys=%d bytes=%d ms=%.0f", reason, path, keys, size, elapsed * 1000)
+        count = node.last_snapshot["count"] + 1 if node.last_snapshot else 1
+        node.last_snapshot = {
+            "count": count,
+            "reason": reason,
+            "keys": keys,
+            "bytes": size,
+            "ms": round(elapsed * 1000),
+        }
         return {
             "name": self.name,
             "ok": True,
