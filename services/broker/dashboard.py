@@ -68,12 +68,12 @@ async def events(request: web.Request) -> web.Response:
     is above it talks to a broker that restarted, and starts again from 0."""
     feed = request.app[SERVICE].events
     query = inputs.query(request.rel_url.raw_query_string)
-    after = _number(query.get("after"), "after", 0, 2**62)
+    after = int(_number(query.get("after"), "after", 0, 2**62))
     wait = _number(query.get("wait"), "wait", 0, MAX_WAIT, real=True)
-    limit = _number(query.get("limit"), "limit", 1, feed.events.maxlen or 1, default=feed.events.maxlen or 1)
+    limit = int(_number(query.get("limit"), "limit", 1, feed.events.maxlen or 1, default=feed.events.maxlen or 1))
     if after > feed.seq:
         after = 0
-    found = await feed.wait_after(after, wait, int(limit)) if wait else feed.after(after, int(limit))
+    found = await feed.wait_after(after, wait, limit) if wait else feed.after(after, limit)
     return json_response({"events": found, "last": feed.seq})
 
 

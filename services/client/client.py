@@ -265,6 +265,15 @@ class Client(_Brokers):
         """The moves the broker would start now (a dry run)."""
         return self._json("GET", "/v1/rebalance/plan")
 
+    def dashboard(self) -> dict[str, Any]:
+        """Everything `snapkv status` shows: stores, each slot's primary and state, moves, the pulse."""
+        return self._json("GET", "/v1/dashboard")
+
+    def events(self, after: int = 0, wait: float = 0.0) -> dict[str, Any]:
+        """{"events": the broker's events numbered above `after`, "last": the newest number};
+        `wait`: up to that many seconds for the next one when there is none yet."""
+        return self._json("GET", f"/v1/events?after={after}&wait={wait:g}")
+
 
 class AsyncClient(_Brokers):
     """aiohttp client: async with AsyncClient(url) as c: await c.put("k", b"v")."""

@@ -93,4 +93,4 @@ def test_cli_reports_unreachable_broker():
     out = subprocess.run(
         [*SNAPKV, "--url", f"http://127.0.0.1:{free_port()}", "get", "k"], capture_output=True, text=True, timeout=30
     )
-    assert out.returncode == 1 and "cannot reach" in out.stderr
+    assert out.returncode == 3 and "cannot reach" in out.stderr  # 3: no broker answered
