@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..common import errors
 from ..common.config import Settings
 from ..common.httpjson import error_for, require_token, warn_no_cluster_token
-from . import api_seed, api_v1
+from . import api_seed, api_v1, openapi
 from .service import SERVICE, BrokerService
 
 log = logging.getLogger("snapkv.broker")
@@ -21,6 +21,8 @@ OPEN_PATHS = (
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",  # the API's description holds no data; clients need it before a token
+    "/docs",
     "/register",
     "/internal/isr",
     "/internal/drain",
@@ -94,6 +96,7 @@ def make_app(settings: Settings) -> web.Application:
     app[SERVICE] = service
     api_seed.add_routes(app)
     api_v1.add_routes(app)
+    openapi.add_routes(app)
     app.router.add_post("/v1/snapshots", api_seed.manual_snapshot)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

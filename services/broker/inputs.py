@@ -18,6 +18,8 @@ from ..common.wire import MUST_EXIST, MUST_NOT_EXIST
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
+MAX_TTL_SECONDS = 100 * 365 * 86400  # a century: the expiry time stays a 64-bit integer on the wire
+MAX_VERSION = 2**63 - 1  # versions are signed 64-bit on the wire; a larger one cannot be packed
 
 
 def key_bytes(raw: bytes) -> bytes:
@@ -99,10 +101,12 @@ def ttl_ms(value: Any) -> int:
         return 0
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer past a float's range
         raise errors.BadRequest(f"ttl must be a number of seconds, not {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
         raise errors.BadRequest(f"ttl must be a positive number of seconds, not {value!r}")
+    if seconds > MAX_TTL_SECONDS:  # a larger one overflowed (1e306 s) or could not be sent to a store
+        raise errors.BadRequest(f"ttl must be at most {MAX_TTL_SECONDS} seconds, not {value!r}")
     return max(1, math.ceil(seconds * 1000))
 
 
@@ -150,7 +154,8 @@ def condition(if_match: str | None, if_none_match: str | None) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    # ASCII digits ('²' is a digit to isdigit, not to int), few enough for the wire's 64 bits
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_VERSION):
         raise errors.BadRequest(f"If-Match must be a version from an ETag, not {if_match!r}")
     return int(text)
 

@@ -1,5 +1,7 @@
 """Bad input gets a JSON error with the right status, never a 500, and changes nothing."""
 
+import time
+
 import pytest
 
 from support.procs import http
@@ -75,6 +77,22 @@ from support.procs import http
             "bad_request",
         ),
         ("POST", "/internal/isr", {"body": {"store": ["p"], "changes": []}}, 400, "bad_request"),
+        # each was a 500: found by the schemathesis run (test_schemathesis.py) or beside it in inputs.py
+        ("PUT", "/v1/kv/k?ttl=1e306", {"raw": b"v"}, 400, "bad_request"),  # ceil(1e306 * 1000): infinity
+        ("POST", "/set", {"body": {"key": "k", "value": "v", "ttl": 1e306}}, 400, "bad_request"),
+        ("POST", "/v1/mset", {"body": {"items": {"k": "v"}, "ttl": 1e306}}, 400, "bad_request"),
+        (
+            "POST",
+            "/set",
+            {
+                "raw": b'{"key": "k", "value": "v", "ttl": 1' + b"0" * 400 + b"}",
+                "headers": {"Content-Type": "application/json"},
+            },
+            400,
+            "bad_request",
+        ),
+        ("PUT", "/v1/kv/k", {"raw": b"v", "headers": {"If-Match": '"\xc2\xb2"'}}, 400, "bad_request"),  # '²' isdigit
+        ("PUT", "/v1/kv/k", {"raw": b"v", "headers": {"If-Match": '"' + "9" * 5000 + '"'}}, 400, "bad_request"),
     ],
 )
 def test_bad_request_answers_json_error(cluster3, method, path, kwargs, status, code):
@@ -82,6 +100,24 @@ def test_bad_request_answers_json_error(cluster3, method, path, kwargs, status, 
     assert got == status, body
     assert headers["Content-Type"].startswith("application/json")
     assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_numbers_past_the_wire_are_400_and_the_stores_stay_reachable(cluster3):
+    """A TTL or If-Match version past the internal wire's 64-bit integers was sent on to a store: the
+    frame could not be packed and the broker's connection to that store stopped sending (every later
+    request to it timed out) until the connection was replaced. Found by the schemathesis run."""
+    url = cluster3.url
+    for _ in range(3):
+        assert_json_error(*http("PUT", f"{url}/v1/kv/wire?ttl=1e300", raw=b"v"))
+        assert_json_error(*http("POST", f"{url}/set", {"key": "wire", "value": "v", "ttl": 1e300}))
+        assert_json_error(*http("PUT", f"{url}/v1/kv/wire", raw=b"v", headers={"If-Match": '"' + "9" * 20 + '"'}))
+        assert_json_error(*http("DELETE", f"{url}/v1/kv/wire", headers={"If-Match": str(2**64)}))
+    started = time.monotonic()
+    items = {f"wire-{i}": "v" for i in range(64)}  # keys on every store
+    status, body, _ = http("POST", f"{url}/v1/mset", {"items": items}, timeout=5)
+    assert status == 200 and body["count"] == 64, body
+    assert time.monotonic() - started < 2
+    assert http("PUT", f"{url}/v1/kv/wire?ttl=3153600000", raw=b"v")[0] == 201  # a century still goes
 
 
 def test_value_over_limit_is_413_and_not_stored(cluster3):

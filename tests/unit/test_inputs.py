@@ -24,9 +24,10 @@ def test_key_limits():
 
 def test_ttl_and_limit_parsing():
     assert inputs.ttl_ms("1.5") == 1500 and inputs.ttl_ms(None) == 0 and inputs.ttl_ms(0.0001) == 1
-    for bad in ("-1", "0", "abc", "nan", "inf", True):
-        with pytest.raises(errors.BadRequest):
+    for bad in ("-1", "0", "abc", "nan", "inf", True, 1e306, "1e300", 10**400, inputs.MAX_TTL_SECONDS + 1):
+        with pytest.raises(errors.BadRequest):  # past a century: infinity in ms, or no 64-bit expiry
             inputs.ttl_ms(bad)
+    assert inputs.ttl_ms(inputs.MAX_TTL_SECONDS) == inputs.MAX_TTL_SECONDS * 1000
     assert inputs.limit(None) == 1000
     for bad in ("0", "10001", "x"):
         with pytest.raises(errors.BadRequest):
@@ -45,8 +46,10 @@ def test_conditions():
     assert inputs.condition("*", None) == MUST_EXIST
     assert inputs.condition(None, "*") == MUST_NOT_EXIST
     assert inputs.condition(None, None) is None
-    with pytest.raises(errors.BadRequest):
-        inputs.condition('"abc"', None)
+    assert inputs.condition(f'"{inputs.MAX_VERSION}"', None) == inputs.MAX_VERSION
+    for bad in ('"abc"', '"\u00b2"', '"\u0661"', f'"{inputs.MAX_VERSION + 1}"', '"' + "9" * 5000 + '"'):
+        with pytest.raises(errors.BadRequest):  # ASCII digits only, and a version the wire can carry
+            inputs.condition(bad, None)
 
 
 @pytest.mark.parametrize(
