@@ -12,12 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..common import errors
 from ..common.config import Settings
 from ..common.httpjson import error_for, require_token, warn_no_cluster_token
-from . import api_seed, api_v1, openapi
+from . import api_seed, api_v1, dashboard, openapi
 from .service import SERVICE, BrokerService
 
 log = logging.getLogger("snapkv.broker")
 BODY_ROOM = 64 * 1024  # JSON framing around the largest value
 OPEN_PATHS = (
+    "/",  # the dashboard's page holds no data: what it shows comes from routes that ask for the token
     "/healthz",
     "/readyz",
     "/metrics",
@@ -96,6 +97,7 @@ def make_app(settings: Settings) -> web.Application:
     app[SERVICE] = service
     api_seed.add_routes(app)
     api_v1.add_routes(app)
+    dashboard.add_routes(app)
     openapi.add_routes(app)
     app.router.add_post("/v1/snapshots", api_seed.manual_snapshot)
     app.router.add_get("/healthz", healthz)
