@@ -13,6 +13,7 @@ from ..common import errors
 from ..common.config import Settings
 from ..common.httpjson import error_for, require_token, warn_no_cluster_token
 from . import api_seed, api_v1, dashboard, openapi
+from .resp import RespServer
 from .service import SERVICE, BrokerService
 
 log = logging.getLogger("snapkv.broker")
@@ -83,7 +84,10 @@ def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.St
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICE]
     await svc.start()
+    redis = RespServer(svc)  # the Redis protocol, over the same key-value layer (resp_port)
+    await redis.start()
     yield
+    await redis.stop()
     await svc.stop()
 
 

@@ -3,6 +3,7 @@ every front-end (the JSON seed routes, /v1, later the Redis protocol). No HTTP h
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, NamedTuple
 
 from ..common import errors
@@ -10,7 +11,7 @@ from ..common.records import Entry, WriteOp
 from ..common.slots import key_slot
 from .router import Router
 
-__all__ = ["Entry", "KeyValue", "MsetResult", "Written"]
+__all__ = ["Coalescer", "Entry", "KeyValue", "MsetResult", "Written"]
 
 
 class Written(NamedTuple):
@@ -42,14 +43,15 @@ class KeyValue:
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
         return await self.router.mget(keys)
 
-    async def mset(self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0) -> MsetResult:
-        """One atomic write per slot, each store's in one call; a failure leaves the other slots written."""
+    async def mset(self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0, condition: int | None = None) -> MsetResult:
+        """One atomic write per slot, each store's in one call; a failure leaves the other slots
+        written. `condition` holds for every key (RESP MSETNX: MUST_NOT_EXIST)."""
         by_slot: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in items:
             by_slot.setdefault(key_slot(key), []).append((key, value))
         slots = list(by_slot)
         outcomes = await self.router.write_many(
-            [(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [None] * len(by_slot[s])) for s in slots]
+            [(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [condition] * len(by_slot[s])) for s in slots]
         )
         versions: dict[bytes, int] = {}
         failed: errors.SnapkvError | None = None
@@ -66,3 +68,75 @@ class KeyValue:
     ) -> tuple[list[list[Any]], tuple[int, bytes] | None]:
         """One page of live entries in (slot, key) order and the position to continue from, or None."""
         return await self.router.scan(after, prefix, limit, with_values)
+
+
+class Coalescer:
+    """Plain gets and puts from many clients in one loop turn, sent together: one mget (one mset)
+    for all of them, so each store gets one internal call per turn instead of one per request.
+    A request waits at most for the end of the turn it came in. Each caller still gets only its
+    own answer (a slot that failed fails only its keys). Order between callers is the order they
+    came in; a caller that waits for its answer before its next request keeps its own order."""
+
+    MAX_BATCH = 2000
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self._gets: list[tuple[bytes, asyncio.Future[Entry | None]]] = []
+        self._puts: list[tuple[bytes, bytes, asyncio.Future[int]]] = []
+        self._scheduled = False
+
+    def get(self, key: bytes) -> asyncio.Future[Entry | None]:
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self._gets.append((key, future))
+        self._schedule(len(self._gets))
+        return future
+
+    def put(self, key: bytes, value: bytes) -> asyncio.Future[int]:
+        """The version written; the slot's error if it was not."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._puts.append((key, value, future))
+        self._schedule(len(self._puts))
+        return future
+
+    def _schedule(self, queued: int) -> None:
+        if queued >= self.MAX_BATCH:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        if self._gets:
+            gets, self._gets = self._gets, []
+            loop.create_task(self._send_gets(gets))
+        if self._puts:
+            puts, self._puts = self._puts, []
+            loop.create_task(self._send_puts(puts))
+
+    async def _send_gets(self, gets: list[tuple[bytes, asyncio.Future[Entry | None]]]) -> None:
+        try:
+            found = await self.kv.mget(list(dict.fromkeys(k for k, _ in gets)))
+        except Exception as exc:
+            for _, future in gets:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for key, future in gets:
+            if not future.done():
+                future.set_result(found[key])
+
+    async def _send_puts(self, puts: list[tuple[bytes, bytes, asyncio.Future[int]]]) -> None:
+        try:
+            written, failed = await self.kv.mset([(k, v) for k, v, _ in puts])
+        except Exception as exc:
+            written, failed = {}, exc if isinstance(exc, errors.SnapkvError) else errors.SnapkvError(repr(exc))
+        for key, _, future in puts:
+            if future.done():
+                continue
+            version = written.get(key)
+            if version is not None:
+                future.set_result(version)
+            else:
+                future.set_exception(failed or errors.SnapkvError("not written"))

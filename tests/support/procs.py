@@ -116,6 +116,7 @@ class LocalCluster:
             {
                 "SNAPKV_MIN_STORES": str(min_stores),
                 "SNAPKV_SETTLE_TIME": "0.3",
+                "SNAPKV_RESP_PORT": "0",  # no Redis port unless a test asks (resp_port=...): many brokers run at once
                 **{f"SNAPKV_{k.upper()}": v for k, v in settings.items()},
             }
         )

@@ -1,0 +1,167 @@
+"""RESP2 and RESP3 on the wire: requests (arrays of bulk strings, or inline lines) in, replies out.
+Pure: bytes in, commands and bytes out, no I/O.
+
+Replies are Python values, encoded for the connection's protocol version:
+  Simple -> +text          RespError -> -CODE message    int -> :n
+  bytes -> $len bulk       None -> null ($-1 / _)        list/tuple -> array
+  dict -> map (RESP3 %; RESP2 a flat array)              float -> double (RESP3 ,; RESP2 bulk)
+  bool -> RESP3 #t/#f; RESP2 :1/:0                       Verbatim -> RESP3 =; RESP2 bulk
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_ARGS = 1024 * 1024  # arguments of one command (Redis: the same)
+MAX_INLINE = 64 * 1024  # an inline command's line, and a header line
+CRLF = b"\r\n"
+
+
+class ProtocolError(Exception):
+    """The client sent something that is not RESP: answer it and close that connection only."""
+
+
+class RespError(Exception):
+    """An error reply; `message` starts with its code (ERR, WRONGTYPE, NOAUTH, ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Simple(str):
+    """A simple-string reply (+OK)."""
+
+
+class Verbatim(str):
+    """Text shown as is (INFO, CLIENT INFO): RESP3 verbatim string, RESP2 bulk."""
+
+
+OK = Simple("OK")
+QUEUED = Simple("QUEUED")
+
+
+class Parser:
+    """Bytes in as they arrive; whole commands out, in order."""
+
+    def __init__(self, max_bulk: int) -> None:
+        self.buf = bytearray()
+        self.max_bulk = max_bulk
+        self.error = ""
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        """The whole commands so far. On a frame that is not RESP, `error` is set and the commands
+        before it are still returned (they are answered, then the connection closes)."""
+        out: list[list[bytes]] = []
+        try:
+            self._feed(data, out)
+        except ProtocolError as exc:
+            self.error = str(exc)
+            self.buf.clear()
+        return out
+
+    def _feed(self, data: bytes, out: list[list[bytes]]) -> None:
+        buf = self.buf
+        buf += data
+        pos, size = 0, len(buf)
+        find = buf.find
+        while pos < size:
+            if buf[pos] != 42:  # not '*': an inline command (telnet, redis-cli's own PING)
+                end = find(b"\n", pos)
+                if end < 0:
+                    if size - pos > MAX_INLINE:
+                        raise ProtocolError("Protocol error: too big inline request")
+                    break
+                words = bytes(buf[pos:end]).rstrip(b"\r").split()
+                if words:
+                    out.append(words)
+                del buf[: end + 1]
+                pos, size = 0, len(buf)
+                continue
+            end = find(CRLF, pos)
+            if end < 0:
+                if size - pos > MAX_INLINE:
+                    raise ProtocolError("Protocol error: too big mbulk count string")
+                break
+            count = _number(buf[pos + 1 : end], "invalid multibulk length")
+            if count > MAX_ARGS:
+                raise ProtocolError("Protocol error: invalid multibulk length")
+            p = end + 2
+            args: list[bytes] = []
+            for _ in range(max(count, 0)):
+                if p >= size:
+                    break
+                if buf[p] != 36:  # '$'
+                    raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
+                e = find(CRLF, p)
+                if e < 0:
+                    if size - p > MAX_INLINE:
+                        raise ProtocolError("Protocol error: invalid bulk length")
+                    break
+                length = _number(buf[p + 1 : e], "invalid bulk length")
+                if length < 0 or length > self.max_bulk:
+                    raise ProtocolError("Protocol error: invalid bulk length")
+                start = e + 2
+                stop = start + length
+                if stop + 2 > size:
+                    break
+                if buf[stop : stop + 2] != CRLF:
+                    raise ProtocolError("Protocol error: bulk string not followed by CRLF")
+                args.append(bytes(buf[start:stop]))
+                p = stop + 2
+            if len(args) < count:
+                break  # the rest has not arrived yet: parse this command again when it has
+            if args:
+                out.append(args)
+            pos = p
+            del buf[:pos]  # consumed: a later bad frame leaves the commands before it answered
+            pos, size = 0, len(buf)
+        del buf[:pos]
+
+
+def _number(text: bytearray, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ProtocolError(f"Protocol error: {what}") from None
+
+
+def encode(value: Any, resp3: bool) -> bytes:
+    out: list[bytes] = []
+    _encode(value, resp3, out)
+    return b"".join(out)
+
+
+def _encode(value: Any, resp3: bool, out: list[bytes]) -> None:
+    if isinstance(value, bytes):
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    elif value is None:
+        out.append(b"_\r\n" if resp3 else b"$-1\r\n")
+    elif isinstance(value, Simple):
+        out.append(b"+" + value.encode() + CRLF)
+    elif isinstance(value, Verbatim):
+        data = value.encode()
+        out.append(b"=%d\r\ntxt:%s\r\n" % (len(data) + 4, data) if resp3 else b"$%d\r\n%s\r\n" % (len(data), data))
+    elif isinstance(value, str):
+        data = value.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    elif isinstance(value, bool):
+        out.append((b"#t\r\n" if value else b"#f\r\n") if resp3 else (b":1\r\n" if value else b":0\r\n"))
+    elif isinstance(value, int):
+        out.append(b":%d\r\n" % value)
+    elif isinstance(value, float):
+        text = repr(value).encode() if value == value else b"nan"
+        out.append(b",%s\r\n" % text if resp3 else b"$%d\r\n%s\r\n" % (len(text), text))
+    elif isinstance(value, RespError):
+        out.append(b"-" + value.message.replace("\r", " ").replace("\n", " ").encode() + CRLF)
+    elif isinstance(value, dict):
+        out.append((b"%%%d\r\n" if resp3 else b"*%d\r\n") % (len(value) * (1 if resp3 else 2)))
+        for k, v in value.items():
+            _encode(k, resp3, out)
+            _encode(v, resp3, out)
+    elif isinstance(value, (list, tuple)):
+        out.append(b"*%d\r\n" % len(value))
+        for item in value:
+            _encode(item, resp3, out)
+    else:
+        raise TypeError(f"no RESP form for {type(value).__name__}")
