@@ -18,13 +18,18 @@ BENCHMARKS = Path(__file__).resolve().parent.parent.parent / "benchmarks"
 
 # what a benchmark runs besides Python (Debian packages); .ci/run installs them, and with
 # SNAPKV_REQUIRE_BENCH_TOOLS=1 a missing one fails instead of skipping
-NEEDS = {"bench_kv.py": ["wrk"], "bench_memory.py": ["redis-server"]}
+NEEDS = {
+    "bench_kv.py": ["wrk"],
+    "bench_memory.py": ["redis-server"],
+    "bench_resp.py": ["redis-server", "redis-benchmark"],
+}
 
 TINY = {
     "bench_failover.py": ["--trials", "1"],
     "bench_kv.py": ["--seconds", "1", "--conns", "4", "--keys", "50", "--batch", "5", "--scale", "1,2"],
     "bench_memory.py": ["--keys", "2000"],
     "bench_migration.py": ["--keys", "2000", "--rest", "1", "--capacity-seconds", "1"],
+    "bench_resp.py": ["--requests", "300", "--clients", "4", "--keyspace", "100"],
     "bench_snapshot.py": ["--keys", "2000", "--rounds", "1"],
     "bench_sync.py": ["--slot-mb", "2", "--rounds", "1"],
     "bench_sync_slots.py": ["--slots", "16", "--keys", "10", "--rounds", "1"],
