@@ -51,6 +51,8 @@ def test_render_is_valid_kubernetes_1_30(render: Render, kubernetes_validate: li
         ("logLevel=verbose", "logLevel"),
         ("store.replica=3", "replica"),  # a typo of a known key
         ("store.port=http", "store.port"),
+        ("broker.resp.port=-1", "broker.resp.port"),  # the broker's "6379 where free" means nothing in a pod
+        ("broker.resp.port=70000", "broker.resp.port"),
     ],
 )
 def test_bad_value_is_rejected_by_the_schema(helm: str, setting: str, message: str) -> None:
@@ -153,6 +155,44 @@ def test_broker_deployment(default_docs: list[dict]) -> None:
     pvc = _one(default_docs, "PersistentVolumeClaim", "snapkv-broker")
     assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert pod["automountServiceAccountToken"] is False
+
+
+def _ports(item: dict) -> dict[str, dict]:
+    return {p["name"]: p for p in item["ports"]}
+
+
+def test_broker_serves_redis_on_its_service(default_docs: list[dict]) -> None:
+    (broker,) = _one(default_docs, "Deployment", "snapkv-broker")["spec"]["template"]["spec"]["containers"]
+    assert _env(broker)["SNAPKV_RESP_PORT"]["value"] == "6379"
+    assert _ports(broker)["resp"] == {"name": "resp", "containerPort": 6379, "protocol": "TCP"}
+    service = _one(default_docs, "Service", "snapkv-broker")["spec"]
+    assert _ports(service)["resp"] == {"name": "resp", "port": 6379, "targetPort": "resp", "protocol": "TCP"}
+    # Stores only register through the internal Service: no Redis port there.
+    assert list(_ports(_one(default_docs, "Service", "snapkv-broker-internal")["spec"])) == ["http"]
+
+
+def test_resp_port_0_turns_redis_off(render: Render) -> None:
+    docs = documents(render(set=("broker.resp.port=0",)))
+    (broker,) = _one(docs, "Deployment", "snapkv-broker")["spec"]["template"]["spec"]["containers"]
+    # Set explicitly: left out, the broker would listen on 6379 by itself.
+    assert _env(broker)["SNAPKV_RESP_PORT"]["value"] == "0"
+    assert list(_ports(broker)) == ["http"]
+    assert list(_ports(_one(docs, "Service", "snapkv-broker")["spec"])) == ["http"]
+
+
+def test_resp_port_elsewhere(render: Render) -> None:
+    docs = documents(render(VALUES / "production.yaml", set=("broker.resp.port=7379",)))
+    (broker,) = _one(docs, "Deployment", "snapkv-broker")["spec"]["template"]["spec"]["containers"]
+    assert _env(broker)["SNAPKV_RESP_PORT"]["value"] == "7379"
+    assert _ports(broker)["resp"]["containerPort"] == 7379
+    service = _ports(_one(docs, "Service", "snapkv-broker")["spec"])
+    assert (service["http"]["port"], service["resp"]["port"]) == (80, 7379)
+
+
+def test_resp_port_may_not_be_the_http_port(helm: str) -> None:
+    proc = run([helm, "template", "snapkv", str(CHART), "--set", "broker.resp.port=8080"], check=False)
+    assert proc.returncode != 0, "broker.resp.port=8080 was accepted next to broker.port=8080"
+    assert "broker.resp.port must differ from broker.port" in proc.stderr, proc.stderr
 
 
 def test_secret_and_rbac(default_docs: list[dict]) -> None:
@@ -270,6 +310,16 @@ def test_notes_render(helm: str, tmp_path: Path, values: Path | None) -> None:
     assert "port-forward service/" in notes
     assert "kubectl -n default scale statefulset/" in notes
     assert "<no value>" not in notes
+    assert "redis-cli -p 6379" in notes
+
+
+def test_notes_without_redis(helm: str, tmp_path: Path) -> None:
+    chart = _notes_chart(tmp_path)
+    show = ["--show-only", "templates/zz-notes.yaml"]
+    out = run([helm, "template", "snapkv", str(chart), *show, "--set", "broker.resp.port=0"]).stdout
+    (notes,) = [d["text"] for d in documents(out)]
+    assert "port-forward service/" in notes
+    assert "redis-cli" not in notes
 
 
 def test_grafana_dashboard(default_docs: list[dict]) -> None:
