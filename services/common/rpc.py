@@ -26,8 +26,14 @@ Handler = Callable[[str, Any], Any]  # returns a value, or an awaitable/future f
 class _Outbox:
     """Queue of frames flushed as one WebSocket message per loop turn."""
 
-    def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        unsendable: Callable[[list[Any], Exception], None] | None = None,
+    ) -> None:
+        """`unsendable(frame, error)`: a frame msgpack cannot encode (the rest are sent)."""
         self._ws = ws
+        self._unsendable = unsendable
         self._frames: list[Any] = []
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -48,11 +54,29 @@ class _Outbox:
                 if not self._frames:
                     continue
                 batch, self._frames = self._frames, []
-                await self._ws.send_bytes(wire.pack(batch))
+                try:
+                    data = wire.pack(batch)
+                except (TypeError, ValueError, OverflowError):
+                    data = self._pack_sendable(batch)  # one bad frame must not stop the connection
+                    if data is None:
+                        continue
+                await self._ws.send_bytes(data)
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.debug("event=outbox_closed reason=%r", exc)
             self.closed = True
             await self._ws.close()
+
+    def _pack_sendable(self, batch: list[Any]) -> bytes | None:
+        sendable = []
+        for frame in batch:
+            try:
+                wire.pack([frame])
+                sendable.append(frame)
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("event=frame_unsendable error=%r", exc)
+                if self._unsendable is not None:
+                    self._unsendable(frame, exc)
+        return wire.pack(sendable) if sendable else None
 
     async def close(self) -> None:
         self.closed = True
@@ -127,6 +151,11 @@ class RpcClient:
             if not fut.done():
                 fut.set_exception(exc)
 
+    def _unsendable(self, frame: list[Any], exc: Exception) -> None:
+        fut = self._pending.pop(frame[0], None)
+        if fut is not None and not fut.done():
+            fut.set_exception(errors.BadRequest(f"{frame[1]} cannot be encoded for the store: {exc}"))
+
     def _expire(self, msg_id: int, op: str) -> None:
         fut = self._pending.pop(msg_id, None)
         if fut is not None and not fut.done():
@@ -148,7 +177,7 @@ class RpcClient:
     async def _open(self) -> None:
         ws = await asyncio.wait_for(self._ws_connect(), self._connect_timeout)
         self._ws = ws
-        self._outbox = _Outbox(ws)
+        self._outbox = _Outbox(ws, self._unsendable)
         self._reader = asyncio.get_running_loop().create_task(self._read(ws, self._outbox))
 
     async def _ws_connect(self) -> aiohttp.ClientWebSocketResponse:

@@ -60,3 +60,17 @@ async def test_fail_pending_fails_waiting_calls_and_keeps_the_connection():
         assert client.connected
         assert await client.call("ping", 3) == ["echo", 3]
         await client.close()
+
+
+async def test_a_call_msgpack_cannot_encode_fails_alone_and_the_connection_goes_on():
+    """A number past 64 bits once killed the sender silently: every later call timed out."""
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url)
+        assert await client.call("ping", 0) == ["echo", 0]
+        good = [client.submit("ping", i) for i in range(3)]
+        bad = client.submit("ping", 2**70)  # queued in the same turn as the good ones
+        with pytest.raises(errors.BadRequest, match="cannot be encoded"):
+            await asyncio.wait_for(bad, 2)
+        assert await asyncio.wait_for(asyncio.gather(*good), 2) == [["echo", i] for i in range(3)]
+        assert await asyncio.wait_for(client.call("ping", 9), 2) == ["echo", 9]
+        await client.close()
