@@ -55,12 +55,11 @@ class _Outbox:
                     continue
                 batch, self._frames = self._frames, []
                 try:
-                    data = wire.pack(batch)
+                    data: bytes | None = wire.pack(batch)
                 except (TypeError, ValueError, OverflowError):
                     data = self._pack_sendable(batch)  # one bad frame must not stop the connection
-                    if data is None:
-                        continue
-                await self._ws.send_bytes(data)
+                if data is not None:
+                    await self._ws.send_bytes(data)
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.debug("event=outbox_closed reason=%r", exc)
             self.closed = True
