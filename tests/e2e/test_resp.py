@@ -134,6 +134,18 @@ def test_connection_commands(r):
     with pytest.raises(redis.ResponseError, match="DB index is out of range"):
         r.execute_command("SELECT", 1)
     assert r.command_count() >= 45  # every command in the README table marked supported
+    # Redis 7's ten fields per command (redis-py's parser reads the tenth: it failed on nine)
+    assert r.execute_command("COMMAND", "INFO", "get")["get"]["subcommands"] == [] and "get" in r.command()
+    assert sorted(r.command_list(pattern="get*")) == [b"get", b"getdel", b"getex", b"getset"]
+    assert r.command_list(module="nosuch") == [] and r.command_list(category="list") == []
+    # CLIENT LIST TYPE / ID, as redis-py sends them (they were answered as unknown subcommands)
+    me = r.client_id()
+    assert [c["id"] for c in r.client_list(client_id=[me, 987654321])] == [str(me)]
+    assert r.client_list(_type="pubsub") == [] and str(me) in {c["id"] for c in r.client_list(_type="normal")}
+    with pytest.raises(redis.ResponseError, match="Unknown client type 'bogus'"):
+        r.execute_command("CLIENT", "LIST", "TYPE", "bogus")
+    with pytest.raises(redis.ResponseError, match="Invalid client ID"):
+        r.execute_command("CLIENT", "LIST", "ID", "x")
     assert r.config_get("save") == {"save": ""} or r.config_get("save") == {b"save": b""}
     with pytest.raises(redis.ResponseError, match="FLUSHALL and FLUSHDB are off"):
         r.flushall()
@@ -273,3 +285,35 @@ def test_resp_commands_are_counted_by_name(resp_cluster, r):
     text = http("GET", f"{cluster.url}/metrics")[1].decode()
     assert 'snapkv_broker_resp_commands_total{command="get"}' in text
     assert 'snapkv_broker_resp_commands_total{command="set"}' in text
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-cli") is None or shutil.which("tmux") is None, reason="needs redis-cli and tmux"
+)
+def test_redis_cli_interactive_on_a_terminal(resp_cluster, tmp_path):
+    """redis-cli's prompt on a real terminal (tmux): it asks COMMAND DOCS at start and shows its
+    own hints when snapkv has none; commands answer as in a script."""
+    _, port = resp_cluster
+    session = f"snapkv-resp-{port}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "20", f"redis-cli -p {port}"])
+    try:
+
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
+
+        def until(text: str) -> str:
+            deadline = time.monotonic() + 10
+            while text not in (shown := screen()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert text in shown, shown
+            return shown
+
+        until(f"127.0.0.1:{port}>")
+        subprocess.run(["tmux", "send-keys", "-t", session, "set tty:k 'two words'", "Enter"])
+        until("OK")
+        subprocess.run(["tmux", "send-keys", "-t", session, "get tty:k", "Enter"])
+        until('"two words"')
+        subprocess.run(["tmux", "send-keys", "-t", session, "incr "])
+        until("incr key")  # the hint
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -125,8 +125,8 @@ async def client(s: Session, args: list[bytes]) -> Any:
         return s.id
     if sub == b"info" and len(args) == 2:
         return Verbatim(s.describe() + "\n")
-    if sub == b"list" and len(args) == 2:
-        return Verbatim("".join(other.describe() + "\n" for other in s.server.sessions.values()))
+    if sub == b"list":
+        return Verbatim("".join(other.describe() + "\n" for other in _listed(s, args[2:])))
     if sub == b"setinfo" and len(args) == 4:
         if args[2].lower() not in (b"lib-name", b"lib-ver"):
             raise RespError(f"ERR Unrecognized option '{args[2].decode(errors='replace')}'")
@@ -140,9 +140,33 @@ async def client(s: Session, args: list[bytes]) -> Any:
     )
 
 
+def _listed(s: Session, options: list[bytes]) -> list[Session]:
+    """CLIENT LIST [TYPE type | ID id [id ...]]: every connection here is of type normal."""
+    sessions = s.server.sessions
+    if not options:
+        return list(sessions.values())
+    if len(options) == 2 and options[0].lower() == b"type":
+        kind = options[1].lower()
+        if kind not in _CLIENT_TYPES:
+            raise RespError(f"ERR Unknown client type '{options[1].decode(errors='replace')}'")
+        return list(sessions.values()) if kind == b"normal" else []
+    if len(options) >= 2 and options[0].lower() == b"id":
+        try:
+            ids = [integer(raw) for raw in options[1:]]
+        except RespError:
+            raise RespError("ERR Invalid client ID") from None
+        return [sessions[i] for i in ids if i in sessions]
+    raise SYNTAX
+
+
+_CLIENT_TYPES = (b"normal", b"master", b"slave", b"replica", b"pubsub")
+
+
 def _command_info(name: bytes) -> list[Any]:
+    """Redis 7's ten fields: name, arity, flags, first key, last key, step, ACL categories, tips,
+    key specifications, subcommands (clients index all ten: redis-py's COMMAND parser does)."""
     c = COMMANDS[name]
-    return [c.name.encode(), c.arity, [Simple(f) for f in c.flags], c.first_key, c.last_key, c.step, [], [], []]
+    return [c.name.encode(), c.arity, [Simple(f) for f in c.flags], c.first_key, c.last_key, c.step, [], [], [], []]
 
 
 @command("command", -1, "loading", subcommands=("count", "docs", "info", "list"))
@@ -153,13 +177,30 @@ async def command_(s: Session, args: list[bytes]) -> Any:
     if sub == b"count":
         return len(COMMANDS)
     if sub == b"list":
-        return [n for n in sorted(COMMANDS)]
+        return _command_list(args[2:])
     if sub == b"info":
         return [_command_info(n.lower()) if n.lower() in COMMANDS else None for n in args[2:]]
-    if sub == b"docs":  # no doc texts: a client asking (redis-cli's hints) gets each command's group
-        names = [n.lower() for n in args[2:]] or sorted(COMMANDS)
-        return {n: {"summary": f"snapkv: {COMMANDS[n].atomic or 'see the README'}"} for n in names if n in COMMANDS}
+    if sub == b"docs":
+        # no doc texts of its own: on this error redis-cli shows the hints it was built with
+        raise RespError("ERR COMMAND DOCS is not supported by snapkv (redis-cli uses its own help)")
     raise RespError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try COMMAND HELP.")
+
+
+def _command_list(options: list[bytes]) -> list[bytes]:
+    """COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]: no command here comes
+    from a module or carries ACL categories (COMMAND INFO shows none), so those two filter out all."""
+    names = sorted(COMMANDS)
+    if not options:
+        return names
+    if len(options) != 3 or options[0].lower() != b"filterby":
+        raise SYNTAX
+    kind = options[1].lower()
+    if kind == b"pattern":
+        pattern = options[2].decode(errors="replace").lower()
+        return [n for n in names if fnmatch.fnmatchcase(n.decode(), pattern)]
+    if kind in (b"module", b"aclcat"):
+        return []
+    raise SYNTAX
 
 
 @command("config", -2, "admin")
