@@ -201,7 +201,6 @@ SELECTED: dict[str, list[str]] = {
 
 # selected tests that are not run, and why: each needs something snapkv does not have. Node ids
 # relative to the sdist's root.
-_TIME = "reads the server's clock with TIME (not a snapkv command) to build its expiry times"
 _MULTI = "a pipeline with transaction=True (the default) sends MULTI/EXEC: snapkv has no transactions"
 DESELECTED: dict[str, str] = {
     f"{COMMANDS}::TestRedisCommands::test_auth": "sets a password with CONFIG SET requirepass and a user with "
@@ -214,16 +213,6 @@ DESELECTED: dict[str, str] = {
     "ZADD, HSET): snapkv's values are strings only",
     f"{COMMANDS}::TestRedisCommands::test_scan_type": "writes a set (SADD) to scan by TYPE set: snapkv's values "
     "are strings only",
-    **{
-        f"{COMMANDS}::TestRedisCommands::test_{name}": _TIME
-        for name in [
-            "getex",
-            "set_exat_timedelta",
-            "set_pxat_timedelta",
-            *(f"{cmd}_{case}" for cmd in ("expireat", "pexpireat") for case in ("datetime", "no_key", "unixtime")),
-            *(f"{cmd}_option_{o}" for cmd in ("expireat", "pexpireat") for o in ("nx", "xx", "gt", "lt")),
-        ]
-    },
     "tests/test_pipeline.py::TestPipeline::test_pipeline_length": _MULTI,
     "tests/test_pipeline.py::TestPipeline::test_send_set_commands_over_pipeline": _MULTI,
 }
@@ -233,8 +222,6 @@ DESELECTED: dict[str, str] = {
 KNOWN_DIFFERENCES: dict[str, str] = {
     "TestRedisCommands::test_config_get": "CONFIG GET knows 3 parameters (save, appendonly, databases), not >10",
     "TestRedisCommands::test_config_get_multi_params": "CONFIG GET has no maxmemory: snapkv has no such limit",
-    "TestRedisCommands::test_dbsize": "DBSIZE is the stores' key counts at their last health check "
-    "(heartbeat_interval, 0.5 s)",
     "TestRedisCommands::test_select": "one database: SELECT 0 only",
     "TestRedisCommands::test_command_count": "COMMAND COUNT is snapkv's 47 commands, not >= 100",
     "TestRedisCommands::test_command_list": "COMMAND LIST is snapkv's 47 commands, not > 300",

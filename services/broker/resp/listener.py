@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from ...common import errors
+from ...common import errors, wire
 from ..kv import Coalescer
 from . import server as server_commands
 from . import strings  # noqa: F401  (registers the commands)
@@ -106,12 +106,25 @@ class RespServer:
         child = self._children.get(name)
         (child or self._unknown).inc(n)
 
-    def key_count(self) -> int:
-        return sum(
-            int((n.stats or {}).get("keys", {}).get("primary", 0)) for n in self.service.cluster.registry.nodes.values()
-        )
+    async def key_count(self) -> int:
+        """Keys held as primaries, asked of every store now (a store that does not answer counts
+        what its last health check said)."""
+        svc = self.service
+        nodes = list(svc.cluster.registry.nodes.values())
 
-    def info_sections(self) -> dict[str, dict[str, Any]]:
+        async def one(node: Any) -> int:
+            stats = node.stats or {}
+            if svc.cluster.registry.is_up(node.name):
+                try:
+                    conn = svc.pool.get(node.name, node.address)
+                    stats = await conn.call(wire.OP_STATS, None, timeout=1.0)
+                except errors.SnapkvError:
+                    pass
+            return int(stats.get("keys", {}).get("primary", 0))
+
+        return sum(await asyncio.gather(*(one(n) for n in nodes)))
+
+    async def info_sections(self) -> dict[str, dict[str, Any]]:
         svc = self.service
         c = svc.cluster
         stores = svc.stores()
@@ -139,7 +152,7 @@ class RespServer:
                 "snapkv_epoch": c.slotmap.epoch,
             },
             "cluster": {"cluster_enabled": 0},
-            "keyspace": {"db0": f"keys={self.key_count()},expires=0,avg_ttl=0"},
+            "keyspace": {"db0": f"keys={await self.key_count()},expires=0,avg_ttl=0"},
         }
 
 

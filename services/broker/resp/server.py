@@ -27,6 +27,13 @@ async def ping(s: Session, args: list[bytes]) -> Any:
     return Simple("PONG") if len(args) == 1 else args[1]
 
 
+@command("time", 1, "fast")
+async def time_(s: Session, args: list[bytes]) -> Any:
+    """The broker's clock (the stores' expiry clocks are their own: NTP keeps hosts together)."""
+    now = time.time_ns() // 1000
+    return [str(now // 1_000_000).encode(), str(now % 1_000_000).encode()]
+
+
 @command("echo", 2, "fast")
 async def echo(s: Session, args: list[bytes]) -> Any:
     return args[1]
@@ -217,7 +224,7 @@ async def config(s: Session, args: list[bytes]) -> Any:
 @command("info", -1, "fast")
 async def info(s: Session, args: list[bytes]) -> Any:
     wanted = {a.lower().decode(errors="replace") for a in args[1:]} or {"default"}
-    sections = s.server.info_sections()
+    sections = await s.server.info_sections()
     if wanted & {"all", "everything", "default"}:
         chosen = list(sections)
     else:

@@ -469,9 +469,9 @@ async def keys(s: Session, args: list[bytes]) -> Any:
             return out
 
 
-@command("dbsize", 1, "readonly", "fast", atomic="the stores' key counts at their last health check")
+@command("dbsize", 1, "readonly", "fast", atomic="the sum of the stores' key counts, asked now")
 async def dbsize(s: Session, args: list[bytes]) -> Any:
-    return s.server.key_count()
+    return await s.server.key_count()
 
 
 async def _flush(s: Session, args: list[bytes]) -> Any:
