@@ -63,9 +63,12 @@ def split_log(data: bytes) -> tuple[list[tuple[int, Any]], int]:
         if zlib.crc32(payload) != crc:
             break
         try:
-            kind, body = unpackb(payload, raw=False, strict_map_key=False)
+            record = unpackb(payload, raw=False, strict_map_key=False)
         except Exception:
             break
+        if type(record) is not list or len(record) != 2:  # [kind, body], not a 2-char string or a 2-key map
+            break
+        kind, body = record
         out.append((kind, body))
         pos = end
     return out, pos
@@ -80,7 +83,7 @@ def log_body(kind: int, body: Any) -> LogBody:
             return records.slot_assignment(body)
         if kind == RESET:
             return records.slot_export(body)
-        if kind == DROP and isinstance(body, int):
+        if kind == DROP and type(body) is int:  # not a bool
             return body
         if kind == RESET_PART:
             return records.copy_part(body)
@@ -159,6 +162,8 @@ def parse_snapshot(data: bytes) -> tuple[dict[str, Any], Iterator[SlotExport]]:
         raise CorruptSnapshot("checksum mismatch")
     pos = len(MAGIC)
     (hlen,) = U32.unpack_from(data, pos)
+    if pos + U32.size + hlen > end:  # its last field could swallow the slots and read as a valid header
+        raise CorruptSnapshot("header overruns the file")
     try:
         header = msgpack.unpackb(view[pos + U32.size : pos + U32.size + hlen], raw=False, strict_map_key=False)
     except Exception as exc:  # any decoding failure means corrupt
@@ -189,7 +194,10 @@ def parse_snapshot(data: bytes) -> tuple[dict[str, Any], Iterator[SlotExport]]:
 
 
 def snapshot_assignments(header: dict[str, Any]) -> list[SlotAssignment]:
+    assignments = header.get("assignments", [])
+    if type(assignments) is not list:
+        raise CorruptSnapshot("bad assignments in header: not a list")
     try:
-        return [records.slot_assignment(r) for r in header.get("assignments", [])]
+        return [records.slot_assignment(r) for r in assignments]
     except errors.BadRequest as exc:
         raise CorruptSnapshot(f"bad assignment in header: {exc.message}") from None
