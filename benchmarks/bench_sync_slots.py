@@ -40,7 +40,12 @@ async def one_round(slots: int, keys: int, value_bytes: int, rate: float) -> tup
 
     sys.path.insert(0, str(Path(snapkv.__file__).resolve().parent.parent / "tests"))  # that tree's support/
 
-    from snapkv.common import records, rpc, wire
+    from snapkv.common import rpc, wire
+
+    try:
+        from snapkv.common import decode
+    except ImportError:  # an older tree (--compare): its decoders were in records.py
+        from snapkv.common import records as decode  # type: ignore[no-redef]
     from snapkv.common.records import PRIMARY, REPLICA, Member, SlotAssignment
     from snapkv.store.replication import Replicator
     from support.storekit import MiniStore
@@ -56,7 +61,7 @@ async def one_round(slots: int, keys: int, value_bytes: int, rate: float) -> tup
             role = PRIMARY if name == members[0].name else REPLICA
             if any(m.name == name for m in members):
                 frame = [slot, epoch, role, [list(m) for m in members], isr, 1]
-                node.op_assign(records.assign_request({"slots": [frame], "confirm": True}))
+                node.op_assign(decode.assign_request({"slots": [frame], "confirm": True}))
 
     async def isr(request: web.Request) -> web.Response:
         body = await request.json()
@@ -96,10 +101,10 @@ async def one_round(slots: int, keys: int, value_bytes: int, rate: float) -> tup
             if hasattr(repl, "receiver"):  # the replica side in store/receiver.py
                 repl.receiver.add_routes(node.routes)
             else:  # an older tree (--compare)
-                node.routes.add(wire.OP_REPLICATE, records.replicate_request, repl.op_replicate)
-                node.routes.add(wire.OP_SYNC, records.sync_items, repl.op_sync)
+                node.routes.add(wire.OP_REPLICATE, decode.replicate_request, repl.op_replicate)
+                node.routes.add(wire.OP_SYNC, decode.sync_items, repl.op_sync)
                 if hasattr(wire, "OP_SYNC_CHUNK"):
-                    node.routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, repl.op_sync_chunk)
+                    node.routes.add(wire.OP_SYNC_CHUNK, decode.sync_chunk, repl.op_sync_chunk)
             node.confirmed = True
             sockets: set[Any] = set()
 

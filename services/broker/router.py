@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..common import errors, records, wire
+from ..common import decode, errors, records, wire
 from ..common.config import Settings
 from ..common.pool import Pool
 from ..common.records import Entry, GetRequest, ScanAnswer, ScanRequest, WriteOp, WriteRequest, WriteResult
@@ -125,14 +125,14 @@ class Router:
         answer = await self.call(
             slot, wire.OP_GET, lambda epoch, replica: GetRequest(slot, epoch, key, replica), write=False
         )
-        return records.entry(answer)
+        return decode.entry(answer)
 
     async def write(self, slot: int, ops: list[WriteOp], conditions: list[int | None]) -> WriteResult:
         rid = self.new_rid()
         answer = await self.call(
             slot, wire.OP_WRITE, lambda epoch, _: WriteRequest(slot, epoch, rid, ops, conditions), write=True
         )
-        return records.write_answer(answer)
+        return decode.write_answer(answer)
 
     async def mget(self, keys: list[bytes]) -> dict[bytes, Entry | None]:
         """The keys' entries, asked of each store in one call (`batched`)."""
@@ -142,7 +142,7 @@ class Router:
             wire.OP_MGET,
             slots,
             lambda i, epoch: GetRequest(slots[i], epoch, unique[i]),
-            records.entry,
+            decode.entry,
             lambda i: self.get(unique[i]),
         )
         for outcome in found:
@@ -164,9 +164,9 @@ class Router:
         async def alone(i: int) -> WriteResult:
             slot = writes[i][0]
             answer = await self.call(slot, wire.OP_WRITE, lambda epoch, _: request(i, epoch), write=True)
-            return records.write_answer(answer)
+            return decode.write_answer(answer)
 
-        return await self.batched(wire.OP_MWRITE, [w[0] for w in writes], request, records.write_answer, alone)
+        return await self.batched(wire.OP_MWRITE, [w[0] for w in writes], request, decode.write_answer, alone)
 
     async def batched(
         self,
@@ -241,7 +241,7 @@ class Router:
                 continue
             start_key = after[1] if after is not None and after[0] == slot else None
             args = ScanRequest(run, slot, start_key, prefix, limit - len(items), with_values)
-            answer: ScanAnswer = records.scan_answer(
+            answer: ScanAnswer = decode.scan_answer(
                 await self.call(slot, wire.OP_SCAN, functools.partial(_same, args), write=False, allow_replica=False)
             )
             page, more, missing = answer

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..common import errors, records, rpc, wire
+from ..common import decode, errors, rpc, wire
 from ..common.config import Settings
 from ..common.httpjson import json_errors, require_cluster_access, warn_no_cluster_token
 from . import recovery, snapshot
@@ -133,7 +133,7 @@ class StoreService:
         snapshots = self.snapshots = snapshot.Snapshotter(
             self.name, self.data_dir, self.node, self.settings.snapshot_interval, self.metrics.snapshot_seconds.observe
         )
-        self.node.routes.add(wire.OP_SNAPSHOT, records.nothing, lambda _: snapshots.take(reason="manual"))
+        self.node.routes.add(wire.OP_SNAPSHOT, decode.nothing, lambda _: snapshots.take(reason="manual"))
         if result.snapshot_time:
             self.snapshots.last_at = result.snapshot_time
         self.recovered = True

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from ..common import errors, records
+from ..common import decode, errors
 from ..common.records import CopyEnd, CopyPart, Mutation, SlotAssignment, SlotExport
 
 # -- log ----------------------------------------------------------------------------------------
@@ -78,17 +78,17 @@ def log_body(kind: int, body: Any) -> LogBody:
     """The typed body of a record read by split_log."""
     try:
         if kind == MUTATION:
-            return records.mutation(body)
+            return decode.mutation(body)
         if kind == ASSIGN:
-            return records.slot_assignment(body)
+            return decode.slot_assignment(body)
         if kind == RESET:
-            return records.slot_export(body)
+            return decode.slot_export(body)
         if kind == DROP and type(body) is int:  # not a bool
             return body
         if kind == RESET_PART:
-            return records.copy_part(body)
+            return decode.copy_part(body)
         if kind == RESET_END:
-            return records.copy_end(body)
+            return decode.copy_end(body)
     except errors.BadRequest as exc:
         raise UnknownRecord(f"record of kind {kind!r}: {exc.message}") from None
     raise UnknownRecord(f"record of unknown kind {kind!r} (written by a newer snapkv?)")
@@ -186,7 +186,7 @@ def parse_snapshot(data: bytes) -> tuple[dict[str, Any], Iterator[SlotExport]]:
         unpackb = msgpack.unpackb
         for start, stop in frames:
             try:
-                yield records.slot_export(unpackb(view[start:stop], raw=False, strict_map_key=False, use_list=True))
+                yield decode.slot_export(unpackb(view[start:stop], raw=False, strict_map_key=False, use_list=True))
             except Exception as exc:
                 raise CorruptSnapshot(f"bad record at {start}: {exc!r}") from None
 
@@ -198,6 +198,6 @@ def snapshot_assignments(header: dict[str, Any]) -> list[SlotAssignment]:
     if type(assignments) is not list:
         raise CorruptSnapshot("bad assignments in header: not a list")
     try:
-        return [records.slot_assignment(r) for r in assignments]
+        return [decode.slot_assignment(r) for r in assignments]
     except errors.BadRequest as exc:
         raise CorruptSnapshot(f"bad assignment in header: {exc.message}") from None

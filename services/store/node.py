@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..common import errors, records, wire
+from ..common import decode, errors, records, wire
 from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
@@ -74,13 +74,13 @@ class StoreNode:
         # the last snapshot written since the store started (Snapshotter), in its stats for the broker's feed
         self.last_snapshot: dict[str, Any] | None = None
         self.routes = Routes()
-        self.routes.add(wire.OP_GET, records.get_request, self.op_get)
-        self.routes.add(wire.OP_MGET, records.mget_request, self.op_mget)
-        self.routes.add(wire.OP_WRITE, records.write_request, self.op_write)
-        self.routes.add(wire.OP_MWRITE, records.mwrite_request, self.op_mwrite)
-        self.routes.add(wire.OP_SCAN, records.scan_request, self.op_scan)
-        self.routes.add(wire.OP_ASSIGN, records.assign_request, self.op_assign)
-        self.routes.add(wire.OP_STATS, records.nothing, self.op_stats)
+        self.routes.add(wire.OP_GET, decode.get_request, self.op_get)
+        self.routes.add(wire.OP_MGET, decode.mget_request, self.op_mget)
+        self.routes.add(wire.OP_WRITE, decode.write_request, self.op_write)
+        self.routes.add(wire.OP_MWRITE, decode.mwrite_request, self.op_mwrite)
+        self.routes.add(wire.OP_SCAN, decode.scan_request, self.op_scan)
+        self.routes.add(wire.OP_ASSIGN, decode.assign_request, self.op_assign)
+        self.routes.add(wire.OP_STATS, decode.nothing, self.op_stats)
 
     # -- dispatch -------------------------------------------------------------------------------
     def handle(self, op: str, args: Any) -> Reply:

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..common import errors, records, wire
+from ..common import decode, errors, records, wire
 from ..common.records import REPLICA, CopyEnd, CopyPart, SameCopy, SlotExport, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
@@ -61,11 +61,11 @@ class Receiver:
 
     def add_routes(self, routes: Routes) -> None:
         """The ops a primary sends to its replicas, on the store's internal connection."""
-        routes.add(wire.OP_REPLICATE, records.replicate_request, self.op_replicate)
-        routes.add(wire.OP_REPLICATE_MANY, records.replicate_many_request, self.op_replicate_many)
-        routes.add(wire.OP_SYNC, records.sync_items, self.op_sync)
-        routes.add(wire.OP_SYNC_CHUNK, records.sync_chunk, self.op_sync_chunk)
-        routes.add(wire.OP_SYNC_SAME, records.same_copies, self.op_sync_same)
+        routes.add(wire.OP_REPLICATE, decode.replicate_request, self.op_replicate)
+        routes.add(wire.OP_REPLICATE_MANY, decode.replicate_many_request, self.op_replicate_many)
+        routes.add(wire.OP_SYNC, decode.sync_items, self.op_sync)
+        routes.add(wire.OP_SYNC_CHUNK, decode.sync_chunk, self.op_sync_chunk)
+        routes.add(wire.OP_SYNC_SAME, decode.same_copies, self.op_sync_same)
 
     def assignment_changed(self, slot: int, current: Assignment | None) -> None:
         staged = self._staged.get(slot)

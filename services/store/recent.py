@@ -7,7 +7,7 @@ one line per write, oldest first:
 
     b"\\n" rid b" " time b" " version b" " existed     (time: ms in hex; existed: a byte 0 or 1 per op)
 
-A request id is printable ASCII without spaces (`records.valid_rid`), so b"\\n" only starts lines
+A request id is printable ASCII without spaces (`decode.valid_rid`), so b"\\n" only starts lines
 and a look-up is one C-level `find` of b"\\n" + rid + b" " in one part: about 1 µs, cheap enough
 for every write, retried or not (a first try that reaches a store after its own retry must be
 recognised too). The ids cost about 40 bytes each and no Python object: as a dict of str -> bytes
@@ -23,7 +23,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from ..common.records import Recent, WriteResult, valid_rid
+from ..common.decode import valid_rid
+from ..common.records import Recent, WriteResult
 
 RECENT_IDS = 512  # ids remembered per slot, about (PER_PART in each part)
 PARTS = 16

@@ -55,7 +55,7 @@ EPOCH = st.integers(0, (1 << 24) - 1)
 SEQ = st.integers(0, (1 << 40) - 1)
 VERSION = st.integers(0, (1 << 64) - 1)
 MS = st.integers(0, 1 << 62)
-RID = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)  # records.valid_rid
+RID = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)  # decode.valid_rid
 NAME = st.text(max_size=8)
 KEY = st.binary(min_size=1, max_size=12)
 VALUE = st.binary(max_size=48)

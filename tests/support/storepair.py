@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from snapkv.common import records, rpc
+from snapkv.common import decode, rpc
 from snapkv.common.records import PRIMARY, REPLICA, Member, SlotAssignment
 from snapkv.store.replication import Replicator
 from support.storekit import MiniStore
@@ -102,7 +102,7 @@ class StandInBroker:
             role = PRIMARY if store.name == members[0].name else REPLICA
             if any(m.name == store.name for m in members):
                 frame = [slot, epoch, role, [list(m) for m in members], isr, leader_epoch]
-                store.node.op_assign(records.assign_request({"slots": [frame], "confirm": True}))
+                store.node.op_assign(decode.assign_request({"slots": [frame], "confirm": True}))
 
     async def stop(self) -> None:
         await self.runner.cleanup()

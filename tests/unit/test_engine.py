@@ -2,7 +2,7 @@ import gc
 
 import pytest
 
-from snapkv.common import errors, records, wire
+from snapkv.common import decode, errors, wire
 from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
 from snapkv.store.engine import SEQ_BITS, Engine, make_version
 from snapkv.store.recent import RECENT_IDS, RECENT_MS, RecentIds
@@ -113,7 +113,7 @@ def test_what_the_keyspace_holds_is_not_tracked_by_the_cyclic_gc():
     for i in range(50):
         write(e, 3, [[b"k%d" % i, b"v", 0], [b"t%d" % i, b"v", 60_000]], rid=f"r{i}")
     copy = Engine()
-    copy.import_slot(records.slot_export(wire.unpack(wire.pack(e.export_slot(3)))))
+    copy.import_slot(decode.slot_export(wire.unpack(wire.pack(e.export_slot(3)))))
     gc.collect()
     for engine in (e, copy):
         data = engine.slot(3)

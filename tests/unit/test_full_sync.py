@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from snapkv.common import records
+from snapkv.common import decode
 from snapkv.common.records import CopyEnd, CopyPart, Member, Mutation, Op, SlotExport, SyncChunk
 from snapkv.common.slots import key_slot
 from snapkv.store import recovery, wal
@@ -109,7 +109,7 @@ async def replica_store(tmp: Any, isr: tuple[str, ...] = (), leader_epoch: int =
     repl = Replicator(store.node, None, "", "")  # type: ignore[arg-type]
     store.node.replicator = repl
     frame = [SLOT, 2, REPLICA, [["p", "a:1"], ["r", "b:1"]], list(isr), leader_epoch]
-    store.node.op_assign(records.assign_request({"slots": [frame], "confirm": True}))
+    store.node.op_assign(decode.assign_request({"slots": [frame], "confirm": True}))
     return store, repl
 
 
@@ -137,7 +137,7 @@ async def recovered(tmp: Any) -> tuple[StoreNode, recovery.Recovered]:
 async def test_the_replica_keeps_its_copy_until_the_last_chunk_and_the_log_takes_it_only_whole(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     old = SlotExport(SLOT, 1, 3, [b"{big}old", b"v", (1 << 40) | 3, 0], [])
-    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
+    assert await repl.receiver.op_sync(decode.sync_items([[SLOT, 2, old]])) == [True]
     frames = chunk_frames(big_values())
     assert len(frames) >= 8
     for frame in frames[:-1]:
@@ -187,7 +187,7 @@ async def test_a_whole_slot_sync_voids_a_copy_in_chunks_being_assembled(tmp_path
     frames = chunk_frames(big_values())
     assert repl.receiver.op_sync_chunk(frames[0]) is True
     newer = SlotExport(SLOT, 3, 20, [b"{big}new", b"v", (3 << 40) | 20, 0], [])
-    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, newer]])) == [True]
+    assert await repl.receiver.op_sync(decode.sync_items([[SLOT, 2, newer]])) == [True]
     assert repl.receiver.op_sync_chunk(frames[1]) is False  # its end would put the older copy back
     assert store.engine.slots[SLOT].seq == 20
     await store.stop()
@@ -196,7 +196,7 @@ async def test_a_whole_slot_sync_voids_a_copy_in_chunks_being_assembled(tmp_path
 async def test_a_copy_in_chunks_survives_a_snapshot_mid_copy_and_recovers_whole_or_old(tmp_path) -> None:
     store, repl = await replica_store(tmp_path)
     old = SlotExport(SLOT, 1, 3, [b"{big}old", b"v", (1 << 40) | 3, 0], [])
-    assert await repl.receiver.op_sync(records.sync_items([[SLOT, 2, old]])) == [True]
+    assert await repl.receiver.op_sync(decode.sync_items([[SLOT, 2, old]])) == [True]
     frames = chunk_frames(big_values())
     half = len(frames) // 2
     for frame in frames[:half]:
@@ -239,7 +239,7 @@ async def test_a_new_leader_mid_copy_voids_it(tmp_path) -> None:
     frames = chunk_frames(big_values())
     assert repl.receiver.op_sync_chunk(frames[0]) is True
     frame = [SLOT, 3, REPLICA, [["q", "c:1"], ["r", "b:1"]], [], 3]
-    store.node.op_assign(records.assign_request({"slots": [frame], "confirm": True}))
+    store.node.op_assign(decode.assign_request({"slots": [frame], "confirm": True}))
     assert repl.receiver.op_sync_chunk(frames[1]._replace(epoch=3)) is False
     await store.stop()
 
@@ -273,7 +273,7 @@ async def test_a_large_slot_syncs_in_chunks_while_writes_go_on_and_the_replica_e
     route = r.node.routes.get("sync_chunk")
 
     def counting(raw: Any) -> Any:
-        chunk = records.sync_chunk(raw)
+        chunk = decode.sync_chunk(raw)
         sizes.append(sum(len(x) for x in chunk.flat[0::4]) + sum(len(x) for x in chunk.flat[1::4]))
         return route(raw)
 
@@ -364,13 +364,13 @@ def counting_routes(store: Any) -> dict[str, list[Any]]:
     """What the store is sent as full syncs: op -> the slots of each message."""
     seen: dict[str, list[Any]] = {"sync": [], "sync_chunk": []}
     table = store.node.routes._table
-    for op, decode in (("sync", records.sync_items), ("sync_chunk", records.sync_chunk)):
+    for op, decoder in (("sync", decode.sync_items), ("sync_chunk", decode.sync_chunk)):
         route = table.get(op)
         if route is None:
             continue
 
-        def counted(raw: Any, op: str = op, decode: Any = decode, route: Any = route) -> Any:
-            got = decode(raw)
+        def counted(raw: Any, op: str = op, decoder: Any = decoder, route: Any = route) -> Any:
+            got = decoder(raw)
             seen[op].append([item.slot for item in got] if op == "sync" else got.slot)
             return route(raw)
 

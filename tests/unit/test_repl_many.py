@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from snapkv.common import errors, records, wire
+from snapkv.common import decode, errors, records, wire
 from snapkv.common.records import Member
 from snapkv.common.slots import key_slot
 from support.storepair import counted, start_pair
@@ -38,7 +38,7 @@ RIDS = itertools.count()
 
 async def mwrite(broker: Any, p: Any, writes: list[tuple[int, bytes]]) -> Any:
     reqs = [[slot, broker.assignments[slot].epoch, f"m{next(RIDS)}", [[key, b"v", 0]], [None]] for slot, key in writes]
-    answer = p.node.op_mwrite(records.mwrite_request(reqs))
+    answer = p.node.op_mwrite(decode.mwrite_request(reqs))
     return await answer if asyncio.isfuture(answer) else answer
 
 

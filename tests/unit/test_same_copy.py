@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from snapkv.common import errors, records
+from snapkv.common import decode, errors, records
 from snapkv.common.records import Member, Mutation, Op
 from snapkv.common.slots import key_slot
 from snapkv.store import recovery
@@ -103,9 +103,9 @@ async def test_a_replica_that_answered_differs_refuses_mutations_until_its_full_
         a = r.node.assignments[SLOT]
         data = r.node.engine.slots[SLOT]
         position = [SLOT, a.epoch, data.data_epoch, data.seq]
-        assert await receiver.op_sync_same(records.same_copies([position])) == [True]
+        assert await receiver.op_sync_same(decode.same_copies([position])) == [True]
         elsewhere = [SLOT, a.epoch, data.data_epoch + 1, data.seq]
-        assert await receiver.op_sync_same(records.same_copies([elsewhere])) == [DIFFERS]
+        assert await receiver.op_sync_same(decode.same_copies([elsewhere])) == [DIFFERS]
         mutation = Mutation(SLOT, data.data_epoch + 1, data.seq + 1, "r9", [Op(key(9), b"y", 0)], 0)
         with pytest.raises(errors.ReplicaGap):
             receiver.op_replicate(records.ReplicateRequest(SLOT, a.epoch, mutation))
@@ -114,9 +114,9 @@ async def test_a_replica_that_answered_differs_refuses_mutations_until_its_full_
         mutation = Mutation(SLOT, export.data_epoch, export.seq + 1, "r9", [Op(key(9), b"y", 0)], 0)
         assert await receiver.op_replicate(records.ReplicateRequest(SLOT, a.epoch, mutation)) is True
         # not the slot's replica (a primary, or an older leadership's message): no answer either way
-        assert await receiver.op_sync_same(records.same_copies([[SLOT, a.leader_epoch - 1, 0, 0]])) == [False]
+        assert await receiver.op_sync_same(decode.same_copies([[SLOT, a.leader_epoch - 1, 0, 0]])) == [False]
         with pytest.raises(errors.BadRequest):
-            records.same_copies([[SLOT, "x", 0, 0]])
+            decode.same_copies([[SLOT, "x", 0, 0]])
     finally:
         await close()
 
