@@ -21,14 +21,18 @@ def run(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProces
     return subprocess.run([*SNAPKV, "--url", url, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_status_watch_and_json_follow_a_store_going_down(local_cluster):
-    c = local_cluster
+def two_stores_with_keys(c):
     c.start_broker(min_stores=2)
     c.add_store("s1", site="a")
     c.add_store("s2", site="b")
     c.wait_ready()
     for i in range(100):
         http("PUT", f"{c.url}/v1/kv/k{i}", raw=b"v")
+    return c
+
+
+def test_status_watch_and_json_follow_a_store_going_down(local_cluster):
+    c = two_stores_with_keys(local_cluster)
 
     shown = run(c.url, "status")
     assert shown.returncode == 0, shown.stderr  # 0: every slot has its copies
@@ -73,13 +77,7 @@ def test_status_watch_and_json_follow_a_store_going_down(local_cluster):
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a pseudo-terminal")
 def test_snapshot_wait_draws_a_progress_bar_on_a_terminal(local_cluster):
-    c = local_cluster
-    c.start_broker(min_stores=2)
-    c.add_store("s1", site="a")
-    c.add_store("s2", site="b")
-    c.wait_ready()
-    for i in range(100):
-        http("PUT", f"{c.url}/v1/kv/k{i}", raw=b"v")
+    c = two_stores_with_keys(local_cluster)
     command = " ".join([*SNAPKV, "--url", c.url, "snapshot", "--wait"])
     tty = subprocess.run(
         ["script", "-qec", command, "/dev/null"],

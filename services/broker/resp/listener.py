@@ -16,7 +16,7 @@ import errno
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
@@ -26,6 +26,7 @@ from ..kv import Coalescer
 from . import server as server_commands
 from . import strings  # noqa: F401  (registers the commands)
 from .protocol import OK, Parser, RespError, encode
+from .session import Cursors
 from .table import COMMANDS, key, reply_error, wrong_arity
 
 if TYPE_CHECKING:
@@ -35,28 +36,8 @@ log = logging.getLogger("snapkv.broker")
 DEFAULT_PORT = 6379
 MAX_PENDING = 4096  # commands read but not answered, per connection, before it is no longer read
 MAX_RUN = 1000  # GETs (or SETs) of one run sent as one mget (mset)
-MAX_CURSORS = 10_000  # SCAN positions kept (the oldest forgotten first)
 BULK_ROOM = 1024 * 1024  # a bulk string may exceed max_value_bytes by this much and still get an error reply
 _ids = itertools.count(1)
-
-
-class Cursors:
-    """SCAN cursors are numbers to a Redis client; the broker keeps the position each stands for."""
-
-    def __init__(self, size: int = MAX_CURSORS) -> None:
-        self.size = size
-        self._positions: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self._next = itertools.count(1)
-
-    def put(self, position: tuple[int, bytes]) -> int:
-        number = next(self._next)
-        self._positions[number] = position
-        while len(self._positions) > self.size:
-            self._positions.popitem(last=False)
-        return number
-
-    def take(self, number: int) -> tuple[int, bytes] | None:
-        return self._positions.get(number)
 
 
 class RespServer:

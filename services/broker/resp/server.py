@@ -8,51 +8,49 @@ import hmac
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ... import __version__
 from .protocol import OK, RespError, Simple, Verbatim
+from .session import Client
 from .table import COMMANDS, SYNTAX, command, integer, wrong_arity
-
-if TYPE_CHECKING:
-    from .listener import Session
 
 REDIS_VERSION = "7.2.0"  # the Redis release whose commands and replies these follow
 
 
 @command("ping", -1, "fast", "noauth-ok")
-async def ping(s: Session, args: list[bytes]) -> Any:
+async def ping(s: Client, args: list[bytes]) -> Any:
     if len(args) > 2:
         raise wrong_arity("ping")
     return Simple("PONG") if len(args) == 1 else args[1]
 
 
 @command("time", 1, "fast")
-async def time_(s: Session, args: list[bytes]) -> Any:
+async def time_(s: Client, args: list[bytes]) -> Any:
     """The broker's clock (the stores' expiry clocks are their own: NTP keeps hosts together)."""
     now = time.time_ns() // 1000
     return [str(now // 1_000_000).encode(), str(now % 1_000_000).encode()]
 
 
 @command("echo", 2, "fast")
-async def echo(s: Session, args: list[bytes]) -> Any:
+async def echo(s: Client, args: list[bytes]) -> Any:
     return args[1]
 
 
 @command("quit", -1, "fast", "noauth-ok")
-async def quit_(s: Session, args: list[bytes]) -> Any:
+async def quit_(s: Client, args: list[bytes]) -> Any:
     s.closing = True
     return OK
 
 
 @command("select", 2, "fast")
-async def select(s: Session, args: list[bytes]) -> Any:
+async def select(s: Client, args: list[bytes]) -> Any:
     if integer(args[1]) != 0:
         raise RespError("ERR DB index is out of range")  # one keyspace, as in Redis Cluster
     return OK
 
 
-def _check_password(s: Session, user: bytes | None, password: bytes) -> None:
+def _check_password(s: Client, user: bytes | None, password: bytes) -> None:
     token = s.server.settings.api_token
     if not token:
         raise RespError(
@@ -65,7 +63,7 @@ def _check_password(s: Session, user: bytes | None, password: bytes) -> None:
 
 
 @command("auth", -2, "fast", "noauth-ok")
-async def auth(s: Session, args: list[bytes]) -> Any:
+async def auth(s: Client, args: list[bytes]) -> Any:
     if len(args) > 3:
         raise SYNTAX
     _check_password(s, args[1] if len(args) == 3 else None, args[-1])
@@ -73,7 +71,7 @@ async def auth(s: Session, args: list[bytes]) -> Any:
 
 
 @command("hello", -1, "fast", "noauth-ok")
-async def hello(s: Session, args: list[bytes]) -> Any:
+async def hello(s: Client, args: list[bytes]) -> Any:
     if len(args) > 1:
         try:
             version = integer(args[1])
@@ -108,7 +106,7 @@ async def hello(s: Session, args: list[bytes]) -> Any:
 
 
 @command("reset", 1, "fast", "noauth-ok")
-async def reset(s: Session, args: list[bytes]) -> Any:
+async def reset(s: Client, args: list[bytes]) -> Any:
     s.resp3, s.name = False, ""
     s.authed = not s.server.settings.api_token
     return Simple("RESET")
@@ -121,7 +119,7 @@ def _client_name(raw: bytes) -> str:
 
 
 @command("client", -2, "fast", subcommands=("setname", "getname", "id", "info", "list", "setinfo", "no-evict"))
-async def client(s: Session, args: list[bytes]) -> Any:
+async def client(s: Client, args: list[bytes]) -> Any:
     sub = args[1].lower()
     if sub == b"setname" and len(args) == 3:
         s.name = _client_name(args[2])
@@ -147,7 +145,7 @@ async def client(s: Session, args: list[bytes]) -> Any:
     )
 
 
-def _listed(s: Session, options: list[bytes]) -> list[Session]:
+def _listed(s: Client, options: list[bytes]) -> list[Client]:
     """CLIENT LIST [TYPE type | ID id [id ...]]: every connection here is of type normal."""
     sessions = s.server.sessions
     if not options:
@@ -177,7 +175,7 @@ def _command_info(name: bytes) -> list[Any]:
 
 
 @command("command", -1, "loading", subcommands=("count", "docs", "info", "list"))
-async def command_(s: Session, args: list[bytes]) -> Any:
+async def command_(s: Client, args: list[bytes]) -> Any:
     if len(args) == 1:
         return [_command_info(n) for n in sorted(COMMANDS)]
     sub = args[1].lower()
@@ -211,7 +209,7 @@ def _command_list(options: list[bytes]) -> list[bytes]:
 
 
 @command("config", -2, "admin")
-async def config(s: Session, args: list[bytes]) -> Any:
+async def config(s: Client, args: list[bytes]) -> Any:
     if args[1].lower() == b"get" and len(args) >= 3:
         # snapkv has no Redis configuration; what tools ask for (redis-benchmark: save, appendonly)
         # is answered with what is true of snapkv's persistence: a log, not an RDB schedule
@@ -222,7 +220,7 @@ async def config(s: Session, args: list[bytes]) -> Any:
 
 
 @command("info", -1, "fast")
-async def info(s: Session, args: list[bytes]) -> Any:
+async def info(s: Client, args: list[bytes]) -> Any:
     wanted = {a.lower().decode(errors="replace") for a in args[1:]} or {"default"}
     sections = await s.server.info_sections()
     if wanted & {"all", "everything", "default"}:

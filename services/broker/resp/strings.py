@@ -15,12 +15,13 @@ import fnmatch
 import re
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...common import errors
 from ...common.records import Entry
 from ...common.wire import MUST_EXIST, MUST_NOT_EXIST
 from .protocol import OK, RespError, Simple
+from .session import Client
 from .table import (
     INT64,
     MAX_CAS,
@@ -34,14 +35,11 @@ from .table import (
     remaining_ms,
 )
 
-if TYPE_CHECKING:
-    from .listener import Session
-
 SCAN_PAGE = 1000
 KEEP = b"\x00keep"  # `change` leaves the key as it is (compared by identity, never written)
 
 
-async def _put(s: Session, k: bytes, value: bytes, ttl_ms: int, condition: int | None) -> bool:
+async def _put(s: Client, k: bytes, value: bytes, ttl_ms: int, condition: int | None) -> bool:
     """Write; False when the condition did not hold. A TTL already past deletes the key instead
     (what Redis does with SET ... EXAT in the past or EXPIRE with a negative time)."""
     value = s.check_value(value)
@@ -57,7 +55,7 @@ async def _put(s: Session, k: bytes, value: bytes, ttl_ms: int, condition: int |
         return False
 
 
-async def _update(s: Session, k: bytes, change: Callable[[Entry | None], tuple[bytes | None, int, Any]]) -> Any:
+async def _update(s: Client, k: bytes, change: Callable[[Entry | None], tuple[bytes | None, int, Any]]) -> Any:
     """Read, change, write if nothing else wrote meanwhile; again if something did.
     `change(entry)` -> (the new value, KEEP to write nothing, or None to delete; TTL in ms (0:
     none); reply)."""
@@ -96,38 +94,38 @@ def _expiry(name: str, option: bytes, raw: bytes) -> int:
 
 # -- reads --------------------------------------------------------------------------------------
 @command("get", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def get(s: Session, args: list[bytes]) -> Any:
+async def get(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     return None if entry is None else entry.value
 
 
 @command("mget", -2, "readonly", "fast", keys=(1, -1, 1), atomic="each key read on its own")
-async def mget(s: Session, args: list[bytes]) -> Any:
+async def mget(s: Client, args: list[bytes]) -> Any:
     keys = [key(k) for k in args[1:]]
     found = await s.kv.mget(keys)
     return [None if (e := found[k]) is None else e.value for k in keys]
 
 
 @command("strlen", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def strlen(s: Session, args: list[bytes]) -> Any:
+async def strlen(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     return 0 if entry is None else len(entry.value)
 
 
 @command("exists", -2, "readonly", "fast", keys=(1, -1, 1), atomic="each key read on its own")
-async def exists(s: Session, args: list[bytes]) -> Any:
+async def exists(s: Client, args: list[bytes]) -> Any:
     keys = [key(k) for k in args[1:]]
     found = await s.kv.mget(list(dict.fromkeys(keys)))
     return sum(1 for k in keys if found[k] is not None)
 
 
 @command("type", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def type_(s: Session, args: list[bytes]) -> Any:
+async def type_(s: Client, args: list[bytes]) -> Any:
     return Simple("none" if await s.kv.get(key(args[1])) is None else "string")
 
 
 @command("ttl", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def ttl(s: Session, args: list[bytes]) -> Any:
+async def ttl(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     if entry is None:
         return -2
@@ -135,7 +133,7 @@ async def ttl(s: Session, args: list[bytes]) -> Any:
 
 
 @command("pttl", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def pttl(s: Session, args: list[bytes]) -> Any:
+async def pttl(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     if entry is None:
         return -2
@@ -143,20 +141,20 @@ async def pttl(s: Session, args: list[bytes]) -> Any:
 
 
 @command("expiretime", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def expiretime(s: Session, args: list[bytes]) -> Any:
+async def expiretime(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     return -2 if entry is None else (entry.expires_at // 1000 if entry.expires_at else -1)
 
 
 @command("pexpiretime", 2, "readonly", "fast", keys=(1, 1, 1), atomic="a read")
-async def pexpiretime(s: Session, args: list[bytes]) -> Any:
+async def pexpiretime(s: Client, args: list[bytes]) -> Any:
     entry = await s.kv.get(key(args[1]))
     return -2 if entry is None else (entry.expires_at or -1)
 
 
 # -- writes -------------------------------------------------------------------------------------
 @command("set", -3, "write", keys=(1, 1, 1), atomic="per key (with GET or KEEPTTL: compare-and-set)")
-async def set_(s: Session, args: list[bytes]) -> Any:
+async def set_(s: Client, args: list[bytes]) -> Any:
     k, value = key(args[1]), s.check_value(args[2])
     condition: int | None = None
     ttl_ms, keep, want_old, timed = 0, False, False, False
@@ -190,35 +188,35 @@ async def set_(s: Session, args: list[bytes]) -> Any:
 
 
 @command("setnx", 3, "write", "fast", keys=(1, 1, 1), atomic="per key")
-async def setnx(s: Session, args: list[bytes]) -> Any:
+async def setnx(s: Client, args: list[bytes]) -> Any:
     return int(await _put(s, key(args[1]), args[2], 0, MUST_NOT_EXIST))
 
 
 @command("setex", 4, "write", keys=(1, 1, 1), atomic="per key")
-async def setex(s: Session, args: list[bytes]) -> Any:
+async def setex(s: Client, args: list[bytes]) -> Any:
     await _put(s, key(args[1]), args[3], _expiry("setex", b"EX", args[2]), None)
     return OK
 
 
 @command("psetex", 4, "write", keys=(1, 1, 1), atomic="per key")
-async def psetex(s: Session, args: list[bytes]) -> Any:
+async def psetex(s: Client, args: list[bytes]) -> Any:
     await _put(s, key(args[1]), args[3], _expiry("psetex", b"PX", args[2]), None)
     return OK
 
 
 @command("getset", 3, "write", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def getset(s: Session, args: list[bytes]) -> Any:
+async def getset(s: Client, args: list[bytes]) -> Any:
     value = args[2]
     return await _update(s, key(args[1]), lambda e: (value, 0, None if e is None else e.value))
 
 
 @command("getdel", 2, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def getdel(s: Session, args: list[bytes]) -> Any:
+async def getdel(s: Client, args: list[bytes]) -> Any:
     return await _update(s, key(args[1]), lambda e: (None, -1, None if e is None else e.value))
 
 
 @command("getex", -2, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def getex(s: Session, args: list[bytes]) -> Any:
+async def getex(s: Client, args: list[bytes]) -> Any:
     k = key(args[1])
     options = [a.upper() for a in args[2:]]
     if not options:
@@ -234,7 +232,7 @@ async def getex(s: Session, args: list[bytes]) -> Any:
 
 
 @command("append", 3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def append(s: Session, args: list[bytes]) -> Any:
+async def append(s: Client, args: list[bytes]) -> Any:
     more = args[2]
 
     def change(e: Entry | None) -> tuple[bytes | None, int, Any]:
@@ -244,7 +242,7 @@ async def append(s: Session, args: list[bytes]) -> Any:
     return await _update(s, key(args[1]), change)
 
 
-def _incr(s: Session, k: bytes, by: int) -> Any:
+def _incr(s: Client, k: bytes, by: int) -> Any:
     def change(e: Entry | None) -> tuple[bytes | None, int, Any]:
         try:
             current = 0 if e is None else integer(e.value)
@@ -259,22 +257,22 @@ def _incr(s: Session, k: bytes, by: int) -> Any:
 
 
 @command("incr", 2, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def incr(s: Session, args: list[bytes]) -> Any:
+async def incr(s: Client, args: list[bytes]) -> Any:
     return await _incr(s, key(args[1]), 1)
 
 
 @command("decr", 2, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def decr(s: Session, args: list[bytes]) -> Any:
+async def decr(s: Client, args: list[bytes]) -> Any:
     return await _incr(s, key(args[1]), -1)
 
 
 @command("incrby", 3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def incrby(s: Session, args: list[bytes]) -> Any:
+async def incrby(s: Client, args: list[bytes]) -> Any:
     return await _incr(s, key(args[1]), integer(args[2]))
 
 
 @command("decrby", 3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def decrby(s: Session, args: list[bytes]) -> Any:
+async def decrby(s: Client, args: list[bytes]) -> Any:
     by = integer(args[2])
     if by == INT64[0]:
         raise RespError("ERR decrement would overflow")
@@ -290,7 +288,7 @@ def _float_text(value: float) -> bytes:
 
 
 @command("incrbyfloat", 3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def incrbyfloat(s: Session, args: list[bytes]) -> Any:
+async def incrbyfloat(s: Client, args: list[bytes]) -> Any:
     by = real(args[2])
 
     def change(e: Entry | None) -> tuple[bytes | None, int, Any]:
@@ -308,7 +306,7 @@ async def incrbyfloat(s: Session, args: list[bytes]) -> Any:
 
 
 @command("mset", -3, "write", keys=(1, -1, 2), atomic="per slot (keys of one slot together, not across slots)")
-async def mset(s: Session, args: list[bytes]) -> Any:
+async def mset(s: Client, args: list[bytes]) -> Any:
     if len(args) % 2 == 0:
         raise RespError("ERR wrong number of arguments for 'mset' command")
     pairs = [(key(args[i]), s.check_value(args[i + 1])) for i in range(1, len(args), 2)]
@@ -319,7 +317,7 @@ async def mset(s: Session, args: list[bytes]) -> Any:
 
 
 @command("msetnx", -3, "write", keys=(1, -1, 2), atomic="per slot: 0 if any key existed when checked")
-async def msetnx(s: Session, args: list[bytes]) -> Any:
+async def msetnx(s: Client, args: list[bytes]) -> Any:
     if len(args) % 2 == 0:
         raise RespError("ERR wrong number of arguments for 'msetnx' command")
     pairs = [(key(args[i]), s.check_value(args[i + 1])) for i in range(1, len(args), 2)]
@@ -332,7 +330,7 @@ async def msetnx(s: Session, args: list[bytes]) -> Any:
     return int(failed is None)
 
 
-async def _delete(s: Session, k: bytes) -> int:
+async def _delete(s: Client, k: bytes) -> int:
     try:
         await s.kv.delete(k)
         return 1
@@ -341,18 +339,18 @@ async def _delete(s: Session, k: bytes) -> int:
 
 
 @command("del", -2, "write", keys=(1, -1, 1), atomic="per key")
-async def del_(s: Session, args: list[bytes]) -> Any:
+async def del_(s: Client, args: list[bytes]) -> Any:
     keys = list(dict.fromkeys(key(k) for k in args[1:]))
     return sum(await asyncio.gather(*(_delete(s, k) for k in keys)))
 
 
 @command("unlink", -2, "write", "fast", keys=(1, -1, 1), atomic="per key")
-async def unlink(s: Session, args: list[bytes]) -> Any:
+async def unlink(s: Client, args: list[bytes]) -> Any:
     return await del_(s, args)
 
 
 # -- expiry -------------------------------------------------------------------------------------
-async def _expire(s: Session, args: list[bytes], option: bytes) -> Any:
+async def _expire(s: Client, args: list[bytes], option: bytes) -> Any:
     name = args[0].decode(errors="replace").lower()
     k = key(args[1])
     ttl_ms = _expiry(name, option, args[2]) if integer(args[2]) > 0 else -1
@@ -381,27 +379,27 @@ async def _expire(s: Session, args: list[bytes], option: bytes) -> Any:
 
 
 @command("expire", -3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def expire(s: Session, args: list[bytes]) -> Any:
+async def expire(s: Client, args: list[bytes]) -> Any:
     return await _expire(s, args, b"EX")
 
 
 @command("pexpire", -3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def pexpire(s: Session, args: list[bytes]) -> Any:
+async def pexpire(s: Client, args: list[bytes]) -> Any:
     return await _expire(s, args, b"PX")
 
 
 @command("expireat", -3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def expireat(s: Session, args: list[bytes]) -> Any:
+async def expireat(s: Client, args: list[bytes]) -> Any:
     return await _expire(s, args, b"EXAT")
 
 
 @command("pexpireat", -3, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def pexpireat(s: Session, args: list[bytes]) -> Any:
+async def pexpireat(s: Client, args: list[bytes]) -> Any:
     return await _expire(s, args, b"PXAT")
 
 
 @command("persist", 2, "write", "fast", keys=(1, 1, 1), atomic="per key (compare-and-set)")
-async def persist(s: Session, args: list[bytes]) -> Any:
+async def persist(s: Client, args: list[bytes]) -> Any:
     def change(e: Entry | None) -> tuple[bytes | None, int, Any]:
         if e is None or not e.expires_at:
             return KEEP, 0, 0
@@ -427,7 +425,7 @@ def matcher(pattern: bytes) -> tuple[bytes, Callable[[bytes], bool]]:
 
 
 @command("scan", -2, "readonly", atomic="a cursor over slots in order: keys present throughout are seen once")
-async def scan(s: Session, args: list[bytes]) -> Any:
+async def scan(s: Client, args: list[bytes]) -> Any:
     cursor = integer(args[1]) if args[1] != b"0" else 0
     pattern, count = b"*", 10
     i = 2
@@ -455,7 +453,7 @@ async def scan(s: Session, args: list[bytes]) -> Any:
 
 
 @command("keys", 2, "readonly", atomic="a scan of every slot (bounded by resp_keys_limit)")
-async def keys(s: Session, args: list[bytes]) -> Any:
+async def keys(s: Client, args: list[bytes]) -> Any:
     prefix, test = matcher(args[1])
     out: list[bytes] = []
     after = None
@@ -470,11 +468,11 @@ async def keys(s: Session, args: list[bytes]) -> Any:
 
 
 @command("dbsize", 1, "readonly", "fast", atomic="the sum of the stores' key counts, asked now")
-async def dbsize(s: Session, args: list[bytes]) -> Any:
+async def dbsize(s: Client, args: list[bytes]) -> Any:
     return await s.server.key_count()
 
 
-async def _flush(s: Session, args: list[bytes]) -> Any:
+async def _flush(s: Client, args: list[bytes]) -> Any:
     if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
         raise SYNTAX
     if not s.server.settings.resp_flushall:
@@ -488,10 +486,10 @@ async def _flush(s: Session, args: list[bytes]) -> Any:
 
 
 @command("flushall", -1, "write", atomic="not atomic: every key deleted one by one (behind resp_flushall)")
-async def flushall(s: Session, args: list[bytes]) -> Any:
+async def flushall(s: Client, args: list[bytes]) -> Any:
     return await _flush(s, args)
 
 
 @command("flushdb", -1, "write", atomic="as FLUSHALL")
-async def flushdb(s: Session, args: list[bytes]) -> Any:
+async def flushdb(s: Client, args: list[bytes]) -> Any:
     return await _flush(s, args)

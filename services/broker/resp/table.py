@@ -8,16 +8,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...common import errors
 from ...common.slots import MAX_KEY_BYTES
 from .protocol import RespError
+from .session import Client
 
-if TYPE_CHECKING:
-    from .listener import Session
-
-Handler = Callable[["Session", list[bytes]], Awaitable[Any]]
+Handler = Callable[[Client, list[bytes]], Awaitable[Any]]
 _INTEGER = re.compile(rb"-?(0|[1-9][0-9]*)")
 INT64 = (-(2**63), 2**63 - 1)
 MAX_CAS = 100  # tries of a read-modify-write before it gives up (only under heavy contention on one key)
