@@ -101,7 +101,7 @@ def test_broker_pauses_never_fail_over_healthy_stores(local_cluster):
     slow = local_cluster.stores["s2"]
 
     async def pauses() -> None:
-        for n in range(20):
+        for n in range(10):  # five of each kind (about 40 s)
             if n % 2:  # a store briefly slow, so that a health check is in flight when the broker stops
                 slow.popen.send_signal(signal.SIGSTOP)
                 await asyncio.sleep(0.7)
@@ -122,7 +122,7 @@ def test_broker_pauses_never_fail_over_healthy_stores(local_cluster):
     log = local_cluster.broker.log_text()
     assert "event=node_down" not in log, [x for x in log.splitlines() if "node_down" in x][:5]
     assert failovers(local_cluster) == 0
-    assert log.count("event=broker_stalled") >= 20
+    assert log.count("event=broker_stalled") >= 10
     assert all(s["status"] == "up" for s in http("GET", f"{local_cluster.url}/stores/list")[1])
     assert asyncio.run(workload.verify()) == []
 
