@@ -16,6 +16,7 @@ from support.procs import free_port
 SITES = {"s1": "a", "s2": "a", "s3": "b", "s4": "b"}
 
 
+@pytest.mark.slow  # about 30 s: .ci/run runs it after the default suite (make test-slow)
 @pytest.mark.skipif(
     shutil.which("redis-benchmark") is None, reason="needs redis-benchmark (apt-get install redis-tools)"
 )
