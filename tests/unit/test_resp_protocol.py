@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from snapkv.broker.resp import listener  # noqa: F401  (registers every command)
+from snapkv.broker.resp.keyspace import matcher
 from snapkv.broker.resp.protocol import OK, Parser, RespError, Simple, Verbatim, encode
-from snapkv.broker.resp.strings import _float_text, matcher
+from snapkv.broker.resp.strings import _float_text
 from snapkv.broker.resp.table import COMMANDS, NOT_INTEGER, integer
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -23,8 +23,8 @@ from prometheus_client import Counter
 
 from ...common import errors, wire
 from ..kv import Coalescer
+from . import keyspace, strings  # noqa: F401  (they register their commands)
 from . import server as server_commands
-from . import strings  # noqa: F401  (registers the commands)
 from .protocol import OK, Parser, RespError, encode
 from .session import Cursors
 from .table import COMMANDS, key, reply_error, wrong_arity
