@@ -101,7 +101,11 @@ class EventFeed(logging.Handler):
 
     def after(self, seq: int, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
         """The events numbered above `seq`, oldest first, at most the newest `limit` of them."""
-        out = [e for e in self.events if e["seq"] > seq]
+        self.acquire()  # a handler on another thread may append meanwhile (emit runs under this lock)
+        try:
+            out = [e for e in self.events if e["seq"] > seq]
+        finally:
+            self.release()
         return out[-limit:] if limit > 0 else []
 
     async def wait_after(self, seq: int, timeout: float, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
