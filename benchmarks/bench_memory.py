@@ -29,7 +29,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.procs import LocalCluster, free_port
+from support.procs import LocalCluster, free_port, wait_port
 
 TARGET = 2.0  # store RSS per key copy over redis-server's used_memory per key
 BATCH = 100
@@ -102,15 +102,7 @@ def redis_figures(root: Path, args: argparse.Namespace) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_port(port)
         used_before, rss_before = int(redis_info(port)["used_memory"]), rss(server.pid)
         value = b"v" * args.value_bytes
         with socket.create_connection(("127.0.0.1", port)) as conn:

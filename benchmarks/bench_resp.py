@@ -18,31 +18,17 @@ import csv
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.procs import LocalCluster, free_port
+from support.procs import LocalCluster, free_port, wait_port
 
 TARGETS = {1: 0.25, 16: 0.1}  # snapkv over redis-server, by pipeline depth (issue 14's goals)
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def bench(port: int, requests: int, clients: int, pipeline: int, keyspace: int) -> dict[str, dict[str, float]]:
