@@ -39,8 +39,10 @@ class Settings:
     # store
     name: str = _opt("", "store name (unique in the cluster)")
     site: str = _opt("", "site (zone) of this store; replicas go to another site")
-    advertise: str = _opt("", "host:port the broker and peers use to reach this store")
-    broker_url: str = _opt("", "broker registration URL, e.g. http://localhost:8080/register")
+    advertise: str = _opt("", "host:port the others use to reach this process (a store, or a broker for its peers)")
+    broker_url: str = _opt(
+        "", "broker registration URL(s), comma-separated, e.g. http://localhost:8080/register,http://localhost:8081/register"
+    )
     fsync: str = _opt("everysec", "log fsync policy", choices=("always", "everysec", "no"))
     snapshot_interval: float = _opt(60.0, "seconds between periodic snapshots (0 disables)", lo=0)
     register_interval: float = _opt(3.0, "seconds between re-registrations with the broker", lo=0.1)
@@ -62,6 +64,15 @@ class Settings:
     resp_flushall: bool = _opt(False, "let RESP FLUSHALL/FLUSHDB delete every key")
     resp_keys_limit: int = _opt(100_000, "most keys RESP KEYS returns (more is an error: use SCAN)", lo=1)
     prometheus_url: str = _opt("", "read load from this Prometheus instead of scraping stores")
+    lease: str = _opt(
+        "directory",
+        "how brokers pick their leader: directory (brokers sharing --data-dir on one host) or kubernetes (a Lease)",
+        choices=("directory", "kubernetes"),
+    )
+    lease_duration: float = _opt(3.0, "seconds a leader's lease lasts without renewal", lo=0.2)
+    lease_renew: float = _opt(0.5, "seconds between renewals of the leader's lease", lo=0.05)
+    lease_name: str = _opt("snapkv-broker", "name of the Kubernetes Lease (and prefix of the state ConfigMap)")
+    namespace: str = _opt("", "Kubernetes namespace of the Lease and state (default: the pod's own)")
     rebalance: bool = _opt(True, "move slots by itself so that every store holds its share")
     rebalance_interval: float = _opt(1.0, "seconds between rebalancing plans", lo=0.05)
     moves_per_store: int = _opt(16, "slot moves running at once per store (in and out)", lo=1)
