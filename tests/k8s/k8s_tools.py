@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "snapkv"
 VALUES = Path(__file__).resolve().parent / "values"
 FALLBACK_HELM = "/tmp/snapkv-k8s-tools/bin/helm"
+SERVICE_ACCOUNT_TOKEN = "emulator-service-account-token"  # what the kmock emulators' pods "mount"
 
 Render = Callable[..., str]
 

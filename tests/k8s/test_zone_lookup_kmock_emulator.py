@@ -7,76 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import ssl
-import subprocess
-from pathlib import Path
 
 import pytest
 
 kmock = pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
-from aiohttp.test_utils import RawTestServer
-from kubernetes.config import incluster_config
+
+from k8s_tools import SERVICE_ACCOUNT_TOKEN as TOKEN
 
 from snapkv.store.zone import ZONE_LABEL, lookup_zone
 
-TOKEN = "emulator-service-account-token"
 NODES = "v1/nodes"
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1: the pod's CA file and the emulator's key pair."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make the emulator's TLS certificate")
-    tmp = tmp_path_factory.mktemp("tls")
-    cert, key = tmp / "ca.crt", tmp / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 @pytest.fixture
-async def emulator(certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A TLS kmock KubernetesEmulator, with the pod's in-cluster env and files pointing at it."""
-    cert, key = certificate
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-
-    class TLSServer(RawTestServer):
-        async def start_server(self, loop=None, **kwargs):
-            await super().start_server(loop=loop, ssl=context, **kwargs)
-
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s, server_cls=TLSServer) as server:
-        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
-        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
-        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert))
+async def emulator(in_cluster):
+    """A kmock KubernetesEmulator behind TLS, with the pod's in-cluster env and files pointing at it."""
+    async with kmock.KubernetesEmulator() as k8s, in_cluster(k8s):
         yield k8s
 
 
