@@ -75,6 +75,11 @@ def own_namespace() -> str:
         raise ValueError(f"namespace: not set and {path} is unreadable (set --namespace)") from None
 
 
+def state_name(lease_name: str) -> str:
+    """The state ConfigMap of the brokers whose Lease is `lease_name` (the chart's Role names it)."""
+    return f"{lease_name}-state"
+
+
 def make(settings: Settings, name: str, address: str) -> tuple[KubeLease, KubeState]:
     """The Lease and the state of a broker named `name`, reached by the others at `address`
     (Holder.address: the base URL the followers forward the leader's routes to)."""
@@ -88,7 +93,7 @@ def make(settings: Settings, name: str, address: str) -> tuple[KubeLease, KubeSt
         api=in_cluster_client(),
         poll=settings.lease_renew,
     )
-    state = KubeState(namespace, f"{settings.lease_name}-state", lease)
+    state = KubeState(namespace, state_name(settings.lease_name), lease)
     lease.term_floor = state.saved_term  # a Lease made afresh (deleted by hand) must not reuse terms
     log.info(
         "event=lease_kubernetes broker=%s lease=%s/%s state=%s duration=%s",

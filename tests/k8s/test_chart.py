@@ -53,6 +53,11 @@ def test_render_is_valid_kubernetes_1_30(render: Render, kubernetes_validate: li
         ("store.port=http", "store.port"),
         ("broker.resp.port=-1", "broker.resp.port"),  # the broker's "6379 where free" means nothing in a pod
         ("broker.resp.port=70000", "broker.resp.port"),
+        ("broker.replicas=0", "broker.replicas"),
+        ("broker.lease.duration=0.5", "broker.lease.duration"),  # API round trips need room
+        ("broker.lease.renewInterval=0", "broker.lease.renewInterval"),
+        ("broker.podDisruptionBudget.minAvailable=0", "broker.podDisruptionBudget.minAvailable"),
+        ("broker.persistence.enabled=true", "persistence"),  # the broker's volume is gone: say so
     ],
 )
 def test_bad_value_is_rejected_by_the_schema(helm: str, setting: str, message: str) -> None:
@@ -134,14 +139,16 @@ def test_services_reach_the_right_pods(default_docs: list[dict]) -> None:
     internal = _one(default_docs, "Service", "snapkv-broker-internal")["spec"]
     assert internal["publishNotReadyAddresses"] is True
     assert _selects(internal["selector"], broker_labels)
-    pdb = _one(default_docs, "PodDisruptionBudget")["spec"]
+    pdb = _one(default_docs, "PodDisruptionBudget", "snapkv-store")["spec"]
     assert pdb["maxUnavailable"] == 1 and _selects(pdb["selector"]["matchLabels"], store_labels)
+    assert not _selects(pdb["selector"]["matchLabels"], broker_labels)
 
 
 def test_broker_deployment(default_docs: list[dict]) -> None:
     dep = _one(default_docs, "Deployment", "snapkv-broker")
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # two brokers never act at once
+    assert dep["spec"]["replicas"] == 2
+    # The new broker is up before an old one stops; the Lease picks who leads, not the rollout.
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = dep["spec"]["template"]["spec"]
     (broker,) = pod["containers"]
     assert broker["args"] == ["--data-dir", "/data"]
@@ -151,10 +158,106 @@ def test_broker_deployment(default_docs: list[dict]) -> None:
     assert env["SNAPKV_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "snapkv-cluster-token"
     assert broker["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert broker["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    data = next(v for v in pod["volumes"] if v["name"] == "data")
-    pvc = _one(default_docs, "PersistentVolumeClaim", "snapkv-broker")
-    assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    assert pod["automountServiceAccountToken"] is False
+    # No volume of its own: the state is in the ConfigMap, so any node can run any broker.
+    assert next(v for v in pod["volumes"] if v["name"] == "data") == {"name": "data", "emptyDir": {}}
+    assert not by_kind(default_docs, "PersistentVolumeClaim")
+    assert pod["automountServiceAccountToken"] is True  # for the Lease
+    assert pod["serviceAccountName"] == "snapkv-broker"
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert _selects(spread["labelSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+def _broker_env_as_the_pod_sees_it(container: dict, pod: str, ip: str, namespace: str) -> dict[str, str]:
+    """The broker's env after the kubelet: downward API fields filled in, $(VAR) expanded."""
+    fields = {"metadata.name": pod, "status.podIP": ip, "metadata.namespace": namespace}
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if "value" in item:
+            value = item["value"]
+            for name, known in env.items():
+                value = value.replace(f"$({name})", known)
+            env[item["name"]] = value
+        elif "fieldRef" in item["valueFrom"]:
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[item["name"]] = "a-secret-value"
+    return env
+
+
+def test_broker_env_elects_through_the_kubernetes_lease(default_docs: list[dict]) -> None:
+    (broker,) = _one(default_docs, "Deployment", "snapkv-broker")["spec"]["template"]["spec"]["containers"]
+    env = _env(broker)
+    names = [e["name"] for e in broker["env"]]
+    # $(POD_NAME) and $(POD_IP) expand only in variables defined after them.
+    assert names.index("POD_NAME") < names.index("SNAPKV_NAME")
+    assert names.index("POD_IP") < names.index("SNAPKV_ADVERTISE")
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["SNAPKV_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["SNAPKV_LEASE"]["value"] == "kubernetes"
+    assert env["SNAPKV_LEASE_NAME"]["value"] == "snapkv-broker"
+    assert env["SNAPKV_NAME"]["value"] == "$(POD_NAME)"
+    assert env["SNAPKV_ADVERTISE"]["value"] == "$(POD_IP):8080"
+
+    # What the broker makes of it: every variable is a setting it knows, and valid.
+    config = pytest.importorskip("snapkv.common.config")
+    seen = _broker_env_as_the_pod_sees_it(broker, "snapkv-broker-5d8c9-x7k2p", "10.244.1.7", "kv")
+    settings = config.resolve({}, seen, {})
+    assert (settings.lease, settings.lease_name, settings.namespace) == ("kubernetes", "snapkv-broker", "kv")
+    assert (settings.name, settings.advertise) == ("snapkv-broker-5d8c9-x7k2p", "10.244.1.7:8080")
+    assert (settings.lease_duration, settings.lease_renew) == (3.0, 0.5)
+    unknown = {n for n in seen if n.startswith("SNAPKV_")} - {config.env_name(f) for f in vars(settings)}
+    assert not unknown, f"the broker has no such settings: {unknown}"
+
+
+def test_broker_rbac_names_the_lease_and_the_state(default_docs: list[dict]) -> None:
+    kube = pytest.importorskip("snapkv.broker.kube")
+    role = _one(default_docs, "Role", "snapkv-broker-leader")
+    assert role["metadata"]["namespace"] == "default"
+    lease, state = "snapkv-broker", kube.state_name("snapkv-broker")
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    configmaps = {"apiGroups": [""], "resources": ["configmaps"]}
+    by_name = ["get", "update", "patch"]
+    assert role["rules"] == [
+        {**leases, "resourceNames": [lease], "verbs": by_name},
+        {**configmaps, "resourceNames": [state], "verbs": by_name},
+        {**leases, "verbs": ["create"]},  # create cannot be limited by name
+        {**configmaps, "verbs": ["create"]},
+    ]
+    binding = _one(default_docs, "RoleBinding", "snapkv-broker-leader")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    broker_sa = _one(default_docs, "Deployment", "snapkv-broker")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": broker_sa, "namespace": "default"}]
+    assert (
+        _one(default_docs, "ServiceAccount", broker_sa)["metadata"]["labels"]["app.kubernetes.io/component"] == "broker"
+    )
+    # The stores' account is another one: it cannot take the Lease.
+    assert _one(default_docs, "StatefulSet")["spec"]["template"]["spec"]["serviceAccountName"] != broker_sa
+
+
+def test_broker_pdb_keeps_one_broker_serving(default_docs: list[dict], render: Render) -> None:
+    broker_labels = _one(default_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    store_labels = _one(default_docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    pdb = _one(default_docs, "PodDisruptionBudget", "snapkv-broker")["spec"]
+    assert pdb["minAvailable"] == 1
+    assert _selects(pdb["selector"]["matchLabels"], broker_labels)
+    assert not _selects(pdb["selector"]["matchLabels"], store_labels)
+    # One broker: minAvailable 1 would block every node drain, so no PDB.
+    single = documents(render(set=("broker.replicas=1",)))
+    assert _one(single, "Deployment")["spec"]["replicas"] == 1
+    assert [d["metadata"]["name"] for d in by_kind(single, "PodDisruptionBudget")] == ["snapkv-store"]
+
+
+def test_lease_renewal_must_be_shorter_than_the_lease(helm: str) -> None:
+    setting = "broker.lease.renewInterval=3"
+    proc = run([helm, "template", "snapkv", str(CHART), "--set", setting], check=False)
+    assert proc.returncode != 0, f"{setting} was accepted with broker.lease.duration=3"
+    assert "broker.lease.renewInterval must be shorter than broker.lease.duration" in proc.stderr, proc.stderr
 
 
 def _ports(item: dict) -> dict[str, dict]:
@@ -204,7 +307,7 @@ def test_secret_and_rbac(default_docs: list[dict]) -> None:
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sts_sa = _one(default_docs, "StatefulSet")["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sts_sa, "namespace": "default"}]
-    assert _one(default_docs, "ServiceAccount")["metadata"]["name"] == sts_sa
+    assert _one(default_docs, "ServiceAccount", sts_sa)["metadata"]["labels"]["app.kubernetes.io/component"] == "store"
 
 
 def test_every_pod_runs_unprivileged(default_docs: list[dict]) -> None:
@@ -243,18 +346,25 @@ def test_production_values(render: Render) -> None:
     assert _one(docs, "Service", "snapkv-store-headless")["spec"]["ports"][0]["port"] == 7000
     secret = _one(docs, "Secret")
     assert base64.b64decode(secret["data"]["token"]).decode() == "a-long-enough-shared-cluster-token"
-    broker = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    dep = _one(docs, "Deployment")
+    broker_pod = dep["spec"]["template"]["spec"]
+    broker = broker_pod["containers"][0]
     assert _env(broker)["SNAPKV_MIN_STORES"]["value"] == "6"
     assert _env(broker)["PROMETHEUS_URL"]["value"].startswith("http://prometheus-operated")
     assert _env(broker)["SNAPKV_HEARTBEAT_INTERVAL"]["value"] == "0.25"
     assert _one(docs, "Service", "snapkv-broker")["spec"]["type"] == "LoadBalancer"
-    assert "annotations" not in _one(docs, "PersistentVolumeClaim")["metadata"]  # keepOnUninstall: false
+    assert dep["spec"]["replicas"] == 3
+    assert (_env(broker)["SNAPKV_LEASE_DURATION"]["value"], _env(broker)["SNAPKV_LEASE_RENEW"]["value"]) == ("5", "1")
+    assert _one(docs, "PodDisruptionBudget", "snapkv-broker")["spec"]["minAvailable"] == 2
+    assert broker_pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "DoNotSchedule"
+    broker_sa = _one(docs, "ServiceAccount", broker_pod["serviceAccountName"])
+    assert broker_sa["metadata"]["annotations"] == {"example.com/owner": "storage-team"}
 
 
 def test_minimal_values(render: Render) -> None:
     docs = documents(render(VALUES / "minimal.yaml"))
     kinds = sorted(d["kind"] for d in docs)
-    # No Secret (existing one), no RBAC or ServiceAccount, no PDB, no broker PVC, no dashboard, no test pod.
+    # No Secret (existing one), no RBAC or ServiceAccounts, no PDB (one broker), no dashboard, no test pod.
     assert kinds == ["Deployment", "Service", "Service", "Service", "StatefulSet"]
     pod = _one(docs, "StatefulSet", "kv-store")["spec"]["template"]["spec"]
     env = _env(pod["containers"][0])
@@ -267,8 +377,15 @@ def test_minimal_values(render: Render) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "default"
     assert "topologySpreadConstraints" not in pod
-    broker_pod = _one(docs, "Deployment", "kv-broker")["spec"]["template"]["spec"]
+    broker = _one(docs, "Deployment", "kv-broker")
+    assert broker["spec"]["replicas"] == 1
+    broker_pod = broker["spec"]["template"]["spec"]
     assert next(v for v in broker_pod["volumes"] if v["name"] == "data") == {"name": "data", "emptyDir": {}}
+    # Its Lease still needs the API: the token is mounted, the Role is the user's.
+    assert broker_pod["serviceAccountName"] == "default"
+    assert broker_pod["automountServiceAccountToken"] is True
+    assert "topologySpreadConstraints" not in broker_pod
+    assert _env(broker_pod["containers"][0])["SNAPKV_LEASE_NAME"]["value"] == "kv-broker"
 
 
 def test_names_values_in_another_namespace(render: Render) -> None:
@@ -287,6 +404,18 @@ def test_names_values_in_another_namespace(render: Render) -> None:
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "platform-snapkv", "namespace": "kv"}
     assert binding["metadata"]["name"].startswith("kv-")  # two namespaces' releases do not clash
+    broker_pod = _one(docs, "Deployment", "prod-kvstore-broker")["spec"]["template"]["spec"]
+    assert _env(broker_pod["containers"][0])["SNAPKV_LEASE_NAME"]["value"] == "prod-kvstore-broker"
+    role = _one(docs, "Role", "prod-kvstore-broker-leader")
+    assert [r.get("resourceNames") for r in role["rules"]] == [
+        ["prod-kvstore-broker"],
+        ["prod-kvstore-broker-state"],
+        None,
+        None,
+    ]
+    (subject,) = _one(docs, "RoleBinding")["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": broker_pod["serviceAccountName"], "namespace": "kv"}
+    assert broker_pod["serviceAccountName"] == "prod-kvstore-broker"  # its own, created by the chart
 
 
 def _notes_chart(tmp_path: Path) -> Path:
@@ -311,6 +440,7 @@ def test_notes_render(helm: str, tmp_path: Path, values: Path | None) -> None:
     assert "kubectl -n default scale statefulset/" in notes
     assert "<no value>" not in notes
     assert "redis-cli -p 6379" in notes
+    assert "kubectl -n default get lease " in notes and "holderIdentity" in notes
 
 
 def test_notes_without_redis(helm: str, tmp_path: Path) -> None:

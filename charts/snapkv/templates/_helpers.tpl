@@ -68,6 +68,25 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
+{{/* The brokers' ServiceAccount: the Lease and the state ConfigMap, nothing the stores need. */}}
+{{- define "snapkv.broker.serviceAccountName" -}}
+{{- if .Values.broker.serviceAccount.create }}
+{{- default (include "snapkv.broker.fullname" .) .Values.broker.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.broker.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The brokers' Lease is named as their Deployment (SNAPKV_LEASE_NAME); the leader keeps the
+cluster state in ConfigMap <lease>-state (services/broker/kube.py). */}}
+{{- define "snapkv.broker.leaseName" -}}
+{{- include "snapkv.broker.fullname" . }}
+{{- end }}
+
+{{- define "snapkv.broker.stateName" -}}
+{{- printf "%s-state" (include "snapkv.broker.leaseName" .) }}
+{{- end }}
+
 {{- define "snapkv.secretName" -}}
 {{- default (printf "%s-cluster-token" (include "snapkv.fullname" .)) .Values.clusterToken.existingSecret }}
 {{- end }}
