@@ -206,11 +206,11 @@ async def test_first_broker_takes_term_1_and_the_second_sees_it_held(k8s, broker
 
 
 async def test_the_holder_renews_and_keeps_its_term(k8s, broker) -> None:
-    a, b = broker("broker-a"), broker("broker-b")
+    a, b = broker("broker-a", duration=1.0), broker("broker-b", duration=1.0)
     await call(a.acquire)
     renewed = [_spec(k8s)["renewTime"]]
     for _ in range(3):
-        await asyncio.sleep(0.2)  # 0.6 s in all: past the 0.5 s lease, kept alive by the renewals
+        await asyncio.sleep(0.4)  # 1.2 s in all: past the 1 s lease, kept alive by the renewals
         assert await call(a.renew, 1) is True
         renewed.append(_spec(k8s)["renewTime"])
         assert (await call(b.acquire)).name == "broker-a"
@@ -219,11 +219,11 @@ async def test_the_holder_renews_and_keeps_its_term(k8s, broker) -> None:
 
 
 async def test_a_holder_that_stops_renewing_loses_the_lease_after_its_duration(k8s, broker, caplog) -> None:
-    a, b = broker("broker-a"), broker("broker-b")
+    a, b = broker("broker-a", duration=1.0), broker("broker-b", duration=1.0)
     assert (await call(a.acquire)).term == 1
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.3)
     assert await call(b.acquire) == Holder(1, "broker-a", "http://broker-a:8080")  # not yet expired
-    await asyncio.sleep(0.35)  # 0.6 s since a's last renewal: past its 0.5 s
+    await asyncio.sleep(0.8)  # 1.1 s since a's last renewal: past its 1 s
     assert await call(b.acquire) == Holder(2, "broker-b", "http://broker-b:8080")
     with caplog.at_level(logging.WARNING, logger="snapkv.leader"):
         assert await call(a.renew, 1) is False  # a lost renew: a wakes up and must step down
@@ -329,15 +329,16 @@ async def test_a_damaged_term_annotation_cannot_bring_a_term_back(k8s, broker) -
 
 
 async def test_a_follower_reads_the_lease_at_most_once_per_poll(k8s, broker) -> None:
-    a, b = broker("broker-a", duration=30.0), broker("broker-b", duration=30.0, poll=0.3)
+    a, b = broker("broker-a", duration=30.0), broker("broker-b", duration=30.0, poll=2.0)
     await call(a.acquire)
     reads = len(list(k8s))
     for _ in range(10):  # the leadership loop's 0.1 s ticks, squeezed
         assert (await call(b.acquire)).name == "broker-a"
     assert len(list(k8s)) == reads + 1
     await call(a.release, 1)
-    await asyncio.sleep(0.3)
-    assert (await call(b.acquire)).name == "broker-b"  # one poll after the release
+    assert (await call(b.acquire)).name == "broker-a"  # within the poll: what it read last
+    await asyncio.sleep(2.0)
+    assert (await call(b.acquire)).name == "broker-b"  # one poll later it sees the release
 
 
 async def test_an_unreachable_api_server_is_a_lost_renew_and_one_log_line(unused_tcp_port, caplog) -> None:
