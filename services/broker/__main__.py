@@ -9,7 +9,7 @@ from .app import make_app
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = config.load("snapkv-broker", argv, defaults={"name": "broker"})
+    settings = config.load("snapkv-broker", argv)
     logsetup.setup("broker", settings.log_level)
     web.run_app(
         make_app(settings),

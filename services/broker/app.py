@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..common import errors
 from ..common.config import Settings
-from ..common.httpjson import error_for, require_token, warn_no_cluster_token
+from ..common.httpjson import error_for, json_response, require_cluster_access, require_token, warn_no_cluster_token
 from . import api_seed, api_v1, dashboard, openapi
 from .resp import RespServer
 from .service import SERVICE, BrokerService
@@ -28,7 +28,16 @@ OPEN_PATHS = (
     "/register",
     "/internal/isr",
     "/internal/drain",
+    "/internal/state",
 )  # internal: cluster token (or loopback)
+# the leader's routes: a follower sends them on to it (registrations, ISR changes, drains, plans);
+# the views a follower can answer from its own copy when no broker leads
+LEADER_ROUTES = frozenset(("/register", "/internal/isr", "/internal/drain", "/v1/rebalance/plan"))
+LEADER_VIEWS = frozenset(("/v1/cluster", "/v1/dashboard"))
+
+
+def _for_leader(path: str) -> bool:
+    return path in LEADER_ROUTES or path in LEADER_VIEWS or (path.startswith("/v1/stores/") and path.endswith("/drain"))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -69,7 +78,10 @@ def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.St
                     raise errors.Overloaded(f"the broker serves {cap} requests at once (max_inflight); retry")
                 metrics.in_flight += 1
                 counted = True
-            response = await handler(request)
+            if service.control is None and _for_leader(request.path):
+                response = await _to_leader(service, request, handler)
+            else:
+                response = await handler(request)
         except Exception as exc:
             response = error_for(request, exc)
         finally:
@@ -79,6 +91,42 @@ def _front(service: BrokerService, token: str) -> Callable[..., Awaitable[web.St
         return response
 
     return front
+
+
+async def _to_leader(
+    service: BrokerService, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await service.forward(request)
+    except errors.NoLeader:
+        if request.path in LEADER_VIEWS:  # no leader to ask: what this broker routes with
+            return await handler(request)
+        raise
+
+
+async def internal_state(request: web.Request) -> web.Response:
+    """Internal: a follower's long poll for the map and the stores' statuses (follow.py)."""
+    svc = request.app[SERVICE]
+    require_cluster_access(request, svc.settings.cluster_token)
+    q = request.rel_url.query
+    try:
+        since, term, nodes = int(q.get("since", "0")), int(q.get("term", "0")), int(q.get("nodes", "0"))
+        wait = float(q.get("wait", "0"))
+        if not 0 <= wait < float("inf"):  # nan and inf too
+            raise ValueError(wait)
+        wait = min(wait, 5.0)
+    except ValueError:
+        raise errors.BadRequest("since, term and nodes must be integers, wait a number of seconds") from None
+    deadline = time.monotonic() + wait
+    while True:
+        view = svc.state_for_follower(since, term, nodes)
+        remaining = deadline - time.monotonic()
+        if view is not None or remaining <= 0:
+            break
+        await svc.watch.wait(remaining)
+    if view is None:  # nothing changed: no slots, the statuses
+        view = svc.state_for_follower(since, term, nodes, force=True)
+    return json_response(view)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -107,5 +155,6 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/internal/state", internal_state)
     app.cleanup_ctx.append(_lifecycle)
     return app

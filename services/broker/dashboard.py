@@ -29,7 +29,7 @@ def _page() -> bytes:
 
 def view(svc: BrokerService) -> dict[str, Any]:
     """What the page draws: the broker's pulse, every store, each slot's primary and state, moves."""
-    c = svc.cluster
+    c, control = svc.cluster, svc.control
     owners, primary, states = c.slotmap.grid(c.registry.is_up, c.copies_wanted)
     summary = {name: states.count(letter) for name, letter in STATE_LETTERS.items()}
     return {
@@ -38,7 +38,7 @@ def view(svc: BrokerService) -> dict[str, Any]:
         "epoch": c.slotmap.epoch,
         "replication_factor": svc.settings.replication_factor,
         "broker": {
-            "role": "leader",  # one broker today: it runs the control loops
+            **svc.leader_view(),  # its name, leader or follower, the term, who leads
             "uptime_seconds": round(time.monotonic() - svc.started_at, 1),
             "in_flight": svc.metrics.in_flight,
             **svc.pulse.figures(),
@@ -46,10 +46,10 @@ def view(svc: BrokerService) -> dict[str, Any]:
         "summary": summary,
         "stores": svc.stores(),
         "slots": {"owners": owners, "primary": primary, "state": states},
-        "moves": svc.migrator.view(),
-        "balanced": svc.rebalancer.balanced,
-        "settled": svc.rebalancer.settled,
-        "longest_switch_ms": round(max(svc.migrator.pauses, default=0.0) * 1000, 1),
+        "moves": control.migrator.view() if control else [],
+        "balanced": control.rebalancer.balanced if control else None,
+        "settled": control.rebalancer.settled if control else None,
+        "longest_switch_ms": round(max(control.migrator.pauses, default=0.0) * 1000, 1) if control else 0.0,
         "last_event": svc.events.seq,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +17,14 @@ from .slotmap import DEGRADED, MIGRATING, OK, UNASSIGNED, UNAVAILABLE
 
 
 class BrokerMetrics:
-    def __init__(self, cluster: ClusterState, moves: Callable[[], Mapping[str, int]] = dict) -> None:
-        """`moves()`: finished slot moves by reason (the migrator's)."""
+    def __init__(
+        self,
+        cluster: ClusterState,
+        moves: Callable[[], Mapping[str, int]] = dict,
+        leader: Callable[[], Leading] | None = None,
+    ) -> None:
+        """`moves()`: finished slot moves by reason (the migrator's); `leader()`: this broker's
+        part in the leadership."""
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
@@ -42,6 +49,8 @@ class BrokerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.registry.register(_ClusterCollector(cluster, moves, lambda: self.in_flight))
+        if leader is not None:
+            self.registry.register(_LeaderCollector(leader))
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         """One HTTP request answered: counted by route and code, timed by route."""
@@ -55,6 +64,31 @@ class BrokerMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+
+@dataclass(frozen=True)
+class Leading:
+    broker: str  # this broker's name
+    leads: bool
+    term: int  # the newest term it knows of
+    refused: int  # its pushes stores refused for an older term, since it last led
+
+
+class _LeaderCollector(Collector):
+    def __init__(self, leader: Callable[[], Leading]) -> None:
+        self.leader = leader
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = self.leader()
+        leads = GaugeMetricFamily(
+            "snapkv_broker_leader", "1 while this broker leads (runs the control plane)", labels=["broker"]
+        )
+        leads.add_metric([now.broker], 1 if now.leads else 0)
+        yield leads
+        yield GaugeMetricFamily("snapkv_broker_term", "The newest leadership term this broker knows of", value=now.term)
+        yield CounterMetricFamily(
+            "snapkv_broker_pushes_refused", "Assignments stores refused for an older term (fencing)", value=now.refused
+        )
 
 
 class _ClusterCollector(Collector):

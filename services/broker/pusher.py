@@ -104,6 +104,8 @@ class Pusher:
         data_dir: str,
         *,
         catch_up: Callable[[str], Awaitable[None]],
+        save: Callable[[str], None] | None = None,
+        term: int = 0,
     ) -> None:
         """`catch_up(name)`: before a store serves (again), a copy on it that may be behind hands
         over to an in-sync replica (rule 2); the failover's, given by whoever wires them."""
@@ -113,6 +115,10 @@ class Pusher:
         self.settings = settings
         self.data_dir = data_dir
         self._catch_up = catch_up
+        # blocking, run in a thread: the leader's StateStore.save at its term (leadership.py)
+        self._save = save or functools.partial(state.save, data_dir)
+        self.term = term  # every assign carries it: a store refuses an older term's (fencing)
+        self.refused = 0  # pushes stores refused for an older term: this broker's leadership is over
         self._pushes: dict[str, asyncio.Task[None]] = {}
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._queued: dict[str, list[_Queued]] = {}  # per store: the pushes waiting to go out, in order
@@ -140,7 +146,7 @@ class Pusher:
                 return  # a write that started after our call covered us
             covers = self._asked
             text = self.cluster.snapshot_text()  # a join: only the changed slots are encoded again
-            await asyncio.to_thread(state.save, self.data_dir, text)
+            await asyncio.to_thread(self._save, text)
             self._saved = covers
 
     def persist_later(self) -> None:
@@ -282,7 +288,7 @@ class Pusher:
             conn = self.pool.get(name, self.cluster.address_of(name))
         except errors.SnapkvError:
             return None
-        answer = conn.submit(wire.OP_ASSIGN, args, timeout=self.settings.request_deadline)
+        answer = conn.submit(wire.OP_ASSIGN, {**args, "term": self.term}, timeout=self.settings.request_deadline)
         if answer is not None:
             self._unanswered[name] = self._unanswered.get(name, 0) + 1
         return answer
@@ -293,6 +299,7 @@ class Pusher:
         if answer.cancelled() or exc is not None:
             code = exc.code if isinstance(exc, errors.SnapkvError) else "cancelled"
             log.warning("event=push_failed node=%s slots=%d error=%s", name, slots, code)
+            self.refused += code == errors.StaleTerm.code
             self._missed.add(name)  # the store is failing: health checks decide; push_all follows
         for q in pushes:
             if not q.sent.done():
@@ -301,9 +308,10 @@ class Pusher:
     async def _send(self, name: str, args: dict[str, Any]) -> None:
         try:
             conn = self.pool.get(name, self.cluster.address_of(name))
-            await conn.call(wire.OP_ASSIGN, args, timeout=self.settings.request_deadline)
+            await conn.call(wire.OP_ASSIGN, {**args, "term": self.term}, timeout=self.settings.request_deadline)
         except errors.SnapkvError as exc:
             log.warning("event=push_failed node=%s slots=%d error=%s", name, len(args["slots"]), exc.code)
+            self.refused += exc.code == errors.StaleTerm.code
             raise
 
     # -- confirming a store (rule 3) ------------------------------------------------------------

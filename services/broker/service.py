@@ -15,22 +15,25 @@ import statistics
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ..common import errors, wire
 from ..common.config import Settings
 from ..common.pool import Pool
-from . import state
 from .clock import RunningClock
 from .clusterstate import ClusterState
+from .control import ControlPlane
 from .events import EventFeed
 from .failover import Failover
+from .follow import Follower, FollowerControl, nodes_fingerprint
 from .gate import SlotGate
 from .health import HealthMonitor
 from .kv import KeyValue
+from .leadership import DirectoryLease, DirectoryState, Leadership, Lease, StateStore
 from .loadmon import LoadMonitor
 from .membership import Membership
-from .metrics import BrokerMetrics
+from .metrics import BrokerMetrics, Leading
 from .migration import Migrator
 from .pulse import Pulse
 from .pusher import Pusher
@@ -40,6 +43,7 @@ from .slotmap import tally
 from .watch import Watch
 
 SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
+FORWARDED = "X-Snapkv-Broker"  # on a forwarded request: the follower that sent it; on its answer: the leader
 SNAPSHOT_TIMEOUT = 120.0
 # routes that are not client traffic: the broker's request rate and p99 (pulse) leave them out
 NOT_CLIENT_ROUTES = (
@@ -60,11 +64,11 @@ log = logging.getLogger("snapkv.cluster")  # the events' logger before the split
 
 
 class _Control:
-    """The router's way to the control plane, in this process (router.Control)."""
+    """The router's way to the control plane, in this process (router.Control), while it leads."""
 
-    def __init__(self, health: HealthMonitor, pusher: Pusher, watch: Watch) -> None:
-        self._health = health
-        self._pusher = pusher
+    def __init__(self, control: ControlPlane, watch: Watch) -> None:
+        self._health = control.health
+        self._pusher = control.pusher
         self._watch = watch
 
     def unreachable(self, name: str) -> None:
@@ -78,99 +82,222 @@ class _Control:
         await self._watch.wait(timeout)
 
 
+def broker_address(settings: Settings) -> str:
+    """The base URL the other brokers reach this one at (they forward the leader's routes there)."""
+    if settings.advertise:
+        return f"http://{settings.advertise}"
+    host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{settings.port}"
+
+
 class BrokerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir or os.path.join("data", "broker")
+        self.name = settings.name or f"broker-{settings.port}"
+        self.address = broker_address(settings)
         self.cluster = ClusterState(settings.replication_factor)
         self.clock = RunningClock()  # silence of stores is measured without the broker's own stalls
         self.watch = Watch()
-        # two loops close here: a lost connection starts a health check (which uses the pool), and a
-        # confirming push catches up first (the failover's, which applies plans through the pusher)
+        # a lost connection starts a health check (the leader's), which uses the pool
         self.pool = Pool(
             token=settings.cluster_token or None,
             connect_timeout=settings.heartbeat_interval * 2,
-            on_lost=lambda name: self.health.check_soon(name),
-        )
-        self.pusher = Pusher(
-            self.cluster,
-            self.pool,
-            self.watch,
-            settings,
-            self.data_dir,
-            catch_up=lambda name: self.failover.catch_up(name),
-        )
-        self.failover = Failover(self.cluster, self.pusher, settings, moving=lambda: self.migrator.unsettled())
-        self.health = HealthMonitor(
-            self.cluster, self.pool, self.clock, self.pusher, self.watch, settings, on_down=self.failover.node_down
-        )
-        self.membership = Membership(
-            self.cluster,
-            self.pusher,
-            self.clock,
-            settings,
-            mark_down=self.health.mark_down,
-            catch_up=self.failover.catch_up,
+            on_lost=self._lost,
         )
         self.gate = SlotGate()
-        self.router = Router(
-            self.cluster, self.pool, _Control(self.health, self.pusher, self.watch), settings, self.gate
+        self.control: ControlPlane | None = None  # while this broker leads
+        self.lease, self.state_store = self._lease()
+        self.leadership = Leadership(
+            self.lease,
+            self.name,
+            duration=settings.lease_duration,
+            renew_every=settings.lease_renew,
+            elected=self._elected,
+            deposed=self._deposed,
         )
-        # live migration and the loop that plans it: control plane, holding slots at the data plane's gate
-        self.metrics = BrokerMetrics(self.cluster, moves=lambda: self.migrator.done)
+        self.follower = Follower(self.cluster, self.leadership, self.watch, self.clock, self._cluster_headers)
+        self.router = Router(self.cluster, self.pool, FollowerControl(self.follower, self.watch), settings, self.gate)
+        self.metrics = BrokerMetrics(
+            self.cluster, moves=lambda: self.control.migrator.done if self.control else {}, leader=self._leading_now
+        )
+        self._refused = 0  # pushes refused for an older term, by control planes this broker ran
         self.events = EventFeed()  # the event log lines, for the dashboard and `snapkv watch`
         self.pulse = Pulse(self.metrics.request_seconds, skip=NOT_CLIENT_ROUTES)
         self.started_at = time.monotonic()
-        self.migrator = Migrator(
-            self.cluster,
-            self.pusher,
-            self.gate,
-            self.watch,
-            self.failover.lock,
-            settings,
-            observe_pause=self.metrics.switch_seconds.observe,
-        )
-        self.load = LoadMonitor(self.cluster, settings)  # each store's load, from its metrics
-        self.rebalancer = Rebalancer(
-            self.cluster,
-            self.migrator,
-            self.watch,
-            settings,
-            self.load,
-            in_grace=self.failover.in_grace,
-            persist=self.pusher.persist_later,
-        )
         self.kv = KeyValue(self.router)
-
+        self._forwarding: aiohttp.ClientSession | None = None
         self.started = False
 
+    def _lease(self) -> tuple[Lease, StateStore]:
+        if self.settings.lease == "kubernetes":
+            from . import kube  # the kubernetes client: only where it runs
+
+            return kube.make(self.settings, self.name, self.address)
+        os.makedirs(self.data_dir, exist_ok=True)
+        lease = DirectoryLease(self.data_dir, self.name, self.address, self.settings.lease_duration)
+        return lease, DirectoryState(self.data_dir, lease)
+
+    def _leading_now(self) -> Leading:
+        leader = self.leadership.leader
+        refused = self._refused + (self.control.pusher.refused if self.control is not None else 0)
+        return Leading(self.name, self.control is not None, leader.term if leader is not None else 0, refused)
+
+    def _cluster_headers(self) -> dict[str, str]:
+        token = self.settings.cluster_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _lost(self, name: str) -> None:
+        if self.control is not None:
+            self.control.health.check_soon(name)
+
+    # -- the control plane's parts, while this broker leads ------------------------------------------
+    def _leading(self) -> ControlPlane:
+        if self.control is None:
+            raise errors.NoLeader("this broker does not lead: ask the leader")
+        return self.control
+
+    @property
+    def pusher(self) -> Pusher:
+        return self._leading().pusher
+
+    @property
+    def failover(self) -> Failover:
+        return self._leading().failover
+
+    @property
+    def health(self) -> HealthMonitor:
+        return self._leading().health
+
+    @property
+    def membership(self) -> Membership:
+        return self._leading().membership
+
+    @property
+    def migrator(self) -> Migrator:
+        return self._leading().migrator
+
+    @property
+    def rebalancer(self) -> Rebalancer:
+        return self._leading().rebalancer
+
+    @property
+    def load(self) -> LoadMonitor:
+        return self._leading().load
+
+    @property
+    def leading(self) -> bool:
+        return self.control is not None
+
+    def leader_view(self) -> dict[str, Any]:
+        """Who leads and at which term, as this broker knows it (`/v1/cluster`, the dashboard)."""
+        leader = self.leadership.leader
+        return {
+            "name": self.name,
+            "role": "leader" if self.control is not None else "follower",
+            "term": leader.term if leader is not None else 0,
+            "leader": {"name": leader.name, "address": leader.address} if leader is not None else None,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self.events.attach()
         await self.pulse.start()
         await self.clock.start()
-        saved = state.load(self.data_dir)
-        if saved is not None:
-            self.cluster.restore(saved, self.clock.now())
-            log.info(
-                "event=state_loaded epoch=%d nodes=%d", self.cluster.slotmap.epoch, len(self.cluster.registry.nodes)
-            )
-        await self.health.start()
-        await self.failover.start()
-        await self.load.start()
-        await self.rebalancer.start()
+        await self.follower.start()
+        await self.leadership.start()  # alone, it leads before it serves
         self.started = True
 
     async def stop(self) -> None:
-        await self.rebalancer.stop()
-        await self.load.stop()
-        await self.failover.stop()
-        await self.health.stop()
-        await self.membership.stop()
-        await self.pusher.stop()
+        await self.leadership.stop()  # a clean stop hands over at once
+        await self.follower.stop()
         await self.clock.stop()
         await self.pool.close()
+        if self._forwarding is not None:
+            await self._forwarding.close()
         await self.pulse.stop()
         self.events.detach()
+
+    async def _elected(self, term: int) -> None:
+        """Run the control plane: the state from where the last leader left it (rule 4)."""
+        saved = await asyncio.to_thread(self.state_store.load)
+        warm = self.follower.term > 0  # it followed a leader: its view of the stores holds
+        if saved is not None:
+            self.cluster.restore(saved, self.clock.now(), known=self.cluster.registry if warm else None)
+            log.info(
+                "event=state_loaded epoch=%d nodes=%d term=%d",
+                self.cluster.slotmap.epoch,
+                len(self.cluster.registry.nodes),
+                term,
+            )
+        store = self.state_store
+        control = ControlPlane(
+            self.cluster,
+            self.pool,
+            self.clock,
+            self.watch,
+            self.gate,
+            self.settings,
+            data_dir=self.data_dir,
+            save=lambda text: store.save(text, term),
+            term=term,
+            observe_pause=self.metrics.switch_seconds.observe,
+        )
+        if saved is not None:
+            await control.pusher.persist()  # this term's first write: an older leader's fail from now on
+        self.control = control
+        self.router.control = _Control(control, self.watch)
+        await control.start()
+        if warm:  # every store hears the new term at once, so the old leader's pushes are refused
+            for name in self.cluster.up_names():
+                control.pusher.push_all(name)
+        self.watch.changed()
+
+    async def _deposed(self) -> None:
+        control, self.control = self.control, None
+        self.router.control = FollowerControl(self.follower, self.watch)
+        self.follower.term = 0  # take the next leader's state whole
+        if control is not None:
+            self._refused += control.pusher.refused
+            await control.stop()
+        self.watch.changed()
+
+    # -- the leader's routes, from a follower --------------------------------------------------------
+    def state_for_follower(self, since: int, term: int, nodes: int, *, force: bool = False) -> Any:
+        """The follower's update, or None when it is up to date (unless `force`)."""
+        control = self._leading()
+        full = term != control.term or since > self.cluster.slotmap.epoch
+        same = since == self.cluster.slotmap.epoch and nodes == nodes_fingerprint(self.cluster.node_view())
+        if not full and same and not force:
+            return None
+        return {"term": control.term, "leader": self.name, **self.cluster.follower_view(since, full)}
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """Send a leader's route to the leader and answer with what it answered."""
+        leader = self.leadership.leader
+        if leader is None or not leader.address or leader.name == self.name or request.headers.get(FORWARDED):
+            raise errors.NoLeader("no broker leads now (an election is under way); retry")
+        if self._forwarding is None:
+            self._forwarding = aiohttp.ClientSession(auto_decompress=False)
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type", "if-match")
+        }
+        headers[FORWARDED] = self.name
+        try:
+            async with self._forwarding.request(
+                request.method,
+                f"{leader.address}{request.path_qs}",
+                data=await request.read(),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_deadline + 5),
+            ) as resp:
+                body = await resp.read()
+                out = web.Response(status=resp.status, body=body)
+                out.headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+                out.headers[FORWARDED] = leader.name
+                return out
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise errors.NoLeader(f"the leader {leader.name} did not answer ({exc!r}); retry") from None
 
     def stores(self) -> list[dict[str, Any]]:
         counts = self.cluster.slotmap.counts()
@@ -216,29 +343,37 @@ class BrokerService:
     def cluster_view(self) -> dict[str, Any]:
         c = self.cluster
         ranges = c.slotmap.ranges(c.registry.is_up, c.copies_wanted)
-        return {
+        view = {
             "cluster_id": c.cluster_id,
             "epoch": c.slotmap.epoch,
             "slots": len(c.slotmap),
             "replication_factor": self.settings.replication_factor,
+            "broker": self.leader_view(),  # who leads, at which term
             "summary": tally(ranges),  # the same as SlotMap.summary, without a second walk
             "ranges": ranges,
-            "moves": self.migrator.view(),
-            "balanced": self.rebalancer.balanced,  # every store holds its share
-            "settled": self.rebalancer.settled,  # nothing moves now, and nothing will by itself
-            "moved": dict(self.migrator.done),  # finished moves by reason, since the broker started
-            # the longest time one slot's requests were held for a switch, over the last 1,000
-            "longest_switch_ms": round(max(self.migrator.pauses, default=0.0) * 1000, 1),
-            "median_switch_ms": round(statistics.median(self.migrator.pauses or [0.0]) * 1000, 1),
             # keys and bytes the stores have full-synced to replicas (moves, resyncs), as their
             # last health checks said: what `snapkv rebalance --wait` shows as keys/s
             "copied": self._copied(),
+        }
+        control = self.control
+        if control is None:  # a follower with no leader to ask: the map it routes with
+            return view
+        migrator, rebalancer = control.migrator, control.rebalancer
+        return {
+            **view,
+            "moves": migrator.view(),
+            "balanced": rebalancer.balanced,  # every store holds its share
+            "settled": rebalancer.settled,  # nothing moves now, and nothing will by itself
+            "moved": dict(migrator.done),  # finished moves by reason, since the broker started
+            # the longest time one slot's requests were held for a switch, over the last 1,000
+            "longest_switch_ms": round(max(migrator.pauses, default=0.0) * 1000, 1),
+            "median_switch_ms": round(statistics.median(migrator.pauses or [0.0]) * 1000, 1),
             # the load monitor's source and the rebalancer's last decision on load
             "load": {
-                "source": self.load.mode,
-                "stale": self.load.stale,
-                "readings": self.load.rounds,
-                **self.rebalancer.decision,
+                "source": control.load.mode,
+                "stale": control.load.stale,
+                "readings": control.load.rounds,
+                **rebalancer.decision,
             },
         }
 

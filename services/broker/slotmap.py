@@ -193,6 +193,21 @@ class SlotMap:
         self._stale.clear()
         return f'{{"epoch":{self.epoch},"slots":[{",".join(self._text)}]}}'
 
+    def patch(self, epoch: int, items: Iterable[tuple[int, list[Any]]]) -> None:
+        """Take the leader's entries (slot, to_json of it) as they are, and its epoch: a follower's copy."""
+        for slot, (primary, replicas, isr, entry_epoch, leader_epoch) in items:
+            e = self.entries[slot]
+            e.primary, e.replicas, e.isr, e.epoch, e.leader_epoch = (
+                primary,
+                list(replicas),
+                list(isr),
+                entry_epoch,
+                leader_epoch,
+            )
+            e.migrating_to = None
+            self._stale.add(slot)
+        self.epoch = epoch
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SlotMap:
         m = cls(len(data["slots"]))

@@ -41,7 +41,8 @@ class Settings:
     site: str = _opt("", "site (zone) of this store; replicas go to another site")
     advertise: str = _opt("", "host:port the others use to reach this process (a store, or a broker for its peers)")
     broker_url: str = _opt(
-        "", "broker registration URL(s), comma-separated, e.g. http://localhost:8080/register,http://localhost:8081/register"
+        "",
+        "broker registration URL(s), comma-separated, e.g. http://localhost:8080/register,http://localhost:8081/register",
     )
     fsync: str = _opt("everysec", "log fsync policy", choices=("always", "everysec", "no"))
     snapshot_interval: float = _opt(60.0, "seconds between periodic snapshots (0 disables)", lo=0)

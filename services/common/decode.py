@@ -179,7 +179,16 @@ def assign_request(raw: object) -> AssignRequest:
         bool(raw.get("full")),
         str(raw.get("cluster") or ""),
         str(raw.get("replication") or ""),
+        _term(raw.get("term")),
     )
+
+
+def _term(raw: object) -> int:
+    if raw is None:
+        return 0  # an older broker's: no leadership terms
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise _bad("assign term", raw)
+    return raw
 
 
 def position(raw: object) -> Position:

@@ -112,6 +112,18 @@ class ReplicaGap(SnapkvError):
     status, code, retriable = 409, "replica_gap", True
 
 
+class StaleTerm(SnapkvError):
+    """A change from a broker whose leadership is over: a newer term has been heard (fencing)."""
+
+    status, code = 409, "stale_term"
+
+
+class NoLeader(Unavailable):
+    """No broker leads now (an election is under way): registrations and control calls wait for one."""
+
+    code = "no_leader"
+
+
 class Timeout(SnapkvError):
     status, code, retriable = 504, "timeout", True
 

@@ -99,6 +99,7 @@ class AssignRequest(NamedTuple):
     full: bool  # `slots` is all it owns: anything else is dropped
     cluster: str
     replication: str  # "sync" or "async", "" = unchanged
+    term: int = 0  # the sending leader's term: an older one than the store has heard is refused
 
 
 class Position(NamedTuple):

@@ -45,7 +45,7 @@ def default_advertise(settings: Settings) -> str:
         return settings.advertise
     host = settings.host
     if host in ("", "0.0.0.0", "::"):
-        broker_host = urlsplit(settings.broker_url).hostname or "localhost"
+        broker_host = urlsplit(settings.broker_url.split(",")[0].strip()).hostname or "localhost"
         host = "127.0.0.1" if broker_host in ("localhost", "127.0.0.1", "::1") else socket.gethostname()
     return f"{host}:{settings.port}"
 
@@ -74,7 +74,7 @@ class StoreService:
         self._registering: asyncio.Task[None] | None = None
         self.drainer = Drainer(
             self.name,
-            settings.broker_url.rsplit("/register", 1)[0],
+            settings.broker_url,
             settings.cluster_token,
             settings.drain_timeout,
             before_exit=self.stop_registering,
@@ -118,11 +118,10 @@ class StoreService:
         self.node.wal = Wal(self.data_dir, self.settings.fsync)
         self.node.wal.start()
         assert self._session is not None
-        broker_base = self.settings.broker_url.rsplit("/register", 1)[0]
         replicator = Replicator(
             self.node,
             self._session,
-            broker_base,
+            self.settings.broker_url,
             self.settings.cluster_token,
             self.settings.replication,
             sync_rate=self.settings.sync_rate_mb * 1_000_000,

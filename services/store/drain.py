@@ -18,6 +18,8 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from .brokers import Brokers
+
 log = logging.getLogger("snapkv.store")
 
 POLL = 0.5
@@ -30,7 +32,7 @@ class Drainer:
     ) -> None:
         """`before_exit`: stop registering (a drained store must not come back as new)."""
         self.name = name
-        self.url = f"{broker_base.rstrip('/')}/internal/drain"
+        self.brokers = Brokers(broker_base)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
         self.before_exit = before_exit
@@ -72,7 +74,7 @@ class Drainer:
             while time.monotonic() < deadline:
                 try:
                     async with session.post(
-                        self.url,
+                        self.brokers.url("/internal/drain"),
                         json={"store": self.name},
                         headers=self.headers,
                         timeout=aiohttp.ClientTimeout(total=max(0.1, min(3.0, deadline - time.monotonic()))),
@@ -81,6 +83,7 @@ class Drainer:
                         status = resp.status
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     failures += 1
+                    self.brokers.failed()
                     log.warning("event=drain_request_failed error=%r attempt=%d", exc, failures)
                     if failures >= GIVE_UP_AFTER:
                         return False
@@ -96,6 +99,8 @@ class Drainer:
                 if status == 200 and body.get("status") == "drained":
                     log.info("event=drained seconds=%.1f", time.monotonic() - started)
                     return True
+                if status >= 500:
+                    self.brokers.failed()  # a broker with no leader to send it to: another may have one
                 if status not in (200, 202):
                     log.warning("event=drain_request_failed status=%d body=%s", status, str(body)[:200])
                 await asyncio.sleep(max(0.0, min(POLL, deadline - time.monotonic())))

@@ -73,6 +73,10 @@ class _StateCollector(Collector):
             slots.add_metric([role], count)
         yield slots
         yield GaugeMetricFamily("snapkv_store_bytes", "Bytes of keys and values held", value=node.engine.bytes)
+        yield GaugeMetricFamily("snapkv_store_term", "The newest broker leadership term it obeys", value=node.term)
+        yield CounterMetricFamily(
+            "snapkv_store_stale_terms", "Assignments refused for an older leadership term", value=node.stale_terms
+        )
         ops = CounterMetricFamily("snapkv_store_ops", "Internal operations handled", labels=["op"])
         for op, count in sorted(node.ops.items()):
             ops.add_metric([op], count)

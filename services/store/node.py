@@ -58,6 +58,8 @@ class StoreNode:
         self.wal = wal
         self.assignments: dict[int, Assignment] = {}
         self.confirmed = False  # the broker has told us what we own since we started (rule 3)
+        self.term = 0  # the newest leadership term an assign came with: older ones are refused
+        self.stale_terms = 0  # assigns refused for an older term (a deposed leader's)
         self.committed: dict[int, int] = {}  # slot -> last committed seq
         self._commit_waiters: dict[int, SeqWaiters] = {}  # slot -> reads and retries waiting for a commit
         self._promoted: set[int] = set()
@@ -254,6 +256,11 @@ class StoreNode:
 
     # -- assignments (rule 3) -------------------------------------------------------------------
     def op_assign(self, req: records.AssignRequest) -> Reply:
+        if req.term < self.term:  # fencing: a leader that was paused and woke up changes nothing
+            self.stale_terms += 1
+            log.warning("event=stale_term_refused term=%d heard=%d", req.term, self.term)
+            raise errors.StaleTerm(f"term {req.term} is over: this store has heard term {self.term}", term=self.term)
+        self.term = req.term
         stale = []
         if self.replicator is not None and req.replication:
             self.replicator.mode = req.replication
@@ -390,4 +397,6 @@ class StoreNode:
                 "bytes": self.replicator.sync_bytes if self.replicator is not None else 0,
             },
             "snapshot": self.last_snapshot,
+            "term": self.term,  # the leadership term it obeys, and how many older ones it refused
+            "stale_terms": self.stale_terms,
         }

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from .brokers import Brokers
+
 if TYPE_CHECKING:
     from .node import StoreNode
 
@@ -18,7 +20,7 @@ log = logging.getLogger("snapkv.store")
 class Registrar:
     def __init__(self, node: StoreNode, broker_url: str, token: str, interval: float, address: str, site: str) -> None:
         self.node = node
-        self.broker_url = broker_url
+        self.brokers = Brokers(broker_url)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.interval = interval
         self.address = address
@@ -49,15 +51,20 @@ class Registrar:
             "behind": sorted(self.behind),
         }
         reported = set(self.behind)
-        async with session.post(
-            self.broker_url, json=body, headers=self.headers, timeout=aiohttp.ClientTimeout(total=3)
-        ) as resp:
-            if resp.status != 200:
-                text = await resp.text()
-                raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
+        url = self.brokers.url("/register")
+        try:
+            async with session.post(
+                url, json=body, headers=self.headers, timeout=aiohttp.ClientTimeout(total=3)
+            ) as resp:
+                if resp.status != 200:
+                    text = await resp.text()
+                    raise RuntimeError(f"broker answered {resp.status}: {text[:200]}")
+        except Exception:
+            self.brokers.failed()  # the next try goes to the next broker listed
+            raise
         self.behind -= reported
         if not self.registered:
-            log.info("event=registered broker=%s address=%s site=%s", self.broker_url, self.address, self.site or "-")
+            log.info("event=registered broker=%s address=%s site=%s", url, self.address, self.site or "-")
         self.registered = True
 
     async def run(self, session: aiohttp.ClientSession) -> None:
@@ -76,5 +83,5 @@ class Registrar:
             except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.broker_url, failures, exc)
+                    log.warning("event=register_failed broker=%s attempt=%d error=%r", self.brokers, failures, exc)
                 await asyncio.sleep(min(0.2 * failures, 2.0))

@@ -25,6 +25,7 @@ from ..common import errors, records, wire
 from ..common.pool import Pool
 from ..common.records import PRIMARY, Member, Mutation, SameCopy
 from ..common.records import SlotAssignment as Assignment
+from .brokers import Brokers
 from .fullsync import SYNC_TIMEOUT, FullSync, failure, unknown_op
 from .receiver import Receiver
 from .tracker import SlotTracker
@@ -51,7 +52,7 @@ class Replicator:
     ) -> None:
         self.node = node
         self.session = session
-        self.broker_base = broker_base.rstrip("/")
+        self.brokers = Brokers(broker_base)
         self.token = token
         self.mode = mode
         self.peers = Pool(session, token=token or None)  # replicas by name, as the broker's stores
@@ -319,7 +320,7 @@ class Replicator:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
                 async with self.session.post(
-                    f"{self.broker_base}/internal/isr",
+                    self.brokers.url("/internal/isr"),
                     json={"store": self.node.name, "changes": batch},
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=5),
@@ -330,6 +331,7 @@ class Replicator:
                 failures = 0
             except Exception as exc:
                 failures += 1
+                self.brokers.failed()
                 if failures in (1, 20):
                     log.warning("event=isr_request_failed changes=%d error=%r", len(batch), exc)
                 self._isr_queue = batch + self._isr_queue

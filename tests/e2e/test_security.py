@@ -157,6 +157,7 @@ def _start_on_all_interfaces(root: Path, local_cluster) -> tuple[Proc, Proc]:
         str(root / "s1.log"),
     )
     local_cluster.broker, local_cluster.stores["s1"] = broker, store  # the fixture stops them
+    local_cluster.brokers.append(broker)
     broker.start()
     store.start()
     return broker, store

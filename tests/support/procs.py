@@ -103,7 +103,8 @@ class Proc:
 class LocalCluster:
     root: Path
     stores: dict[str, Proc] = field(default_factory=dict)
-    broker: Proc | None = None
+    broker: Proc | None = None  # the first broker started
+    brokers: list[Proc] = field(default_factory=list)  # every broker (they share the data dir)
     settings: dict[str, str] = field(default_factory=dict)
     api_headers: dict[str, str] = field(default_factory=dict)  # e.g. the API token, for wait_ready
     # what runs a process's module, given its name: `python -m` unless a benchmark wraps it
@@ -118,12 +119,19 @@ class LocalCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPKV_")}
         env.update(self.settings)
         env.update(extra or {})
-        if self.broker is not None:
-            env["BROKER_URL"] = f"{self.broker.url}/register"
+        if self.brokers:
+            env["BROKER_URL"] = ",".join(f"{b.url}/register" for b in self.brokers)
         return env
 
     def start_broker(self, min_stores: int, **settings: str) -> Proc:
+        """The first broker (`broker`); `add_broker` starts more, in the same data dir."""
+        self.broker = self.add_broker(min_stores, **settings)
+        return self.broker
+
+    def add_broker(self, min_stores: int, **settings: str) -> Proc:
+        """Another broker of the cluster (started before the stores: their BROKER_URL lists it)."""
         port = free_port()
+        name = "broker" if not self.brokers else f"broker{len(self.brokers) + 1}"
         data = str(self.root / "broker")
         env = self.env(
             {
@@ -133,16 +141,17 @@ class LocalCluster:
                 **{f"SNAPKV_{k.upper()}": v for k, v in settings.items()},
             }
         )
-        self.broker = Proc(
-            "broker",
+        broker = Proc(
+            name,
             [*self.launcher("broker"), "snapkv.broker", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
             port,
             data,
             env,
-            str(self.root / "broker.log"),
+            str(self.root / f"{name}.log"),
         )
-        self.broker.start()
-        return self.broker
+        self.brokers.append(broker)
+        broker.start()
+        return broker
 
     def add_store(self, name: str, site: str = "", *, port: int = 0, **settings: str) -> Proc:
         """`port`: where it listens (0: a free one)."""
@@ -192,14 +201,14 @@ class LocalCluster:
 
     def logs(self, tail: int = 30) -> str:
         out = []
-        for proc in [self.broker, *self.stores.values()]:
+        for proc in [*self.brokers, *self.stores.values()]:
             if proc is not None:
                 lines = proc.log_text().splitlines()[-tail:]
                 out.append(f"--- {proc.name} ---\n" + "\n".join(lines))
         return "\n".join(out)
 
     def stop(self) -> None:
-        procs = [p for p in [*self.stores.values(), self.broker] if p is not None and p.alive]
+        procs = [p for p in [*self.stores.values(), *self.brokers] if p.alive]
         for proc in procs:
             assert proc.popen is not None
             proc.popen.send_signal(signal.SIGTERM)

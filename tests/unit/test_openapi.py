@@ -18,7 +18,7 @@ from snapkv.common.config import Settings
 from snapkv.common.slots import SLOTS
 
 DOC = openapi.document()
-INTERNAL = {"/register", "/internal/isr", "/internal/drain"}
+INTERNAL = {"/register", "/internal/isr", "/internal/drain", "/internal/state"}
 # failures a route reports in its own shape, not the error body: not ready, a store's snapshot failed
 OWN_SHAPE = {("/readyz", "503"), ("/kvstore/snapshot/manual", "502"), ("/v1/snapshots", "502")}
 
