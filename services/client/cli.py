@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a broker and N stores on this machine; Ctrl-C stops them")
     up.add_argument("--stores", type=int, default=3)
-    up.add_argument("--port", type=int, default=8080, help="broker port; stores use the ports after it")
+    up.add_argument(
+        "--port", type=int, default=8080, help="broker port; more brokers, then stores use the ports after it"
+    )
+    up.add_argument("--brokers", type=int, default=1, help="brokers (one leads, the others route and take over)")
     up.add_argument("--data-dir", default="data", help="parent directory of each process's data dir")
     up.add_argument("--sites", type=int, default=2, help="spread stores over this many sites")
     up.add_argument("--fsync", default=None, help="log fsync policy for the stores")
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        raise SystemExit(run_local_cluster(args.stores, args.port, args.data_dir, args.sites, args.fsync))
+        raise SystemExit(
+            run_local_cluster(args.stores, args.port, args.data_dir, args.sites, args.fsync, brokers=args.brokers)
+        )
     client = Client(args.url, token=args.token, retry=Retry(retries=3))  # a command says so soon
     try:
         code = _run(client, args)

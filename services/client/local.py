@@ -1,4 +1,8 @@
-"""`snapkv up`: a broker and N stores as child processes on this machine, stopped together."""
+"""`snapkv up`: brokers and N stores as child processes on this machine, stopped together.
+
+With `--brokers N` the brokers listen on consecutive ports from `--port` and share one data dir
+(the one holding its lease leads); the stores' BROKER_URL lists them all, and the cluster keeps
+running while one of them is up."""
 
 from __future__ import annotations
 
@@ -57,15 +61,20 @@ def _write_private(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: str | None) -> int:
+def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: str | None, *, brokers: int = 1) -> int:
+    if brokers < 1:
+        print("snapkv: --brokers must be at least 1", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     token_file = _cluster_token(env, data_dir)
     broker_url = f"http://127.0.0.1:{port}"
-    env["BROKER_URL"] = f"{broker_url}/register"
+    broker_urls = [f"http://127.0.0.1:{port + b}" for b in range(brokers)]
+    env["BROKER_URL"] = ",".join(f"{u}/register" for u in broker_urls)
     env.setdefault("SNAPKV_MIN_STORES", str(stores))
     if fsync:
         env["SNAPKV_FSYNC"] = fsync
     procs: list[subprocess.Popen[bytes]] = []
+    gone: list[subprocess.Popen[bytes]] = []  # brokers that exited while the others serve
     py = sys.executable
 
     def stop_all(*_: object) -> None:
@@ -79,23 +88,26 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
                 p.kill()
 
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "snapkv.broker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    os.path.join(data_dir, "broker"),
-                ],
-                env=env,
-                preexec_fn=_die_with_parent,
+        for b in range(brokers):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "snapkv.broker",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port + b),
+                        "--data-dir",
+                        os.path.join(data_dir, "broker"),
+                    ],
+                    env=env if b == 0 else {**env, "SNAPKV_RESP_PORT": "0"},  # one Redis port: the first's
+                    preexec_fn=_die_with_parent,
+                )
             )
-        )
+            if b == 0 and brokers > 1:
+                _wait_ready(f"{broker_url}/healthz", 30)  # the first one leads
         for i in range(1, stores + 1):
             site = f"site-{'abcdefgh'[(i - 1) % max(1, sites)]}"
             procs.append(
@@ -105,7 +117,7 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
                         "-m",
                         "snapkv.store",
                         f"store{i}",
-                        str(port + i),
+                        str(port + brokers - 1 + i),
                         "--host",
                         "127.0.0.1",
                         "--data-dir",
@@ -118,8 +130,11 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
                 )
             )
         ok = _wait_ready(f"{broker_url}/readyz", 30)
+        listening = (
+            f"broker listening on {broker_url}" if brokers == 1 else f"brokers listening on {', '.join(broker_urls)}"
+        )
         print(
-            f"snapkv: broker listening on {broker_url} with {stores} stores "
+            f"snapkv: {listening} with {stores} stores "
             f"({'ready' if ok else 'not ready yet'}); data in {os.path.abspath(data_dir)}; Ctrl-C stops",
             flush=True,
         )
@@ -131,7 +146,12 @@ def run_local_cluster(stores: int, port: int, data_dir: str, sites: int, fsync: 
             flush=True,
         )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while all(p.poll() is None for p in procs):
+        # running while every store and at least one broker is: another broker takes over from one that died
+        while all(p.poll() is None for p in procs[brokers:]) and any(p.poll() is None for p in procs[:brokers]):
+            for p in procs[:brokers]:
+                if p.poll() is not None and p.returncode is not None and p not in gone:
+                    gone.append(p)
+                    print(f"snapkv: a broker exited (code {p.returncode}); the others serve", file=sys.stderr)
             time.sleep(0.5)
         failed = [p for p in procs if p.poll() is not None]
         print(f"snapkv: a process exited (code {failed[0].returncode}); stopping the rest", file=sys.stderr)

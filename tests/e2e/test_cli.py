@@ -1,10 +1,12 @@
 """`snapkv up` starts a working local cluster and stops it on Ctrl-C; the CLI talks to it."""
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from support.procs import free_port, http
 
@@ -94,3 +96,55 @@ def test_cli_reports_unreachable_broker():
         [*SNAPKV, "--url", f"http://127.0.0.1:{free_port()}", "get", "k"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 3 and "cannot reach" in out.stderr  # 3: no broker answered
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> command line of each child of `pid` (Linux /proc)."""
+    out = {}
+    for task in (Path("/proc") / str(pid) / "task").iterdir():
+        for child in (task / "children").read_text().split():
+            out[int(child)] = (Path("/proc") / child / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return out
+
+
+def test_up_with_two_brokers_keeps_serving_when_the_leader_dies(tmp_path):
+    port = free_port()
+    up = subprocess.Popen(
+        [*SNAPKV, "up", "--brokers", "2", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        while not any("brokers listening" in line for line in lines) and len(lines) < 200:
+            lines.append(up.stdout.readline())
+        urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+        assert any(", ".join(urls) in line for line in lines), lines
+        deadline = time.monotonic() + 30
+        views: list = []
+        while time.monotonic() < deadline:
+            try:
+                views = [http("GET", f"{u}/v1/cluster", timeout=2)[1] for u in urls]
+                if all(isinstance(v, dict) and v.get("summary", {}).get("ok") == 4096 for v in views):
+                    break
+            except OSError:
+                pass  # the second broker is not listening yet
+            time.sleep(0.2)
+        assert views[0]["broker"]["leader"]["name"] == f"broker-{port}" == views[1]["broker"]["leader"]["name"]
+        leader = next(pid for pid, cmd in _children(up.pid).items() if f"--port {port} " in cmd)
+        os.kill(leader, signal.SIGKILL)
+        cli = [*SNAPKV, "--url", ",".join(urls)]
+        out = subprocess.run([*cli, "set", "after", "ok"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert subprocess.run([*cli, "get", "after"], capture_output=True, text=True, timeout=30).stdout.strip() == "ok"
+        view = http("GET", f"{urls[1]}/v1/cluster", timeout=2)[1]
+        assert view["broker"]["role"] == "leader" and view["broker"]["term"] >= 2
+        assert up.poll() is None  # the other broker serves: `snapkv up` keeps running
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=30)
+        assert up.returncode == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
