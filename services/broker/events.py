@@ -23,6 +23,7 @@ BROKER_LOGGERS = (
     "snapkv.cluster",
     "snapkv.failover",
     "snapkv.health",
+    "snapkv.leader",
     "snapkv.load",
     "snapkv.migration",
     "snapkv.rebalancer",

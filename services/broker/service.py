@@ -357,7 +357,7 @@ class BrokerService:
         }
         control = self.control
         if control is None:  # a follower with no leader to ask: the map it routes with
-            return view
+            return {**view, "moves": [], "balanced": False, "settled": False}
         migrator, rebalancer = control.migrator, control.rebalancer
         return {
             **view,

@@ -49,7 +49,9 @@ def screen(view: dict[str, Any], events: list[dict[str, Any]]) -> Group:
     rate = "-" if b["requests_per_second"] is None else f"{b['requests_per_second']:,.0f}/s"
     head = Text.assemble(
         ("snapkv ", "bold"),
-        f"cluster {view['cluster_id'] or '-'}  epoch {view['epoch']}  broker {b['role']}  ",
+        f"cluster {view['cluster_id'] or '-'}  epoch {view['epoch']}  ",
+        f"leader {(b.get('leader') or {}).get('name', '-')} term {b.get('term', 0)}  " if b.get("term") else "",
+        f"broker {b['role']}  ",
         f"requests {rate}  p50 {_ms(b['p50_ms'])}  p99 {_ms(b['p99_ms'])}  in flight {b['in_flight']}",
     )
     stores = Table(title="stores", title_justify="left", expand=False)

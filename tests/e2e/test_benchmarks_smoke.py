@@ -19,12 +19,14 @@ BENCHMARKS = Path(__file__).resolve().parent.parent.parent / "benchmarks"
 # what a benchmark runs besides Python (Debian packages); .ci/run installs them, and with
 # SNAPKV_REQUIRE_BENCH_TOOLS=1 a missing one fails instead of skipping
 NEEDS = {
+    "bench_brokers.py": ["wrk"],
     "bench_kv.py": ["wrk"],
     "bench_memory.py": ["redis-server"],
     "bench_resp.py": ["redis-server", "redis-benchmark"],
 }
 
 TINY = {
+    "bench_brokers.py": ["--seconds", "1", "--conns", "4", "--keys", "50"],
     "bench_failover.py": ["--trials", "1"],
     "bench_kv.py": ["--seconds", "1", "--conns", "4", "--keys", "50", "--batch", "5", "--scale", "1,2"],
     "bench_memory.py": ["--keys", "2000"],
