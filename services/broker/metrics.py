@@ -87,7 +87,9 @@ class _LeaderCollector(Collector):
         yield leads
         yield GaugeMetricFamily("snapkv_broker_term", "The newest leadership term this broker knows of", value=now.term)
         yield CounterMetricFamily(
-            "snapkv_broker_pushes_refused", "Assignments stores refused for an older term (fencing)", value=now.refused
+            "snapkv_broker_pushes_refused",
+            "Changes refused for an older term (fencing): assignments stores refused, state writes fenced",
+            value=now.refused,
         )
 
 

@@ -24,6 +24,7 @@ from ..common.pool import Pool
 from ..common.records import PRIMARY, REPLICA, Drop, Member, SlotAssignment
 from . import state
 from .clusterstate import Applied, ClusterState
+from .leadership import Fenced
 from .slotmap import Change
 from .watch import Watch
 
@@ -146,7 +147,12 @@ class Pusher:
                 return  # a write that started after our call covered us
             covers = self._asked
             text = self.cluster.snapshot_text()  # a join: only the changed slots are encoded again
-            await asyncio.to_thread(self._save, text)
+            try:
+                await asyncio.to_thread(self._save, text)
+            except Fenced:
+                self.refused += 1  # a newer term leads: no store hears of this change (rule 4)
+                log.warning("event=state_fenced term=%d action=no_push", self.term)
+                raise
             self._saved = covers
 
     def persist_later(self) -> None:

@@ -192,6 +192,14 @@ async def _send_frame(store: Proc, op: str, args: object) -> object:
             await conn.close()
 
 
+async def _wrong_full_push(store: Proc) -> None:
+    """An empty full push, as the current leader (its term) would send it by mistake."""
+    from snapkv.common import wire
+
+    term = (await _send_frame(store, wire.OP_STATS, None))["term"]  # type: ignore[index]
+    await _send_frame(store, wire.OP_ASSIGN, {"slots": [], "full": True, "term": term})
+
+
 def _write_keys(cluster: LocalCluster, prefix: str, count: int) -> dict[str, str]:
     items = {f"{prefix}:{i}": f"v{i}" for i in range(count)}
     assert http("POST", f"{cluster.url}/v1/mset", {"items": items})[0] == 200
@@ -205,26 +213,24 @@ def _missing(cluster: LocalCluster, items: dict[str, str]) -> list[str]:
 
 
 def test_a_wrong_full_push_never_drops_the_only_copy(local_cluster):
-    from snapkv.common import wire
 
     local_cluster.start_broker(min_stores=1, replication_factor="1")
     local_cluster.add_store("s1")
     local_cluster.wait_ready()
     items = _write_keys(local_cluster, "only", 400)
-    asyncio.run(_send_frame(local_cluster.stores["s1"], wire.OP_ASSIGN, {"slots": [], "full": True}))
+    asyncio.run(_wrong_full_push(local_cluster.stores["s1"]))
     assert _missing(local_cluster, items) == []
     assert "event=drop_refused" in local_cluster.stores["s1"].log_text()
 
 
 def test_a_wrong_full_push_to_a_primary_loses_nothing_for_good(local_cluster):
-    from snapkv.common import wire
 
     local_cluster.start_broker(min_stores=2)
     local_cluster.add_store("s1", site="a")
     local_cluster.add_store("s2", site="b")
     local_cluster.wait_ready()
     items = _write_keys(local_cluster, "wiped", 400)
-    asyncio.run(_send_frame(local_cluster.stores["s1"], wire.OP_ASSIGN, {"slots": [], "full": True}))
+    asyncio.run(_wrong_full_push(local_cluster.stores["s1"]))
     deadline = time.monotonic() + 15
     missing = _missing(local_cluster, items)
     while missing and time.monotonic() < deadline:
