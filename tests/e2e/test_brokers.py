@@ -96,6 +96,7 @@ def test_a_follower_routes_and_forwards_to_the_leader(local_cluster):
 def test_kill_the_leader_under_load_then_a_store(local_cluster):
     first, second = start(local_cluster)
     workload = Workload(second.url, writers=4, readers=2, prefix="lead")
+    on_the_leader = Workload(first.url, writers=2, readers=1, prefix="doomed")  # clients on both brokers
     victim = "s1"
     probe = key_on(http("GET", f"{second.url}/v1/cluster")[1], victim)
     timings: dict[str, float] = {}
@@ -116,9 +117,10 @@ def test_kill_the_leader_under_load_then_a_store(local_cluster):
                 timings["written"] = time.monotonic()
 
     async def main() -> None:
-        await asyncio.gather(workload.run(9), faults())
+        await asyncio.gather(workload.run(9), on_the_leader.run(9), faults())
 
     asyncio.run(main())
+    assert on_the_leader.writes > 0 and on_the_leader.write_errors  # its broker died under it
     assert workload.writes > 200 and workload.reads > 100
     assert workload.write_errors == [], workload.write_errors[:5]
     assert workload.read_errors == [], workload.read_errors[:5]

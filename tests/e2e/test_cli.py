@@ -13,26 +13,38 @@ from support.procs import free_port, http
 SNAPKV = [sys.executable, "-m", "snapkv.client.cli"]
 
 
-def test_up_then_cli_then_ctrl_c(tmp_path):
-    port = free_port()
-    for offset in (1, 2):  # the stores take the ports after the broker's
-        while True:
-            try:
+def free_ports(count: int) -> int:
+    """A port with the `count - 1` ports after it free too (`snapkv up` takes consecutive ports)."""
+    while True:
+        port = free_port()
+        try:
+            for offset in range(1, count):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port + offset))
-                break
-            except OSError:
-                port = free_port()
+            return port
+        except OSError:
+            continue
+
+
+def start_up(tmp_path: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`snapkv up ARGS` on `port`, and its output up to the line saying where it listens."""
     up = subprocess.Popen(
-        [*SNAPKV, "up", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+        [*SNAPKV, "up", *args, "--port", str(port), "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    assert up.stdout is not None
+    while not any("listening on" in line for line in lines) and len(lines) < 200:
+        lines.append(up.stdout.readline())
+    return up, lines
+
+
+def test_up_then_cli_then_ctrl_c(tmp_path):
+    port = free_ports(3)  # the stores take the ports after the broker's
+    up, lines = start_up(tmp_path, port, "--stores", "2")
     try:
-        lines = []
-        while not any("broker listening" in line for line in lines) and len(lines) < 200:
-            lines.append(up.stdout.readline())
         assert any(f"broker listening on http://127.0.0.1:{port}" in line for line in lines), lines
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -108,17 +120,9 @@ def _children(pid: int) -> dict[int, str]:
 
 
 def test_up_with_two_brokers_keeps_serving_when_the_leader_dies(tmp_path):
-    port = free_port()
-    up = subprocess.Popen(
-        [*SNAPKV, "up", "--brokers", "2", "--stores", "2", "--port", str(port), "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_ports(4)  # 2 brokers, then 2 stores
+    up, lines = start_up(tmp_path, port, "--brokers", "2", "--stores", "2")
     try:
-        lines = []
-        while not any("brokers listening" in line for line in lines) and len(lines) < 200:
-            lines.append(up.stdout.readline())
         urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
         assert any(", ".join(urls) in line for line in lines), lines
         deadline = time.monotonic() + 30
