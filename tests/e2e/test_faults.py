@@ -92,6 +92,7 @@ def _pause(proc: Proc, seconds: float) -> None:
     proc.popen.send_signal(signal.SIGCONT)
 
 
+@pytest.mark.slow  # about 45 s: .ci/run runs it after the default suite (make test-slow)
 def test_broker_pauses_never_fail_over_healthy_stores(local_cluster):
     local_cluster.start_broker(min_stores=3)
     for name, site in (("s1", "a"), ("s2", "b"), ("s3", "a")):

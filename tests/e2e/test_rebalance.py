@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from support.chaos import Workload, copies_ok
 from support.procs import LocalCluster, http
 
@@ -157,6 +159,7 @@ def test_drain_by_route_empties_a_store_while_clients_run_and_sigterm_then_exits
     assert intact(c, data) == []
 
 
+@pytest.mark.slow  # about 55 s: .ci/run runs it after the default suite (make test-slow)
 def test_sigterm_on_two_stores_at_once_drains_both_first_and_nothing_is_lost(local_cluster):
     """What `kubectl scale --replicas` down by two does: both pods get SIGTERM together."""
     c = local_cluster
