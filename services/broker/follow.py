@@ -60,7 +60,6 @@ class Follower:
         self.cluster, self.leadership, self.watch, self.clock = cluster, leadership, watch, clock
         self._headers = headers
         self.term = 0  # the term whose state the copy holds (0: none yet)
-        self.updates = 0  # answers taken in
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -134,7 +133,6 @@ class Follower:
             return  # another leadership answered: the next poll asks the one the lease names
         self.cluster.follow(view, self.clock.now())
         self.term = term
-        self.updates += 1
         self.watch.changed()
 
     async def _fetch(self, get: Any) -> dict[str, Any]:

@@ -231,14 +231,8 @@ class Leadership:
         self._elected, self._deposed = elected, deposed
         self.term = 0  # the term this broker leads; 0: it follows
         self.leader: Holder | None = None
-        self._renewed = 0.0  # monotonic time of the last renewal
         self._task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # set at every change of leader (the followers' sync waits on it)
-
-    @property
-    def leading(self) -> bool:
-        """Leading with a lease renewed within its duration (a broker that was paused is not)."""
-        return self.term > 0 and time.monotonic() - self._renewed < self.duration
 
     async def start(self) -> None:
         await self._tick()  # the first campaign before serving: one broker alone leads at once
@@ -266,16 +260,13 @@ class Leadership:
 
     async def _tick(self) -> None:
         if self.term:
-            started = time.monotonic()
             if await asyncio.to_thread(self.lease.renew, self.term):
-                self._renewed = started
                 return
             log.warning("event=leader_lost broker=%s term=%d", self.name, self.term)
             self.term = 0
             await self._deposed()
         holder = await asyncio.to_thread(self.lease.acquire)
         if holder is not None and holder.name == self.name and holder.term != self.term:
-            self._renewed = time.monotonic()
             self.term = holder.term
             self._set_leader(holder)
             log.info("event=leader_elected broker=%s term=%d", self.name, holder.term)

@@ -185,10 +185,6 @@ class BrokerService:
     def load(self) -> LoadMonitor:
         return self._leading().load
 
-    @property
-    def leading(self) -> bool:
-        return self.control is not None
-
     def leader_view(self) -> dict[str, Any]:
         """Who leads and at which term, as this broker knows it (`/v1/cluster`, the dashboard)."""
         leader = self.leadership.leader
