@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -27,6 +28,7 @@ class BrokerMetrics:
         part in the leadership."""
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)  # collections per generation: gctune.py's thresholds at work
         self.requests = Counter(
             "snapkv_broker_requests",
             "HTTP requests by route and status code",

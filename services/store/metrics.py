@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -25,6 +26,7 @@ class StoreMetrics:
     def __init__(self, node: StoreNode, last_snapshot: Callable[[], float], ready: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)  # collections per generation: gctune.py's thresholds at work
         self.op_seconds = Histogram(
             "snapkv_store_op_seconds",
             "Time from applying a write to its commit (log written, in-sync replicas acknowledged)",

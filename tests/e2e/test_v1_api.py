@@ -1,6 +1,7 @@
 """The idiomatic /v1 API against real processes: raw bytes, ETags, CAS, TTL, batches, scans."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -144,6 +145,30 @@ def test_health_ready_metrics(cluster3):
         "snapkv_store_snapshot_seconds",
     ):
         assert name in text
+
+
+def young_collections(url: str) -> float:
+    """How many collections of the youngest generation the process has run (its /metrics)."""
+    for line in http("GET", f"{url}/metrics")[1].decode().splitlines():
+        if line.startswith('python_gc_collections_total{generation="0"}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"no python_gc_collections_total in {url}/metrics")
+
+
+def test_broker_and_stores_collect_garbage_rarely_under_load(cluster3):
+    """gctune.py: with CPython's default thresholds this load runs about 190 young collections in
+    the broker and 120 in a store; with the server's thresholds about one."""
+    url, store = cluster3.url, cluster3.stores["store1"].url
+    before = young_collections(url), young_collections(store)
+
+    def client(i: int) -> None:
+        assert http("POST", f"{url}/v1/mset", {"items": {f"gc:{i}:{j}": "x" * 50 for j in range(20)}})[0] == 200
+        assert http("GET", f"{url}/get?key=gc:{i}:1")[0] == 200
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(client, range(800)))
+    assert young_collections(url) - before[0] < 30
+    assert young_collections(store) - before[1] < 30
 
 
 def test_primary_deletes_expired_keys_and_replicas_follow(cluster3):
