@@ -61,7 +61,7 @@ class StoreService:
         self.metrics = StoreMetrics(
             self.node, lambda: self.snapshots.last_at if self.snapshots else 0.0, lambda: self.ready
         )
-        self.node.observe = lambda op, seconds: self.metrics.op_seconds.labels(op).observe(seconds)
+        self.node.observe = self.metrics.observe_op
         self.recovered = False
         self.registrar = Registrar(
             self.node,

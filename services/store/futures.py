@@ -49,6 +49,33 @@ def when_all(
     return out
 
 
+def succeeded(futs: list[asyncio.Future[Any] | None]) -> asyncio.Future[list[bool]]:
+    """A future done once every one of `futs` is done: whether each succeeded (None: at once, yes).
+    One callback per future and no future per item: a batch's many commits wait together."""
+    out: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+    flags = [True] * len(futs)
+    left = [0]
+
+    def one_done(i: int, f: asyncio.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            flags[i] = False
+        left[0] -= 1
+        if left[0] == 0 and not out.done():
+            out.set_result(flags)
+
+    for i, f in enumerate(futs):
+        if f is None:
+            continue
+        if f.done():
+            flags[i] = not f.cancelled() and f.exception() is None
+            continue
+        left[0] += 1
+        f.add_done_callback(functools.partial(one_done, i))
+    if left[0] == 0:
+        out.set_result(flags)
+    return out
+
+
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
     """A future for `value` once `fut` is done (or its error)."""
     return when_all([fut], lambda: value)

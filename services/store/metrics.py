@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -47,6 +47,13 @@ class StoreMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         )
         self.registry.register(_StateCollector(self, node, last_snapshot, ready))
+        self._op_children: dict[str, Any] = {}  # op -> its labelled histogram (labels() costs a lookup)
+
+    def observe_op(self, op: str, seconds: float) -> None:
+        child = self._op_children.get(op)
+        if child is None:
+            child = self._op_children[op] = self.op_seconds.labels(op)
+        child.observe(seconds)
 
 
 class _StateCollector(Collector):

@@ -21,7 +21,7 @@ from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine, Item
-from .futures import each, ignore_outcome, then, when_all
+from .futures import each, ignore_outcome, settled, succeeded, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
@@ -175,12 +175,57 @@ class StoreNode:
         return self.commit_mutation(mutation)
 
     def op_mwrite(self, reqs: list[records.WriteRequest]) -> Reply:
-        """Writes of many slots in one call (the broker's mset, one call per store): each applied,
-        logged and replicated as `write` would, all in this loop turn, so they share one log write
-        and one frame to each replica. One that fails here or does not commit answers REFUSED, for
-        the broker to send again alone with the same request id."""
-        with self.replicator.batch() if self.replicator is not None else contextlib.nullcontext():
-            return each(self.op_write, reqs, records.REFUSED)
+        """Writes of many slots in one call (the broker's mset, one call per store): each checked,
+        applied, logged and replicated as `write` would, all in this loop turn, so they share one
+        log write and one frame to each replica, and the answer waits for them together. One that
+        fails here or does not commit answers REFUSED, for the broker to send again alone with the
+        same request id (a retry it took answers from its memory, rule 7)."""
+        answers: list[Any] = [records.REFUSED] * len(reqs)
+        taken: list[tuple[int, int, int, WriteResult]] = []  # index, slot, seq, outcome
+        acks: list[asyncio.Future[None] | None] = []
+        replicator, engine, wal = self.replicator, self.engine, self.wal
+        now = now_ms()
+        with replicator.batch() if replicator is not None else contextlib.nullcontext():
+            for i, (slot, epoch, rid, ops, conditions) in enumerate(reqs):
+                try:
+                    self.owned(slot, epoch)
+                    self.load.hit(slot)
+                    result = engine.slot(slot).recent.recall(rid) if rid else None
+                    if result is not None:
+                        answers[i] = self._after_commit(slot, result.version & SEQ_MASK, lambda r=result: r)
+                        continue
+                    mutation = engine.prepare(slot, epoch, rid, ops, conditions, now)
+                except errors.SnapkvError:
+                    continue
+                taken.append((i, slot, mutation.seq, engine.apply(mutation)))
+                if wal is not None:
+                    wal.append(walmod.MUTATION, mutation)
+                acks.append(replicator.replicate(mutation) if replicator is not None else None)
+        if not taken:
+            return settled(answers, records.REFUSED)
+        self.dirty = True
+        acks.append(wal.durable() if wal is not None else None)  # the log write of them all, last
+        started = time.perf_counter()
+        out: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+        def committed(f: asyncio.Future[list[bool]]) -> None:
+            flags = f.result()
+            elapsed = time.perf_counter() - started
+            if flags[-1]:  # logged: each write its replicas acknowledged is committed
+                for (i, slot, seq, outcome), acked in zip(taken, flags):
+                    if acked:
+                        self.mark_committed(slot, seq)
+                        answers[i] = outcome
+                        if self.observe is not None:
+                            self.observe("write", elapsed)
+            final = settled(answers, records.REFUSED)
+            if isinstance(final, list):
+                out.set_result(final)
+            else:
+                final.add_done_callback(lambda g: out.set_result(g.result()))
+
+        succeeded(acks).add_done_callback(committed)
+        return out
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:
         """Apply, log and replicate; the future holds the result once the write is committed."""

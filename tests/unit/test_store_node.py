@@ -251,3 +251,16 @@ async def test_an_mwrite_item_whose_commit_fails_is_refused_and_its_retry_alone_
         fut.set_exception(errors.Unavailable("replica gone"))
     assert await answer == [records.REFUSED]
     assert node.engine.slot(SLOT).recent  # applied and remembered: a retry with m1 is recognised
+
+
+async def test_an_mwrite_sent_again_answers_its_writes_from_memory_once_they_commit():
+    acks = HeldAcks()
+    node = primary_node(acks)
+    writes = [[SLOT, 3, "m1", [[b"a", b"va", 0]], [None]], [SLOT, 3, "m2", [[b"b", b"vb", 0]], [None]]]
+    first = node.op_mwrite(decode.mwrite_request(writes))
+    again = node.op_mwrite(decode.mwrite_request(writes))  # a retry that overtook the first answer
+    await asyncio.sleep(0)
+    assert len(acks.pending) == 2 and not again.done()  # nothing applied twice; it waits for the commit
+    acks.release()
+    assert await again == await first and node.engine.slot(SLOT).seq == 2
+    assert [decode.write_answer(a).version & ((1 << 40) - 1) for a in await first] == [1, 2]
