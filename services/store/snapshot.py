@@ -126,9 +126,11 @@ class Snapshotter:
         self._periodic_task: asyncio.Task[None] | None = None
         self._current: asyncio.Task[dict[str, Any]] | None = None
         self._next: asyncio.Task[dict[str, Any]] | None = None
+        self._ended = time.monotonic()  # when the last snapshot (or the start) ended: periodic ones count from it
 
     def start(self) -> None:
         remove_temp_files(self.data_dir)
+        self._ended = time.monotonic()
         if self.interval > 0:
             self._periodic_task = asyncio.get_running_loop().create_task(self._periodic())
 
@@ -145,10 +147,18 @@ class Snapshotter:
             await self.take(reason="shutdown")
 
     async def _periodic(self) -> None:
+        """A snapshot `interval` seconds after the last one ended, whatever took it (a manual one
+        resets the clock: another right after it would write the same keys again), if anything
+        changed since; otherwise the next look is an interval later."""
         while True:
-            await asyncio.sleep(self.interval)
+            wait = self._ended + self.interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             if self.node.dirty:
                 await self.take(reason="periodic")
+            else:
+                self._ended = time.monotonic()
 
     async def take(self, reason: str) -> dict[str, Any]:
         """Snapshot now (or right after the one running); never raises: failures come back ok=false."""
@@ -170,6 +180,8 @@ class Snapshotter:
         except Exception as exc:
             log.error("event=snapshot_failed reason=%s error=%s", reason, exc)
             return {"name": self.name, "ok": False, "keys": 0, "bytes": 0, "ms": 0, "file": None, "error": str(exc)}
+        finally:
+            self._ended = time.monotonic()
 
     async def _take(self, reason: str) -> dict[str, Any]:
         node = self.node

@@ -159,6 +159,20 @@ async def test_periodic_snapshots_only_when_something_changed(tmp_path):
     await store.stop()
 
 
+async def test_a_manual_snapshot_puts_the_next_periodic_one_an_interval_after_it(tmp_path):
+    store = await MiniStore(str(tmp_path), snapshot_interval=0.6).start()
+    store.own([1])
+    await asyncio.sleep(0.4)
+    await store.write([[b"a", b"1", 0]], slot=1)
+    assert (await store.snapshots.take(reason="manual"))["ok"]
+    await store.write([[b"b", b"2", 0]], slot=1)  # dirty again at once
+    await asyncio.sleep(0.4)  # past the start + 0.6 s, before the manual one + 0.6 s
+    assert len(snapshot.list_snapshots(str(tmp_path))) == 1
+    await asyncio.sleep(0.6)
+    assert len(snapshot.list_snapshots(str(tmp_path))) == 2
+    await store.stop()
+
+
 async def test_a_failed_snapshot_is_reported_and_the_next_one_works(tmp_path):
     store = await MiniStore(str(tmp_path)).start()
     store.own([1])
