@@ -6,9 +6,9 @@
   switch  (primary moves) new requests of the slot wait at the gate; the target becomes
           primary at a new epoch, the source a replica in the ISR, in the map and on disk while
           the requests in flight answer from the old primary (at most DRAIN_WAIT: later ones are
-          retried on the new primary). Then every copy is told, the target last, once the others
-          answered (it full-syncs them at once); its answer lets the slot's requests go again.
-          The pause is one disk write (group commit) and two pushes, none behind a queue.
+          retried on the new primary). Then every copy is told at once; their answers let the
+          slot's requests go again. The pause is one disk write (group commit) and one round of
+          pushes, none behind a queue.
   drop    the source's copy leaves the slot (last, once the target holds everything).
 
 Every step checks first that the slot is still as the previous step left it, under the map lock
@@ -213,15 +213,13 @@ class Migrator:
                     raise Aborted("the target left the ISR")
                 replicas = [move.source] + [r for r in e.replicas if r != move.target]
                 isr = [move.source] + [r for r in e.isr if r != move.target]
-                # every copy hears of it before the slot's requests go on, the new primary last: it
-                # full-syncs its replicas at once, and a replica that has not heard refuses
+                # every copy hears of it, all at once, before the slot's requests go on (the new
+                # primary's same-copy question to a replica that has not heard yet waits for it)
                 change = Change(slot, move.target, replicas, isr)
                 # what is in flight answers from the old primary while the change goes to disk:
                 # no store hears of it before both are done
                 drained = asyncio.get_running_loop().create_task(self.gate.drained(slot, DRAIN_WAIT))
-                pending = self.pusher.stage(
-                    [change], f"move:{move.reason}", wait=True, last=move.target, before_push=drained
-                )
+                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, before_push=drained)
             await pending
         finally:
             self.gate.release(slot)

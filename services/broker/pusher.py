@@ -92,7 +92,6 @@ class _Queued:
 
     args: dict[str, Any]
     sent: asyncio.Future[None]  # set once the store answered (or failed to)
-    after: asyncio.Future[Any] | None = None  # it goes out only once this is done
 
 
 class Pusher:
@@ -138,10 +137,12 @@ class Pusher:
     # -- persistence (rule 4) -------------------------------------------------------------------
     async def persist(self) -> None:
         """Write the state (fsync in a thread, so requests keep flowing); one writer at a time.
-        Group commit: callers that arrive while a write runs share the next one, which reads the
-        state when it starts and so holds every change made before they called."""
+        Group commit: every caller of this loop turn, and those that arrive while a write runs,
+        share the next write, which reads the state when it starts and so holds every change
+        made before they called."""
         self._asked += 1
         mine = self._asked
+        await asyncio.sleep(0)  # the other changes of this turn ask too, and share the write
         async with self._persist_lock:
             if self._saved >= mine:
                 return  # a write that started after our call covered us
@@ -168,12 +169,11 @@ class Pusher:
         push: bool = True,
         epoch_floor: int = 0,
         wait: bool = False,
-        last: str | None = None,
     ) -> int:
         """Persist a plan, then push it to every up store it touches; the number of slots changed.
         With `wait`, until those stores have acknowledged it (a failed push is left to health
         checks and registration, as always), in order with the background pushes per store."""
-        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait, last=last)
+        return await self.stage(changes, reason, push=push, epoch_floor=epoch_floor, wait=wait)
 
     def stage(
         self,
@@ -183,7 +183,6 @@ class Pusher:
         push: bool = True,
         epoch_floor: int = 0,
         wait: bool = False,
-        last: str | None = None,
         before_push: Awaitable[Any] | None = None,
     ) -> asyncio.Task[int]:
         """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
@@ -193,9 +192,9 @@ class Pusher:
         change is on disk, so is every change before it (group commit), so no store hears of a
         change that is not on disk (rule 4), whatever is applied meanwhile.
 
-        `last`: that store hears of it only once every other store it touches has answered (it
-        keeps its place among the pushes to that store): a new primary full-syncs its replicas as
-        soon as it hears, and a replica that has not heard yet refuses the sync. `before_push`:
+        Every store it touches is told at once: a primary switch's new primary may ask a replica
+        whether it holds the same copy before that replica has heard of the switch, and the
+        replica waits for its own assignment to answer (store/receiver.py). `before_push`:
         awaited once the change is on disk, before any store is told (it runs during the write)."""
         applied = self.cluster.apply(changes, epoch_floor)
         messages = {}
@@ -204,7 +203,7 @@ class Pusher:
                 name: assign_message(self.cluster, name, slots, confirm=False, replication=self.settings.replication)
                 for name, slots in applied.touched.items()
             }
-        commit = self._commit(applied, messages, reason, wait, last, before_push)
+        commit = self._commit(applied, messages, reason, wait, before_push)
         return asyncio.get_running_loop().create_task(commit)
 
     async def _commit(
@@ -213,7 +212,6 @@ class Pusher:
         messages: dict[str, dict[str, Any]],
         reason: str,
         wait: bool,
-        last: str | None,
         before_push: Awaitable[Any] | None,
     ) -> int:
         if not applied.changed:
@@ -225,22 +223,17 @@ class Pusher:
         level = logging.DEBUG if reason.startswith(MOVE_STEPS) else logging.INFO
         log.log(level, "event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))
         up = {name: args for name, args in messages.items() if self.cluster.registry.is_up(name)}  # after the write
-        pushes = [self._send_later(name, args) for name, args in up.items() if name != last]
-        if last in up:
-            others = asyncio.gather(*pushes, return_exceptions=True) if pushes else None
-            pushes.append(self._send_later(last, up[last], after=others))
+        pushes = [self._send_later(name, args) for name, args in up.items()]
         if wait:
             await asyncio.gather(*pushes, return_exceptions=True)
         self.watch.changed()
         return len(applied.slots)
 
-    def _send_later(
-        self, name: str, args: dict[str, Any], *, after: asyncio.Future[Any] | None = None
-    ) -> asyncio.Future[None]:
-        """Push in the background, in order per store (a dying store must not hold up the map),
-        once `after` is done; done once the store answered (or failed to)."""
+    def _send_later(self, name: str, args: dict[str, Any]) -> asyncio.Future[None]:
+        """Push in the background, in order per store (a dying store must not hold up the map);
+        done once the store answered (or failed to)."""
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(name, []).append(_Queued(args, sent, after))
+        self._queued.setdefault(name, []).append(_Queued(args, sent))
         sender = self._senders.get(name)
         if sender is None or sender.done():
             self._senders[name] = self._spawn(self._sender(name))
@@ -263,14 +256,9 @@ class Pusher:
 
     async def _send_queued(self, name: str) -> None:
         """What is queued for `name` now, in order; the caller holds its push lock."""
-        batch, part = self._queued.pop(name, []), []
+        part = self._queued.pop(name, [])
         try:
-            while batch:
-                # a push that waits starts a frame: what was queued before it goes out first
-                cut = next((i for i, q in enumerate(batch) if i and q.after is not None), len(batch))
-                part, batch = batch[:cut], batch[cut:]
-                if part[0].after is not None:
-                    await asyncio.wait([part[0].after])
+            if part:
                 for frame, count in coalesce([q.args for q in part]):
                     answer = self._submit(name, frame)
                     if answer is None:  # not connected: connect, and send this one alone
@@ -285,7 +273,7 @@ class Pusher:
                         answer.add_done_callback(answered)
                     part = part[count:]
         finally:
-            for q in [*part, *batch]:
+            for q in part:
                 q.sent.cancel()  # stopped
 
     def _submit(self, name: str, args: dict[str, Any]) -> asyncio.Future[Any] | None:

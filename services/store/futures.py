@@ -76,6 +76,22 @@ def succeeded(futs: list[asyncio.Future[Any] | None]) -> asyncio.Future[list[boo
     return out
 
 
+def forward(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """`target` gets `source`'s outcome once it has one (unless it is done already)."""
+
+    def copy(f: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if f.cancelled():
+            target.cancel()
+        elif f.exception() is not None:
+            target.set_exception(f.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(f.result())
+
+    source.add_done_callback(copy)
+
+
 def then(fut: asyncio.Future[None], value: Any) -> asyncio.Future[Any]:
     """A future for `value` once `fut` is done (or its error)."""
     return when_all([fut], lambda: value)

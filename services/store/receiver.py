@@ -17,6 +17,7 @@ answers DIFFERS and refuses the slot's mutations until the full sync that follow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from ..common import decode, errors, records, wire
 from ..common.records import REPLICA, CopyEnd, CopyPart, SameCopy, SlotExport, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
-from .futures import then
+from .futures import forward, settled, then
 from .slotcopy import SlotBuilder
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ log = logging.getLogger("snapkv.replication")
 
 NEWER = "newer"  # a full sync refused: this replica holds a newer in-sync copy of the slot
 DIFFERS = "differs"  # a same-copy check answered: our copy is not at the primary's position
+SAME_WAIT = 2.0  # seconds a same-copy question about an epoch we have not heard of waits for it
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Receiver:
         # full sync never takes an in-sync copy back (the primary lost what it sent)
         self._copied_under: dict[int, int] = {}
         self._awaiting: set[int] = set()  # slots whose copy differs from the primary's: a full sync comes
+        # slot -> same-copy questions about an epoch we have not heard of yet, and their answers
+        self._questions: dict[int, list[tuple[SameCopy, asyncio.Future[bool | str]]]] = {}
 
     def add_routes(self, routes: Routes) -> None:
         """The ops a primary sends to its replicas, on the store's internal connection."""
@@ -68,6 +72,8 @@ class Receiver:
         routes.add(wire.OP_SYNC_SAME, decode.same_copies, self.op_sync_same)
 
     def assignment_changed(self, slot: int, current: Assignment | None) -> None:
+        if self._questions.get(slot):
+            self._answer_waiting(slot, current)
         staged = self._staged.get(slot)
         if staged is not None and (
             current is None or current.role != REPLICA or current.leader_epoch != staged.leader_epoch
@@ -85,24 +91,69 @@ class Receiver:
     def op_sync_same(self, items: list[SameCopy]) -> Any:
         """Per item: True when our copy is at the primary's position (we keep it and take its stream
         from there), DIFFERS when it is not (a full sync follows), False when we are not the slot's
-        replica under that primary (yet)."""
-        node = self.node
-        results: list[bool | str] = []
-        for slot, epoch, data_epoch, seq in items:
-            a = node.assignments.get(slot)
-            if a is None or a.role != REPLICA or epoch < a.leader_epoch:
-                results.append(False)
-                continue
-            data = node.engine.slots.get(slot)
-            here = (data.data_epoch, data.seq) if data is not None else (0, 0)
-            if here != (data_epoch, seq) or slot in self._staged:
-                self._awaiting.add(slot)
-                results.append(DIFFERS)
-                continue
-            self._taken(slot, a)
-            results.append(True)
-        assert node.wal is not None
-        return then(node.wal.durable(), results)  # what we hold of those slots is on disk (rule 6)
+        replica under that primary. A question about a slot we hold at an older epoch than the
+        question's waits for our own assignment to that epoch, at most SAME_WAIT (the broker tells
+        every copy of a switch at once, so the new primary's question may come first), and is
+        answered then."""
+        answers: list[Any] = []
+        for question in items:
+            a = self.node.assignments.get(question.slot)
+            if a is not None and a.epoch < question.epoch:
+                answers.append(self._wait_for_assignment(question))
+            else:
+                answers.append(self._same(question))
+        if not any(isinstance(answer, asyncio.Future) for answer in answers):
+            return self._on_disk(answers)
+        out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waited = settled(answers, False)
+        assert isinstance(waited, asyncio.Future)
+        waited.add_done_callback(lambda f: forward(self._on_disk(f.result()), out))
+        return out
+
+    def _on_disk(self, answers: list[Any]) -> Any:
+        assert self.node.wal is not None
+        return then(self.node.wal.durable(), answers)  # what we hold of those slots is on disk (rule 6)
+
+    def _same(self, question: SameCopy) -> bool | str:
+        slot, epoch, data_epoch, seq = question
+        a = self.node.assignments.get(slot)
+        if a is None or a.role != REPLICA or epoch < a.leader_epoch:
+            return False
+        data = self.node.engine.slots.get(slot)
+        here = (data.data_epoch, data.seq) if data is not None else (0, 0)
+        if here != (data_epoch, seq) or slot in self._staged:
+            self._awaiting.add(slot)
+            return DIFFERS
+        self._taken(slot, a)
+        return True
+
+    def _wait_for_assignment(self, question: SameCopy) -> asyncio.Future[bool | str]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool | str] = loop.create_future()
+        self._questions.setdefault(question.slot, []).append((question, fut))
+        timer = loop.call_later(SAME_WAIT, self._give_up, question.slot, fut)
+        fut.add_done_callback(lambda _: timer.cancel())
+        return fut
+
+    def _give_up(self, slot: int, fut: asyncio.Future[bool | str]) -> None:
+        waiting = self._questions.get(slot, [])
+        self._questions[slot] = [(q, f) for q, f in waiting if f is not fut]
+        if not self._questions[slot]:
+            del self._questions[slot]
+        if not fut.done():
+            fut.set_result(False)  # never heard: the primary full-syncs us, as for any other refusal
+
+    def _answer_waiting(self, slot: int, current: Assignment | None) -> None:
+        """The questions about `slot` our assignment has caught up with, answered now."""
+        waiting = self._questions.pop(slot, [])
+        later = []
+        for question, fut in waiting:
+            if current is not None and current.epoch < question.epoch:
+                later.append((question, fut))  # an older change arrived first: wait on
+            elif not fut.done():
+                fut.set_result(self._same(question))
+        if later:
+            self._questions[slot] = later
 
     def op_replicate(self, req: records.ReplicateRequest) -> Any:
         if not self._take(req):

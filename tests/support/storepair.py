@@ -95,11 +95,16 @@ class StandInBroker:
                 self.joined.set()
         return web.json_response({"results": results})
 
-    def push(self, slot: int, members: list[Member], isr: list[str], epoch: int, leader_epoch: int) -> None:
-        """What the broker's push does: every member learns its role (primary first)."""
+    def push(
+        self, slot: int, members: list[Member], isr: list[str], epoch: int, leader_epoch: int, only: str | None = None
+    ) -> None:
+        """What the broker's push does: every member learns its role (primary first); with `only`,
+        that store alone (the others' push is late: the test sends it with `only` later)."""
         self.assignments[slot] = SlotAssignment(slot, epoch, PRIMARY, members, isr, leader_epoch)
         for store in self.stores:
             role = PRIMARY if store.name == members[0].name else REPLICA
+            if only is not None and store.name != only:
+                continue
             if any(m.name == store.name for m in members):
                 frame = [slot, epoch, role, [list(m) for m in members], isr, leader_epoch]
                 store.node.op_assign(decode.assign_request({"slots": [frame], "confirm": True}))

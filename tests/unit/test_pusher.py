@@ -1,7 +1,6 @@
 """The pusher against fake store connections: a change is on disk before any store hears of it
 (rule 4), pushes to one store go out in order without waiting for earlier answers, what queues up
-together goes as one frame, and a store named `last` hears of a change only once the others
-answered, in its place among the pushes to it."""
+together goes as one frame."""
 
 import asyncio
 import json
@@ -115,39 +114,6 @@ async def test_pushes_go_out_in_order_after_the_disk_without_waiting_for_earlier
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
-
-
-async def test_the_store_named_last_hears_only_once_the_others_answered_and_keeps_its_order(tmp_path):
-    cluster = ClusterState(2, slots=16)
-    for i, name in enumerate("abc"):
-        cluster.registry.register(name, f"127.0.0.1:{7000 + i}", "", 0.0)
-    cluster.apply([Change(0, "a", ["b", "c"], ["b", "c"])])
-    conns = {name: SlowStore(str(tmp_path)) for name in "abc"}
-    pusher = Pusher(cluster, Pool(conns), Watch(), Settings(), str(tmp_path), catch_up=no_catch_up)  # type: ignore[arg-type]
-    # the switch: b becomes primary, a a replica in the ISR
-    switch = pusher.stage([Change(0, "b", ["a", "c"], ["a", "c"])], "move", wait=True, last="b")
-    while not (conns["a"].frames and conns["c"].frames):
-        await asyncio.sleep(0.001)
-    later = pusher.stage([Change(1, "b", [], [])], "later")  # staged after the switch, for b only
-    await settle()
-    assert conns["b"].frames == []  # neither the switch nor what came after it
-    conns["a"].answer.release()
-    await settle()
-    assert conns["b"].frames == []  # c has not answered yet
-    conns["c"].answer.release()
-    while not conns["b"].frames:
-        await asyncio.sleep(0.001)
-    assert [(a.slot, a.role) for a in conns["b"].frames[0]["slots"]] == [(0, "primary")]  # the switch first
-    while len(conns["b"].frames) < 2:  # what was staged after it follows on the connection, unanswered
-        await asyncio.sleep(0.001)
-    assert [(a.slot, a.role) for a in conns["b"].frames[1]["slots"]] == [(1, "primary")]
-    await settle()
-    assert not switch.done()  # done once b answered
-    conns["b"].answer.release()
-    assert await switch == 1
-    conns["b"].answer.release()
-    assert await later == 1
-    await pusher.stop()
 
 
 async def test_a_whole_assignment_goes_out_after_what_was_queued_before_it_and_no_stale_push_while_one_is_on_its_way(

@@ -13,6 +13,7 @@ import pytest
 from snapkv.common import decode, errors, records
 from snapkv.common.records import Member, Mutation, Op
 from snapkv.common.slots import key_slot
+from snapkv.store import receiver as receiver_module
 from snapkv.store import recovery
 from snapkv.store.engine import Engine
 from snapkv.store.node import StoreNode
@@ -78,6 +79,40 @@ async def test_a_switch_to_an_in_sync_replica_copies_nothing_and_writes_commit_o
     node = StoreNode("p", Engine(), None)  # what the old primary logged is what it holds
     recovery.recover(str(tmp_path / "p"), node)
     assert dump(node) == dump(p.node)
+
+
+async def test_a_switch_the_new_primary_hears_of_first_still_copies_nothing(tmp_path) -> None:
+    """The broker tells every copy of a switch at once: the new primary's question may reach the
+    old one before its own push does; it waits for it and answers then."""
+    broker, p, r, close = await replicated_pair(tmp_path)
+    try:
+        seen = full_syncs(p)
+        epoch = broker.assignments[SLOT].epoch + 1
+        members = [Member("r", r.address), Member("p", p.address)]
+        broker.push(SLOT, members, ["p"], epoch, epoch, only="r")
+        await asyncio.sleep(0.2)  # the question is at p by now, about an epoch p has not heard of
+        assert p.node.assignments[SLOT].role == "primary" and p.replicator.receiver._questions
+        broker.push(SLOT, members, ["p"], epoch, epoch, only="p")
+        await asyncio.wait_for(r.mini.write([[key(999), b"after", 0]], slot=SLOT, epoch=epoch), 2)
+        assert seen == [] and dump(p.node) == dump(r.node)
+        assert not p.replicator.receiver._questions
+    finally:
+        await close()
+
+
+async def test_a_same_copy_question_whose_assignment_never_comes_is_refused_after_a_while(tmp_path) -> None:
+    broker, p, r, close = await replicated_pair(tmp_path, keys=3)
+    try:
+        a = r.node.assignments[SLOT]
+        data = r.node.engine.slots[SLOT]
+        started = time.monotonic()
+        answer = await r.replicator.receiver.op_sync_same(
+            decode.same_copies([[SLOT, a.epoch + 1, data.data_epoch, data.seq]])
+        )
+        assert answer == [False] and time.monotonic() - started >= receiver_module.SAME_WAIT * 0.9
+        assert not r.replicator.receiver._questions
+    finally:
+        await close()
 
 
 async def test_a_replica_that_differs_gets_a_full_sync_and_ends_identical(tmp_path) -> None:
