@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..common import config, eventloop, gctune, logsetup
+from ..common import config, eventloop, logsetup, runtime
 from .app import make_app
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = config.load("snapkv-broker", argv)
     logsetup.setup("broker", settings.log_level)
-    gctune.tune()
+    runtime.tune()
     web.run_app(
         make_app(settings),
         host=settings.host,

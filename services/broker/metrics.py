@@ -28,7 +28,7 @@ class BrokerMetrics:
         part in the leadership."""
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)  # collections per generation: gctune.py's thresholds at work
+        GCCollector(registry=self.registry)  # collections per generation: common/runtime.py's thresholds at work
         self.requests = Counter(
             "snapkv_broker_requests",
             "HTTP requests by route and status code",

@@ -29,14 +29,23 @@ def load(data_dir: str) -> dict[str, Any] | None:
 
 def save(data_dir: str, text: str) -> None:
     """Write `text` (ClusterState.snapshot_text, encoded in the caller's thread: here only system
-    calls, which let the event loop run)."""
-    os.makedirs(data_dir, exist_ok=True)
+    calls, which let the event loop run). As few of them as a safe replace takes: in a thread,
+    each one waits for the GIL afterwards (common/runtime.py)."""
     path = os.path.join(data_dir, FILE)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(data_dir, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     dir_fd = os.open(data_dir, os.O_RDONLY)
     try:

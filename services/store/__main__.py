@@ -7,7 +7,7 @@ import sys
 
 from aiohttp import web
 
-from ..common import config, eventloop, gctune, logsetup
+from ..common import config, eventloop, logsetup, runtime
 from .app import DataDirError, make_app
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         print("snapkv-store: a NAME is required, e.g. snapkv-store store1 8081", file=sys.stderr)
         raise SystemExit(2)
     logsetup.setup(settings.name, settings.log_level)
-    gctune.tune()
+    runtime.tune()
     if not settings.site and os.environ.get("NODE_NAME"):
         from .zone import lookup_zone
 

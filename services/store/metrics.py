@@ -26,7 +26,7 @@ class StoreMetrics:
     def __init__(self, node: StoreNode, last_snapshot: Callable[[], float], ready: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)  # collections per generation: gctune.py's thresholds at work
+        GCCollector(registry=self.registry)  # collections per generation: common/runtime.py's thresholds at work
         self.op_seconds = Histogram(
             "snapkv_store_op_seconds",
             "Time from applying a write to its commit (log written, in-sync replicas acknowledged)",

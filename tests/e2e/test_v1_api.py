@@ -156,7 +156,7 @@ def young_collections(url: str) -> float:
 
 
 def test_broker_and_stores_collect_garbage_rarely_under_load(cluster3):
-    """gctune.py: with CPython's default thresholds this load runs about 190 young collections in
+    """common/runtime.py: with CPython's default thresholds this load runs about 190 young collections in
     the broker and 120 in a store; with the server's thresholds about one."""
     url, store = cluster3.url, cluster3.stores["store1"].url
     before = young_collections(url), young_collections(store)
