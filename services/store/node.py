@@ -164,15 +164,20 @@ class StoreNode:
 
     # -- writes ---------------------------------------------------------------------------------
     def op_write(self, req: records.WriteRequest) -> Reply:
+        admitted = self._admit(req, now_ms())
+        return self.commit_mutation(admitted) if isinstance(admitted, Mutation) else admitted
+
+    def _admit(self, req: records.WriteRequest, now: int) -> Mutation | Reply:
+        """A write's checks before anything is applied: ownership at its epoch (rule 3), its
+        request id (a retry of a write we already took answers from memory once that commits,
+        rule 7), its conditions. The mutation to apply, or the retry's answer; raises when refused."""
         slot, epoch, rid, ops, conditions = req
         self.owned(slot, epoch)
         self.load.hit(slot)
-        data = self.engine.slot(slot)
-        result = data.recent.recall(rid) if rid else None
-        if result is not None:  # a retry of a write we already took (rule 7)
+        result = self.engine.slot(slot).recent.recall(rid) if rid else None
+        if result is not None:
             return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
-        mutation = self.engine.prepare(slot, epoch, rid, ops, conditions, now_ms())
-        return self.commit_mutation(mutation)
+        return self.engine.prepare(slot, epoch, rid, ops, conditions, now)
 
     def op_mwrite(self, reqs: list[records.WriteRequest]) -> Reply:
         """Writes of many slots in one call (the broker's mset, one call per store): each checked,
@@ -186,18 +191,15 @@ class StoreNode:
         replicator, engine, wal = self.replicator, self.engine, self.wal
         now = now_ms()
         with replicator.batch() if replicator is not None else contextlib.nullcontext():
-            for i, (slot, epoch, rid, ops, conditions) in enumerate(reqs):
+            for i, req in enumerate(reqs):
                 try:
-                    self.owned(slot, epoch)
-                    self.load.hit(slot)
-                    result = engine.slot(slot).recent.recall(rid) if rid else None
-                    if result is not None:
-                        answers[i] = self._after_commit(slot, result.version & SEQ_MASK, lambda r=result: r)
-                        continue
-                    mutation = engine.prepare(slot, epoch, rid, ops, conditions, now)
+                    mutation = self._admit(req, now)
                 except errors.SnapkvError:
                     continue
-                taken.append((i, slot, mutation.seq, engine.apply(mutation)))
+                if not isinstance(mutation, Mutation):  # a retry's answer
+                    answers[i] = mutation
+                    continue
+                taken.append((i, mutation.slot, mutation.seq, engine.apply(mutation)))
                 if wal is not None:
                     wal.append(walmod.MUTATION, mutation)
                 acks.append(replicator.replicate(mutation) if replicator is not None else None)
