@@ -72,8 +72,6 @@ class Receiver:
         routes.add(wire.OP_SYNC_SAME, decode.same_copies, self.op_sync_same)
 
     def assignment_changed(self, slot: int, current: Assignment | None) -> None:
-        if self._questions.get(slot):
-            self._answer_waiting(slot, current)
         staged = self._staged.get(slot)
         if staged is not None and (
             current is None or current.role != REPLICA or current.leader_epoch != staged.leader_epoch
@@ -81,6 +79,8 @@ class Receiver:
             del self._staged[slot]  # that copy will never be finished: a new primary syncs us afresh
         if current is None or current.role != REPLICA:
             self._awaiting.discard(slot)
+        if self._questions.get(slot):  # same-copy questions that waited for this assignment
+            self._answer_waiting(slot, current)
 
     def _taken(self, slot: int, a: Assignment) -> None:
         """Our copy of `slot` is now the current primary's (synced or streamed under its leadership)."""
