@@ -26,9 +26,7 @@ import sys
 YOUNG = 20_000  # new container objects between collections of the youngest generation
 MIDDLE = 50  # youngest collections per collection of the middle one
 OLD = 100  # middle collections per full collection (CPython also waits for 25% new long-lived objects)
-
-
-SWITCH_INTERVAL = 0.001  # seconds
+SWITCH_INTERVAL = 0.001  # seconds a thread waits for the GIL before the running one is asked to give it up
 
 
 def tune() -> None:

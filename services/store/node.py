@@ -21,7 +21,7 @@ from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
 from . import wal as walmod
 from .engine import SEQ_BITS, Engine, Item
-from .futures import each, ignore_outcome, settled, succeeded, then, when_all
+from .futures import each, forward, ignore_outcome, settled, succeeded, then, when_all
 from .slotload import SlotLoad
 from .waiters import SeqWaiters
 
@@ -224,7 +224,7 @@ class StoreNode:
             if isinstance(final, list):
                 out.set_result(final)
             else:
-                final.add_done_callback(lambda g: out.set_result(g.result()))
+                forward(final, out)
 
         succeeded(acks).add_done_callback(committed)
         return out
