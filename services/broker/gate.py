@@ -2,8 +2,11 @@
 requests in flight per slot so the switch can wait until the old primary has answered them all.
 
 Part of the data plane: the router enters and leaves here around every call; the migration
-(control plane) holds and releases. A held slot's requests wait, bounded by their deadline, and
-then go to whatever the map says: no client sees an error or a redirect, only a pause.
+(control plane) diverts, holds and releases. While the switch goes to disk, the map already
+names the new primary but no store has heard of it: the slot's requests are diverted to the old
+primary at its epoch, which still serves them (nothing is paused for the disk). Once it is on
+disk the slot is held: its requests wait, bounded by their deadline, until every copy has heard,
+and then go to whatever the map says: no client sees an error or a redirect, only a pause.
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ class SlotGate:
         self._held: dict[int, asyncio.Event] = {}  # slot -> set when released
         self._inflight: dict[int, int] = {}
         self._idle: dict[int, asyncio.Event] = {}  # slot -> set when its last call in flight returns
+        self._diverted: dict[int, tuple[str, int]] = {}  # slot -> (old primary, its epoch) until held
+
+    def diverted(self, slot: int) -> tuple[str, int] | None:
+        """Where the slot's requests go instead of the map's primary, and at which epoch."""
+        return self._diverted.get(slot)
+
+    def divert(self, slot: int, primary: str, epoch: int) -> None:
+        """Until the slot is held, its requests go to `primary` at `epoch` (the map as every store
+        still has it), whatever the map says meanwhile."""
+        self._diverted[slot] = (primary, epoch)
 
     def held(self, slot: int) -> bool:
         return slot in self._held
@@ -44,8 +57,9 @@ class SlotGate:
             idle.set()
 
     def hold(self, slot: int) -> None:
-        """New requests of the slot wait from now on (the ones in flight go on)."""
+        """New requests of the slot wait from now on (the ones in flight go on); a divert ends."""
         self._held.setdefault(slot, asyncio.Event())
+        self._diverted.pop(slot, None)
 
     async def drained(self, slot: int, timeout: float) -> bool:
         """Until no request of the slot is in flight; False when `timeout` passed first."""
@@ -59,6 +73,7 @@ class SlotGate:
         return True
 
     def release(self, slot: int) -> None:
+        self._diverted.pop(slot, None)
         released = self._held.pop(slot, None)
         if released is not None:
             released.set()

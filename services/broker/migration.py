@@ -3,12 +3,13 @@
   copy    the target joins the slot as a replica outside the ISR; the primary full-syncs it and
           streams to it through the ordinary replication, and asks the broker to add it to the
           ISR once it has everything (rule 1). Skipped for a swap (the target is in the ISR).
-  switch  (primary moves) new requests of the slot wait at the gate; the target becomes
-          primary at a new epoch, the source a replica in the ISR, in the map and on disk while
-          the requests in flight answer from the old primary (at most DRAIN_WAIT: later ones are
-          retried on the new primary). Then every copy is told at once; their answers let the
-          slot's requests go again. The pause is one disk write (group commit) and one round of
-          pushes, none behind a queue.
+  switch  (primary moves) the target becomes primary at a new epoch, the source a replica in
+          the ISR, in the map and on disk; meanwhile the slot's requests still go to the source at
+          the old epoch (the gate diverts them). Once on disk, new requests of the slot wait at
+          the gate while the ones in flight answer from the old primary (at most DRAIN_WAIT: later
+          ones are retried on the new primary); then every copy is told at once, and their answers
+          let the slot's requests go again. The pause is one round of pushes, none behind a queue
+          and no disk write of the broker's.
   drop    the source's copy leaves the slot (last, once the target holds everything).
 
 Every step checks first that the slot is still as the previous step left it, under the map lock
@@ -203,8 +204,16 @@ class Migrator:
 
     async def _switch(self, move: Move) -> None:
         slot = move.slot
-        self.gate.hold(slot)
-        held = time.monotonic()
+        held = 0.0
+
+        async def hold() -> None:
+            """On disk: the slot's new requests wait from now on, and what is in flight at the old
+            primary answers first (no store hears of the switch before)."""
+            nonlocal held
+            self.gate.hold(slot)
+            held = time.monotonic()
+            await self.gate.drained(slot, DRAIN_WAIT)
+
         try:
             async with self.lock:
                 self._check(move, target_member=True)
@@ -216,16 +225,17 @@ class Migrator:
                 # every copy hears of it, all at once, before the slot's requests go on (the new
                 # primary's same-copy question to a replica that has not heard yet waits for it)
                 change = Change(slot, move.target, replicas, isr)
-                # what is in flight answers from the old primary while the change goes to disk:
-                # no store hears of it before both are done
-                drained = asyncio.get_running_loop().create_task(self.gate.drained(slot, DRAIN_WAIT))
-                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, before_push=drained)
+                # while the change goes to disk the old primary, which no store has heard is not
+                # one any more, goes on serving the slot's requests at its epoch
+                self.gate.divert(slot, move.source, e.epoch)
+                pending = self.pusher.stage([change], f"move:{move.reason}", wait=True, before_push=hold)
             await pending
         finally:
             self.gate.release(slot)
-            paused = time.monotonic() - held
-            self.pauses.append(paused)
-            self.observe_pause(paused)
+            if held:
+                paused = time.monotonic() - held
+                self.pauses.append(paused)
+                self.observe_pause(paused)
 
     async def _drop(self, move: Move) -> None:
         async with self.lock:

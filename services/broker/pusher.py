@@ -183,7 +183,7 @@ class Pusher:
         push: bool = True,
         epoch_floor: int = 0,
         wait: bool = False,
-        before_push: Awaitable[Any] | None = None,
+        before_push: Callable[[], Awaitable[Any]] | None = None,
     ) -> asyncio.Task[int]:
         """`apply`, with the map changed now, in the caller's loop turn (so the checks it made
         still hold and a lock it holds need not wait for the disk), and the rest in a task.
@@ -194,8 +194,8 @@ class Pusher:
 
         Every store it touches is told at once: a primary switch's new primary may ask a replica
         whether it holds the same copy before that replica has heard of the switch, and the
-        replica waits for its own assignment to answer (store/receiver.py). `before_push`:
-        awaited once the change is on disk, before any store is told (it runs during the write)."""
+        replica waits for its own assignment to answer (store/receiver.py). `before_push()`:
+        called and awaited once the change is on disk, before any store is told."""
         applied = self.cluster.apply(changes, epoch_floor)
         messages = {}
         if applied.changed and push:
@@ -212,13 +212,13 @@ class Pusher:
         messages: dict[str, dict[str, Any]],
         reason: str,
         wait: bool,
-        before_push: Awaitable[Any] | None,
+        before_push: Callable[[], Awaitable[Any]] | None,
     ) -> int:
         if not applied.changed:
             return 0
         await self.persist()  # rule 4: on disk before any store hears of it
         if before_push is not None:
-            await before_push
+            await before_push()
         # a move's steps are logged by the move (migration.py's slot_moved): hundreds a second
         level = logging.DEBUG if reason.startswith(MOVE_STEPS) else logging.INFO
         log.log(level, "event=map_changed reason=%s epoch=%d slots=%d", reason, applied.epoch, len(applied.slots))

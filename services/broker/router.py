@@ -75,7 +75,10 @@ class Router:
                 await gate.wait(slot, remaining)
                 continue
             entry = cluster.slotmap.entry(slot)
-            target, replica_read = entry.primary, False
+            target, epoch, replica_read = entry.primary, entry.epoch, False
+            via = gate.diverted(slot)  # its switch is going to disk: the old primary still serves
+            if via is not None:
+                target, epoch = via
             if target is not None and (not cluster.registry.is_up(target) or (not write and target in failed)):
                 target = None
                 if not write and allow_replica:
@@ -90,7 +93,7 @@ class Router:
                 attempt += 1
                 continue
             try:
-                args = args_for(entry.epoch, replica_read)
+                args = args_for(epoch, replica_read)
                 conn = self.pool.get(target, cluster.address_of(target))
                 gate.enter(slot)
                 try:
@@ -186,10 +189,11 @@ class Router:
         singles: list[int] = []
         for i, slot in enumerate(slots):
             e = cluster.slotmap.entry(slot)
-            if e.primary is None or gate.held(slot) or not cluster.registry.is_up(e.primary):
+            primary, epoch = gate.diverted(slot) or (e.primary, e.epoch)
+            if primary is None or gate.held(slot) or not cluster.registry.is_up(primary):
                 singles.append(i)
             else:
-                by_store.setdefault(e.primary, []).append((i, e.epoch))
+                by_store.setdefault(primary, []).append((i, epoch))
         out: list[Any] = [None] * len(slots)
 
         async def one_store(name: str, items: list[tuple[int, int]]) -> None:

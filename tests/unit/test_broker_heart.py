@@ -257,3 +257,19 @@ async def test_a_down_store_that_answers_is_up_and_gets_its_whole_assignment():
     await m.health.check("p")
     assert m.status == NodeStatus.UP and m.pusher.pushed == ["p"]
     await m.health.stop()
+
+
+async def test_a_slot_diverted_during_its_switch_goes_to_the_old_primary_at_the_old_epoch():
+    conns = {"p": FakeConn([[1, [False]], [[b"v", 1, 0]]]), "r": FakeConn([])}
+    router, _ = router_for(conns)
+    before = router.cluster.slotmap.entry(SLOT).epoch
+    router.gate.divert(SLOT, "p", before)
+    router.cluster.apply([Change(SLOT, "r", ["p"], ["p"])])  # the switch, on its way to disk
+    assert await router.write(SLOT, [[b"k", b"v", 0]], [None]) == (1, [False])
+    key = next(k for k in (f"k{i}".encode() for i in range(100_000)) if key_slot(k) == SLOT)
+    assert (await router.mget([key]))[key] == (b"v", 1, 0)
+    assert [args.epoch if hasattr(args, "epoch") else args[0].epoch for _, args in conns["p"].calls] == [before] * 2
+    assert conns["r"].calls == []
+    router.gate.hold(SLOT)  # on disk: held, the divert is over
+    assert router.gate.diverted(SLOT) is None
+    router.gate.release(SLOT)

@@ -75,3 +75,41 @@ async def test_a_switch_with_a_request_stuck_at_the_old_primary_pauses_the_slot_
     assert max(log.index((n, "heard", e.epoch)) for n in "abc") < min(log.index((n, "answered", 0)) for n in "abc")
     assert migrator.pauses[0] >= 0.005
     await pusher.stop()
+
+
+async def test_while_a_switch_goes_to_disk_the_old_primary_serves_and_the_pause_is_the_pushes_only(tmp_path):
+    cluster = ClusterState(3, slots=16)
+    for i, name in enumerate("abc"):
+        cluster.registry.register(name, f"127.0.0.1:{7000 + i}", "", 0.0)
+    cluster.apply([Change(SLOT, "a", ["b", "c"], ["b", "c"])])
+    before = cluster.slotmap.entry(SLOT).epoch
+    seen: list[tuple[bool, tuple[str, int] | None]] = []
+    gate = SlotGate()
+
+    def slow_save(text: str) -> None:  # a slow disk: what the gate does meanwhile
+        seen.append((gate.held(SLOT), gate.diverted(SLOT)))
+        time.sleep(0.3)
+        state.save(str(tmp_path), text)
+
+    log: list[tuple[str, str, int]] = []
+    stores = {name: Store(name, log, str(tmp_path), delay=0.005) for name in "abc"}
+    pusher = Pusher(
+        cluster,
+        Pool(stores),  # type: ignore[arg-type]
+        Watch(),
+        Settings(),
+        str(tmp_path),
+        catch_up=no_catch_up,
+        save=slow_save,
+    )
+    migrator = Migrator(cluster, pusher, gate, Watch(), asyncio.Lock(), Settings())
+    started = time.monotonic()
+    assert migrator.start(Move(SLOT, "a", "b", True, "test"))
+    await asyncio.wait_for(migrator.finished.wait(), 5)
+    assert time.monotonic() - started >= 0.3
+    assert cluster.slotmap.entry(SLOT).primary == "b" and migrator.done["test"] == 1
+    # during the write: not held, the requests go to the old primary at the epoch every store has
+    assert seen == [(False, ("a", before))]
+    assert not gate.held(SLOT) and gate.diverted(SLOT) is None
+    assert 0.005 <= migrator.pauses[0] < 0.2, migrator.pauses  # the pushes, not the disk
+    await pusher.stop()
