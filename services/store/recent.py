@@ -16,12 +16,19 @@ lines is a bytearray front delete. The time is this process's monotonic clock wh
 the write, so no copy's memory depends on another host's clock: each keeps each id RECENT_MS
 from when it applied it (a replica from when the write was streamed to it, a restarted store from
 its replay).
+
+An id's part is the CRC-32 of the id, the same in every process (str's hash is salted per
+process): a copy that takes another's ids (`load`: a full sync, an import, a snapshot) puts each
+in the same part, in the same order, so `items` goes part by part, each oldest first, with no
+sort, and `load` builds each part in one join (the ids were a third of a move's CPU on the
+stores: 1M keys loaded by mset leave about 250 ids in every slot).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from zlib import crc32
 
 from ..common.decode import valid_rid
 from ..common.records import Recent, WriteResult
@@ -56,8 +63,9 @@ class RecentIds:
             return
         at = now_ms() if at_ms is None else at_ms
         version, existed = result
-        part = hash(rid) % PARTS
-        self._parts[part] += b"\n%s %x %x %s" % (rid.encode(), at, version, bytes(existed))
+        raw = rid.encode()
+        part = crc32(raw) % PARTS
+        self._parts[part] += b"\n%s %x %x %s" % (raw, at, version, bytes(existed))
         if not self._counts[part]:
             self._oldest[part] = at
         self._counts[part] += 1
@@ -68,8 +76,9 @@ class RecentIds:
         """The result of the write with this id, if remembered."""
         if not self.count or not rid:
             return None
-        lines = self._parts[hash(rid) % PARTS]
-        at = lines.find(b"\n" + rid.encode() + b" ")
+        raw = rid.encode()
+        lines = self._parts[crc32(raw) % PARTS]
+        at = lines.find(b"\n" + raw + b" ")
         if at < 0:
             return None
         end = lines.find(b"\n", at + 1)
@@ -110,24 +119,29 @@ class RecentIds:
             del lines[:cut]
 
     def items(self) -> Iterator[tuple[str, WriteResult]]:
-        """(rid, result), oldest first: what exports and snapshots carry."""
-        stamped = []
+        """(rid, result), part by part, each part oldest first: what exports and snapshots carry,
+        and what `load` puts back in the same parts in the same order."""
         for lines in self._parts:
-            for line in bytes(lines).split(b"\n")[1:]:
-                stamped.append((int(line.split(b" ", 2)[1], 16), line))
-        stamped.sort(key=lambda s: s[0])
-        for _, line in stamped:
-            yield _result(line)
+            if lines:
+                for line in lines.split(b"\n")[1:]:
+                    yield _result(line)
 
     def load(self, recent: Sequence[Recent]) -> None:
-        """Take a copy's ids (an import, a full sync, a snapshot): they count from now here."""
-        self._parts = [bytearray() for _ in range(PARTS)]
-        self._counts = [0] * PARTS
-        self._oldest = [0] * PARTS
-        self.count = 0
+        """Take a copy's ids (an import, a full sync, a snapshot): they count from now here. What
+        `remember` of each in turn would keep, built a part at a time."""
         at = now_ms()
-        for rid, result in recent:
-            self.remember(rid, result, at)
+        stamp = b" %x " % at
+        lines: list[list[bytes]] = [[] for _ in range(PARTS)]
+        for rid, (version, existed) in recent:
+            if rid and valid_rid(rid):
+                raw = rid.encode()
+                lines[crc32(raw) % PARTS].append(b"\n%s%s%x %s" % (raw, stamp, version, bytes(existed)))
+        for part in lines:
+            del part[:-PER_PART]  # the part's newest PER_PART, as its trim would keep
+        self._parts = [bytearray(b"".join(part)) for part in lines]
+        self._counts = [len(part) for part in lines]
+        self._oldest = [at if part else 0 for part in lines]
+        self.count = sum(self._counts)
 
 
 def _stamp(lines: bytearray, at: int) -> int:
@@ -136,6 +150,6 @@ def _stamp(lines: bytearray, at: int) -> int:
     return int(lines[space + 1 : lines.find(b" ", space + 1)], 16)
 
 
-def _result(line: bytes) -> tuple[str, WriteResult]:
+def _result(line: bytes | bytearray) -> tuple[str, WriteResult]:
     rid, _stamp, version, bits = line.split(b" ")
     return rid.decode(), WriteResult(int(version, 16), [b == 1 for b in bits])

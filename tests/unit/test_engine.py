@@ -98,6 +98,46 @@ def test_request_ids_are_kept_up_to_a_count_and_for_a_time_whichever_ends_first(
     assert ids.recall("late") == (1, [])
 
 
+_COPY = """
+import json, sys
+from snapkv.store.recent import RecentIds
+ids = RecentIds()
+if sys.argv[1] == "make":
+    for i in range(3000):
+        ids.remember(f"r-{i}", (i, [i % 2 == 1]), 1_000_000)
+else:
+    ids.load([(rid, tuple(result)) for rid, result in json.loads(sys.stdin.read())])
+print(json.dumps(list(ids.items())))
+"""
+
+
+def test_a_copy_takes_another_process_s_request_ids_in_the_same_order_and_keeps_what_each_kept():
+    """Each process salts str's hash: the parts must not depend on it, or a copy would keep other
+    ids than its source when a part is full, and `items` would need a sort by time."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(seed: str, *args: str, given: str = "") -> list[list[object]]:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", _COPY, *args], input=given, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    source = run("1", "make")
+    assert 0.75 * RECENT_IDS <= len(source) <= RECENT_IDS
+    copy = run("2", "load", given=json.dumps(source))
+    assert copy == source  # the same ids, part by part in the same order
+    here = RecentIds()
+    here.load([(rid, tuple(result)) for rid, result in source])  # type: ignore[misc]
+    one_by_one = RecentIds()
+    for rid, result in source:
+        one_by_one.remember(rid, tuple(result), 5)  # type: ignore[arg-type]
+    assert list(here.items()) == list(one_by_one.items()) and len(here) == len(one_by_one)
+    assert here.recall("r-2999") == (2999, [True]) and "r-0" not in here
+
+
 def test_request_ids_cost_tens_of_bytes_each_and_no_object():
     ids = RecentIds()
     for i in range(RECENT_IDS):
