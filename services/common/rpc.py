@@ -2,6 +2,9 @@
 
 Everything queued in one loop turn leaves as one message (the writer only wakes on the next turn).
 A reader never waits on sending (rule 11): replies are queued and one writer task drains the queue.
+A server lets the loop run once the frames it handled back to back took SLICE (a message carries
+many frames, and aiohttp hands over a buffered message without a loop turn: a burst of full syncs
+into a joining store held its loop for tens of ms, and every other connection with it).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +25,7 @@ from . import errors, wire
 log = logging.getLogger("snapkv.rpc")
 
 Handler = Callable[[str, Any], Any]  # returns a value, or an awaitable/future for a later reply
+SLICE = 0.002  # seconds of frames a server handles back to back before the loop runs once
 
 
 class _Outbox:
@@ -250,21 +255,28 @@ async def serve(
         else:
             outbox.put([msg_id, wire.ERR, _error_wire(exc)])
 
+    clock = time.perf_counter
+    spent = 0.0  # handling frames since the loop last ran
     try:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
             for msg_id, op, args in wire.unpack(msg.data):
+                if spent > SLICE:
+                    await asyncio.sleep(0)  # the other connections' frames and requests go first
+                    spent = 0.0
+                started = clock()
                 try:
                     result = handler(op, args)
                 except Exception as exc:
                     outbox.put([msg_id, wire.ERR, _error_wire(exc)])
-                    continue
-                if asyncio.isfuture(result) or asyncio.iscoroutine(result):
-                    fut = asyncio.ensure_future(result)
-                    fut.add_done_callback(functools.partial(reply_later, msg_id))
                 else:
-                    outbox.put([msg_id, wire.OK, result])
+                    if asyncio.isfuture(result) or asyncio.iscoroutine(result):
+                        fut = asyncio.ensure_future(result)
+                        fut.add_done_callback(functools.partial(reply_later, msg_id))
+                    else:
+                        outbox.put([msg_id, wire.OK, result])
+                spent += clock() - started
     finally:
         await outbox.close()
         if open_set is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from .httpserver import start_site
 
 class Peer:
     """Answers [name, args] to any op; `hold` is answered only when the test says so (or never);
-    `boom` fails with key_not_found."""
+    `boom` fails with key_not_found; `busy` keeps the loop for a millisecond first."""
 
     def __init__(self, name: str = "echo") -> None:
         self.name = name
@@ -29,6 +30,8 @@ class Peer:
             return fut
         if op == "boom":
             raise errors.KeyNotFound("no such key")
+        if op == "busy":
+            time.sleep(0.001)  # a handler's CPU work, as a full sync's import is
         return [self.name, args]
 
     async def route(self, request: web.Request) -> web.StreamResponse:

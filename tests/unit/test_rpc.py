@@ -1,6 +1,7 @@
 """The internal connection: one message per loop turn, pending calls failed when it drops, timeouts."""
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -73,4 +74,29 @@ async def test_a_call_msgpack_cannot_encode_fails_alone_and_the_connection_goes_
             await asyncio.wait_for(bad, 2)
         assert await asyncio.wait_for(asyncio.gather(*good), 2) == [["echo", i] for i in range(3)]
         assert await asyncio.wait_for(client.call("ping", 9), 2) == ["echo", 9]
+        await client.close()
+
+
+async def test_a_burst_of_busy_frames_lets_the_loop_run_between_slices_and_keeps_their_order():
+    """A message of 30 frames of 1 ms each held the loop for 30 ms; every other connection waited."""
+    async with Peer() as peer, aiohttp.ClientSession() as session:
+        client = rpc.RpcClient(session, peer.url)
+        assert await client.call("ping", 0) == ["echo", 0]
+        gaps: list[float] = []
+        running = True
+
+        async def ticker() -> None:  # how long the loop went without running this
+            last = time.perf_counter()
+            while running:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        answers = await asyncio.gather(*(client.call("busy", i) for i in range(30)))  # one message
+        running = False
+        await tick
+        assert answers == [["echo", i] for i in range(30)]
+        assert max(gaps) < 0.012, max(gaps)  # a slice (2 ms) and the frame that crosses it, not 30 ms
         await client.close()
