@@ -61,65 +61,82 @@ class Parser:
         return out
 
     def _feed(self, data: bytes, out: list[list[bytes]]) -> None:
-        buf = self.buf
-        buf += data
-        pos, size = 0, len(buf)
-        find = buf.find
-        while pos < size:
-            if buf[pos] != 42:  # not '*': an inline command (telnet, redis-cli's own PING)
-                end = find(b"\n", pos)
-                if end < 0:
-                    if size - pos > MAX_INLINE:
-                        raise ProtocolError("Protocol error: too big inline request")
-                    break
-                words = bytes(buf[pos:end]).rstrip(b"\r").split()
-                if words:
-                    out.append(words)
-                del buf[: end + 1]
-                pos, size = 0, len(buf)
-                continue
-            end = find(CRLF, pos)
+        """Parse whole commands out of what is buffered and `data`; keep the rest. Usually nothing
+        is buffered and `data` holds whole commands: it is parsed as it came (an argument is one
+        copy out of it), and only an incomplete tail is buffered."""
+        buf: bytes | bytearray = data
+        if self.buf:
+            self.buf += data
+            buf = self.buf
+        view = memoryview(buf)
+        try:
+            pos = _parse(buf, view, self.max_bulk, out)
+        finally:
+            view.release()  # before the bytearray is resized
+        if buf is data:
+            if pos < len(data):
+                self.buf += data[pos:]
+        else:
+            del self.buf[:pos]
+
+
+def _parse(buf: bytes | bytearray, view: memoryview, max_bulk: int, out: list[list[bytes]]) -> int:
+    """The whole commands from the start of `buf` (whose `view` it is) onto `out`; where the rest
+    starts."""
+    pos, size = 0, len(buf)
+    find = buf.find
+    while pos < size:
+        if buf[pos] != 42:  # not '*': an inline command (telnet, redis-cli's own PING)
+            end = find(b"\n", pos)
             if end < 0:
                 if size - pos > MAX_INLINE:
-                    raise ProtocolError("Protocol error: too big mbulk count string")
+                    raise ProtocolError("Protocol error: too big inline request")
                 break
-            count = _number(buf[pos + 1 : end], "invalid multibulk length")
-            if count > MAX_ARGS:
-                raise ProtocolError("Protocol error: invalid multibulk length")
-            p = end + 2
-            args: list[bytes] = []
-            for _ in range(max(count, 0)):
-                if p >= size:
-                    break
-                if buf[p] != 36:  # '$'
-                    raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
-                e = find(CRLF, p)
-                if e < 0:
-                    if size - p > MAX_INLINE:
-                        raise ProtocolError("Protocol error: invalid bulk length")
-                    break
-                length = _number(buf[p + 1 : e], "invalid bulk length")
-                if length < 0 or length > self.max_bulk:
+            words = bytes(view[pos:end]).rstrip(b"\r").split()
+            if words:
+                out.append(words)
+            pos = end + 1
+            continue
+        end = find(CRLF, pos)
+        if end < 0:
+            if size - pos > MAX_INLINE:
+                raise ProtocolError("Protocol error: too big mbulk count string")
+            break
+        count = _number(buf[pos + 1 : end], "invalid multibulk length")
+        if count > MAX_ARGS:
+            raise ProtocolError("Protocol error: invalid multibulk length")
+        p = end + 2
+        args: list[bytes] = []
+        for _ in range(max(count, 0)):
+            if p >= size:
+                break
+            if buf[p] != 36:  # '$'
+                raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
+            e = find(CRLF, p)
+            if e < 0:
+                if size - p > MAX_INLINE:
                     raise ProtocolError("Protocol error: invalid bulk length")
-                start = e + 2
-                stop = start + length
-                if stop + 2 > size:
-                    break
-                if buf[stop : stop + 2] != CRLF:
-                    raise ProtocolError("Protocol error: bulk string not followed by CRLF")
-                args.append(bytes(buf[start:stop]))
-                p = stop + 2
-            if len(args) < count:
-                break  # the rest has not arrived yet: parse this command again when it has
-            if args:
-                out.append(args)
-            pos = p
-            del buf[:pos]  # consumed: a later bad frame leaves the commands before it answered
-            pos, size = 0, len(buf)
-        del buf[:pos]
+                break
+            length = _number(buf[p + 1 : e], "invalid bulk length")
+            if length < 0 or length > max_bulk:
+                raise ProtocolError("Protocol error: invalid bulk length")
+            start = e + 2
+            stop = start + length
+            if stop + 2 > size:
+                break
+            if buf[stop : stop + 2] != CRLF:
+                raise ProtocolError("Protocol error: bulk string not followed by CRLF")
+            args.append(bytes(view[start:stop]))
+            p = stop + 2
+        if len(args) < count:
+            break  # the rest has not arrived yet: parse this command again when it has
+        if args:
+            out.append(args)
+        pos = p
+    return pos
 
 
-def _number(text: bytearray, what: str) -> int:
+def _number(text: bytes | bytearray, what: str) -> int:
     try:
         return int(text)
     except ValueError:
