@@ -30,7 +30,7 @@ async def get_key(request: web.Request) -> web.Response:
     svc = _svc(request)
     text = inputs.query(request.rel_url.raw_query_string).get("key")
     key = inputs.key_from_json(text)
-    entry = await svc.kv.get(key)
+    entry = await svc.coalescer.get(key)  # with the other clients' of this loop turn
     if entry is None:
         raise errors.KeyNotFound(f"key {text!r} not found", key=text)
     value, binary = inputs.text_of(entry.value)

@@ -29,7 +29,7 @@ from .failover import Failover
 from .follow import Follower, FollowerControl, nodes_fingerprint
 from .gate import SlotGate
 from .health import HealthMonitor
-from .kv import KeyValue
+from .kv import Coalescer, KeyValue
 from .leadership import DirectoryLease, DirectoryState, Leadership, Lease, StateStore
 from .loadmon import LoadMonitor
 from .membership import Membership
@@ -126,6 +126,8 @@ class BrokerService:
         self.pulse = Pulse(self.metrics.request_seconds, skip=NOT_CLIENT_ROUTES)
         self.started_at = time.monotonic()
         self.kv = KeyValue(self.router)
+        # plain GETs (and SETs) of every client in one loop turn: one internal call per store (HTTP and RESP)
+        self.coalescer = Coalescer(self.kv)
         self._forwarding: aiohttp.ClientSession | None = None
         self.started = False
 

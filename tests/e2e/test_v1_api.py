@@ -171,6 +171,38 @@ def test_broker_and_stores_collect_garbage_rarely_under_load(cluster3):
     assert young_collections(store) - before[1] < 30
 
 
+def internal_reads(cluster) -> dict[str, float]:
+    """The stores' internal get and mget calls so far (their /metrics)."""
+    out = {"get": 0.0, "mget": 0.0}
+    for store in cluster.stores.values():
+        for line in http("GET", f"{store.url}/metrics")[1].decode().splitlines():
+            for op in out:
+                if line.startswith(f'snapkv_store_ops_total{{op="{op}"}}'):
+                    out[op] += float(line.split()[-1])
+    return out
+
+
+def test_concurrent_gets_of_many_clients_reach_the_stores_as_fewer_calls(cluster3):
+    """The broker's coalescer: plain GETs (both APIs) of one loop turn go to each store as one mget."""
+    url = cluster3.url
+    assert http("POST", f"{url}/v1/mset", {"items": {f"co:{i}": f"v{i}" for i in range(64)}})[0] == 200
+    before = internal_reads(cluster3)
+
+    def client(i: int) -> None:
+        key = f"co:{i % 64}"
+        if i % 2:
+            assert http("GET", f"{url}/v1/kv/{key}")[1] == f"v{i % 64}".encode()
+        else:
+            assert http("GET", f"{url}/get?key={key}")[1]["value"] == f"v{i % 64}"
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(client, range(600)))
+    after = internal_reads(cluster3)
+    calls = (after["get"] - before["get"]) + (after["mget"] - before["mget"])
+    assert after["mget"] > before["mget"], (before, after)
+    assert calls < 600, (before, after)
+
+
 def test_primary_deletes_expired_keys_and_replicas_follow(cluster3):
     url = cluster3.url
     http("POST", f"{url}/v1/mset", {"items": {f"exp:{i}": "x" for i in range(50)}, "ttl": 0.3})

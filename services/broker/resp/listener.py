@@ -23,7 +23,6 @@ from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from ...common import errors, wire
-from ..kv import Coalescer
 from . import keyspace, strings  # noqa: F401  (they register their commands)
 from . import server as server_commands
 from .protocol import OK, Parser, RespError, encode
@@ -46,7 +45,7 @@ class RespServer:
         self.service = service
         self.settings = service.settings
         self.kv = service.kv
-        self.coalescer = Coalescer(service.kv)  # plain GETs and SETs of every connection, one call per turn
+        self.coalescer = service.coalescer  # plain GETs and SETs of every connection, one call per turn
         self.sessions: dict[int, Session] = {}
         self.cursors = Cursors()
         self.started = time.monotonic()
