@@ -22,7 +22,10 @@ async def set_key(request: web.Request) -> web.Response:
     key = inputs.key_from_json(body.get("key"))
     value = inputs.value_from_json(body.get("value"), svc.settings.max_value_bytes)
     ttl = inputs.ttl_ms(body.get("ttl"))
-    version, _ = await svc.kv.put(key, value, ttl)
+    if ttl:
+        version, _ = await svc.kv.put(key, value, ttl)
+    else:  # a plain write: with the other clients' of this loop turn
+        version, _ = await svc.coalescer.put(key, value)
     return web.json_response({"message": "Set operation successful", "key": body["key"], "version": version})
 
 

@@ -38,7 +38,10 @@ async def kv_put(request: web.Request) -> web.Response:
     cond = inputs.condition(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
     ttl = inputs.ttl_ms(inputs.query(request.rel_url.raw_query_string).get("ttl"))
     value = inputs.check_value(await request.read(), svc.settings.max_value_bytes)
-    version, created = await svc.kv.put(key, value, ttl, cond)
+    if cond is None and not ttl:  # a plain write: with the other clients' of this loop turn
+        version, created = await svc.coalescer.put(key, value)
+    else:
+        version, created = await svc.kv.put(key, value, ttl, cond)
     return json_response(
         {"key": key.decode(), "version": version}, status=201 if created else 200, headers=_etag(version)
     )

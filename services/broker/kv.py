@@ -46,22 +46,37 @@ class KeyValue:
     async def mset(self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0, condition: int | None = None) -> MsetResult:
         """One atomic write per slot, each store's in one call; a failure leaves the other slots
         written. `condition` holds for every key (RESP MSETNX: MUST_NOT_EXIST)."""
-        by_slot: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in items:
-            by_slot.setdefault(key_slot(key), []).append((key, value))
-        slots = list(by_slot)
-        outcomes = await self.router.write_many(
-            [(s, [WriteOp(k, v, ttl_ms) for k, v in by_slot[s]], [condition] * len(by_slot[s])) for s in slots]
-        )
         versions: dict[bytes, int] = {}
         failed: errors.SnapkvError | None = None
-        for slot, outcome in zip(slots, outcomes):
-            if isinstance(outcome, errors.SnapkvError):
-                failed = failed or outcome
-                continue
-            for key, _ in by_slot[slot]:
+        for (key, _), outcome in zip(items, await self.put_many(items, ttl_ms, condition)):
+            if isinstance(outcome, Written):
                 versions[key] = outcome.version
+            else:
+                failed = failed or outcome
         return MsetResult(versions, failed)
+
+    async def put_many(
+        self, items: list[tuple[bytes, bytes]], ttl_ms: int = 0, condition: int | None = None
+    ) -> list[Written | errors.SnapkvError]:
+        """`mset`, with what each item's write did, in the order of `items`, or the error its slot
+        failed with (a key given twice is written twice, in order, in its slot's one write)."""
+        by_slot: dict[int, list[int]] = {}  # slot -> the indexes of its items
+        for i, (key, _) in enumerate(items):
+            by_slot.setdefault(key_slot(key), []).append(i)
+        slots = list(by_slot)
+        writes = [
+            (s, [WriteOp(items[i][0], items[i][1], ttl_ms) for i in by_slot[s]], [condition] * len(by_slot[s]))
+            for s in slots
+        ]
+        out: list[Written | errors.SnapkvError] = [errors.SnapkvError("not written")] * len(items)
+        for slot, outcome in zip(slots, await self.router.write_many(writes)):
+            if isinstance(outcome, errors.SnapkvError):
+                for i in by_slot[slot]:
+                    out[i] = outcome
+                continue
+            for i, existed in zip(by_slot[slot], outcome.existed):
+                out[i] = Written(outcome.version, not existed)
+        return out
 
     async def scan(
         self, after: tuple[int, bytes] | None, prefix: bytes, limit: int, with_values: bool
@@ -82,7 +97,7 @@ class Coalescer:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self._gets: list[tuple[bytes, asyncio.Future[Entry | None]]] = []
-        self._puts: list[tuple[bytes, bytes, asyncio.Future[int]]] = []
+        self._puts: list[tuple[bytes, bytes, asyncio.Future[Written]]] = []
         self._scheduled = False
 
     def get(self, key: bytes) -> asyncio.Future[Entry | None]:
@@ -91,9 +106,10 @@ class Coalescer:
         self._schedule(len(self._gets))
         return future
 
-    def put(self, key: bytes, value: bytes) -> asyncio.Future[int]:
-        """The version written; the slot's error if it was not."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    def put(self, key: bytes, value: bytes) -> asyncio.Future[Written]:
+        """What the write did (its version, whether it created the key); the slot's error if it
+        was not written."""
+        future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._puts.append((key, value, future))
         self._schedule(len(self._puts))
         return future
@@ -130,19 +146,20 @@ class Coalescer:
             if not future.done():
                 future.set_result(found[key])
 
-    async def _send_puts(self, puts: list[tuple[bytes, bytes, asyncio.Future[int]]]) -> None:
+    async def _send_puts(self, puts: list[tuple[bytes, bytes, asyncio.Future[Written]]]) -> None:
+        outcomes: list[Written | errors.SnapkvError]
         try:
             if len(puts) == 1:  # alone in its turn: the plain write
-                written, failed = {puts[0][0]: (await self.kv.put(puts[0][0], puts[0][1])).version}, None
-            else:
-                written, failed = await self.kv.mset([(k, v) for k, v, _ in puts])
+                outcomes = [await self.kv.put(puts[0][0], puts[0][1])]
+            else:  # each caller gets its own write's outcome, a key written twice too
+                outcomes = await self.kv.put_many([(k, v) for k, v, _ in puts])
         except Exception as exc:
-            written, failed = {}, exc if isinstance(exc, errors.SnapkvError) else errors.SnapkvError(repr(exc))
-        for key, _, future in puts:
+            failed = exc if isinstance(exc, errors.SnapkvError) else errors.SnapkvError(repr(exc))
+            outcomes = [failed] * len(puts)
+        for (_, _, future), outcome in zip(puts, outcomes):
             if future.done():
                 continue
-            version = written.get(key)
-            if version is not None:
-                future.set_result(version)
+            if isinstance(outcome, Written):
+                future.set_result(outcome)
             else:
-                future.set_exception(failed or errors.SnapkvError("not written"))
+                future.set_exception(outcome)

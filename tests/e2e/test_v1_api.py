@@ -171,9 +171,9 @@ def test_broker_and_stores_collect_garbage_rarely_under_load(cluster3):
     assert young_collections(store) - before[1] < 30
 
 
-def internal_reads(cluster) -> dict[str, float]:
-    """The stores' internal get and mget calls so far (their /metrics)."""
-    out = {"get": 0.0, "mget": 0.0}
+def internal_ops(cluster, *ops: str) -> dict[str, float]:
+    """The stores' internal calls of these ops so far (their /metrics)."""
+    out = dict.fromkeys(ops, 0.0)
     for store in cluster.stores.values():
         for line in http("GET", f"{store.url}/metrics")[1].decode().splitlines():
             for op in out:
@@ -186,7 +186,7 @@ def test_concurrent_gets_of_many_clients_reach_the_stores_as_fewer_calls(cluster
     """The broker's coalescer: plain GETs (both APIs) of one loop turn go to each store as one mget."""
     url = cluster3.url
     assert http("POST", f"{url}/v1/mset", {"items": {f"co:{i}": f"v{i}" for i in range(64)}})[0] == 200
-    before = internal_reads(cluster3)
+    before = internal_ops(cluster3, "get", "mget")
 
     def client(i: int) -> None:
         key = f"co:{i % 64}"
@@ -197,10 +197,34 @@ def test_concurrent_gets_of_many_clients_reach_the_stores_as_fewer_calls(cluster
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(client, range(600)))
-    after = internal_reads(cluster3)
+    after = internal_ops(cluster3, "get", "mget")
     calls = (after["get"] - before["get"]) + (after["mget"] - before["mget"])
     assert after["mget"] > before["mget"], (before, after)
     assert calls < 600, (before, after)
+
+
+def test_concurrent_plain_puts_are_written_together_and_each_says_whether_it_created_its_key(cluster3):
+    """Plain PUTs (no If-Match, no ttl) of one loop turn go to each store as one mwrite; each still
+    answers 201 for a new key and 200 for one it replaced, with its own version."""
+    url = cluster3.url
+    before = internal_ops(cluster3, "write", "mwrite")
+
+    def client(i: int) -> tuple[int, int, str, str]:
+        first = http("PUT", f"{url}/v1/kv/cp:{i}", raw=f"a{i}".encode())
+        second = http("PUT", f"{url}/v1/kv/cp:{i}", raw=f"b{i}".encode())
+        seed = http("POST", f"{url}/set", {"key": f"cs:{i}", "value": f"c{i}"})
+        assert seed[0] == 200 and seed[1]["version"] > 0
+        return first[0], second[0], first[2]["ETag"], second[2]["ETag"]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(client, range(320)))
+    assert all(a == 201 and b == 200 and ea != eb for a, b, ea, eb in answers), answers[:5]
+    for i in (0, 17, 319):
+        assert http("GET", f"{url}/v1/kv/cp:{i}")[1] == f"b{i}".encode()
+        assert http("GET", f"{url}/get?key=cs:{i}")[1]["value"] == f"c{i}"
+    after = internal_ops(cluster3, "write", "mwrite")
+    assert after["mwrite"] > before["mwrite"], (before, after)
+    assert (after["write"] - before["write"]) + (after["mwrite"] - before["mwrite"]) < 3 * 320
 
 
 def test_primary_deletes_expired_keys_and_replicas_follow(cluster3):

@@ -1,6 +1,8 @@
 """The broker's key-value layer: typed results, one write per slot, partial failures reported."""
 
-from snapkv.broker.kv import Entry, KeyValue, Written
+import pytest
+
+from snapkv.broker.kv import Coalescer, Entry, KeyValue, Written
 from snapkv.common import errors
 from snapkv.common.records import Entry as RecordEntry
 from snapkv.common.records import WriteResult
@@ -20,8 +22,9 @@ class FakeRouter:
             raise errors.SlotUnavailable(f"slot {slot} is unavailable", slot=slot)
         self.writes.append((slot, ops))
         version = (1 << 40) | len(self.writes)
-        existed = [op[0] in self.data for op in ops]
-        for key, value, ttl in ops:
+        existed = []
+        for key, value, ttl in ops:  # in order, as a store applies them
+            existed.append(key in self.data)
             self.data[key] = RecordEntry(value, version, ttl)
         return WriteResult(version, existed)
 
@@ -59,3 +62,20 @@ async def test_typed_results():
     entry = await kv.get(b"k")
     assert isinstance(entry, Entry) and entry.value == b"w" and entry.expires_at == 0
     assert (await kv.mget([b"k", b"nope"])) == {b"k": entry, b"nope": None}
+
+
+async def test_coalesced_puts_each_get_their_own_write_s_outcome_a_key_written_twice_too():
+    router = FakeRouter(failing_slot=key_slot(b"{c}1"))
+    coalescer = Coalescer(KeyValue(router))  # type: ignore[arg-type]
+    first, second, other, failing = (
+        coalescer.put(b"{a}k", b"1"),
+        coalescer.put(b"{a}k", b"2"),  # the same key in the same loop turn: written after the first
+        coalescer.put(b"{b}k", b"3"),
+        coalescer.put(b"{c}1", b"4"),
+    )
+    assert (await first).created and not (await second).created and (await other).created
+    assert (await first).version == (await second).version  # one atomic write of their slot
+    assert router.data[b"{a}k"].value == b"2"
+    with pytest.raises(errors.SlotUnavailable):
+        await failing
+    assert len(router.writes) == 2  # one write per slot that could be written
