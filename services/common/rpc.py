@@ -4,7 +4,9 @@ Everything queued in one loop turn leaves as one message (the writer only wakes 
 A reader never waits on sending (rule 11): replies are queued and one writer task drains the queue.
 A server lets the loop run once the frames it handled back to back took SLICE (a message carries
 many frames, and aiohttp hands over a buffered message without a loop turn: a burst of full syncs
-into a joining store held its loop for tens of ms, and every other connection with it).
+into a joining store held its loop for tens of ms, and every other connection with it). Only
+frames handled back to back count: a message that waited (the loop ran before it) starts afresh,
+so a connection whose messages come one at a time never yields for them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger("snapkv.rpc")
 
 Handler = Callable[[str, Any], Any]  # returns a value, or an awaitable/future for a later reply
 SLICE = 0.002  # seconds of frames a server handles back to back before the loop runs once
+RAN = 0.0001  # a gap this long between two messages' frames: the loop ran (or waited) between them
 
 
 class _Outbox:
@@ -257,10 +260,13 @@ async def serve(
 
     clock = time.perf_counter
     spent = 0.0  # handling frames since the loop last ran
+    handled = clock()  # when the last message's frames were handled
     try:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
+            if clock() - handled > RAN:
+                spent = 0.0  # this message waited: the loop ran meanwhile
             for msg_id, op, args in wire.unpack(msg.data):
                 if spent > SLICE:
                     await asyncio.sleep(0)  # the other connections' frames and requests go first
@@ -277,6 +283,7 @@ async def serve(
                     else:
                         outbox.put([msg_id, wire.OK, result])
                 spent += clock() - started
+            handled = clock()
     finally:
         await outbox.close()
         if open_set is not None:
