@@ -139,6 +139,16 @@ class RespServer:
         }
 
 
+async def _outcomes(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """Each future's result or exception, in order (a run of one, not pipelined, without a gather)."""
+    if len(futures) == 1:
+        try:
+            return [await futures[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
 class _CommandCounts(Collector):
     def __init__(self, counted: dict[bytes, int]) -> None:
         self.counted = counted
@@ -232,30 +242,16 @@ class Session(asyncio.Protocol):
         return [await self._one(self.pending.popleft())]
 
     async def _gets(self, run: list[list[bytes]]) -> list[Any]:
-        keys = [key(args[1]) for args in run]
+        keys = [key(args[1]) for args in run]  # a bad one raises before any is asked for
         coalescer = self.server.coalescer
-        found: list[Any]
-        if len(keys) == 1:  # not pipelined: no gather for one
-            try:
-                found = [await coalescer.get(keys[0])]
-            except Exception as exc:
-                found = [exc]
-        else:
-            found = await asyncio.gather(*(coalescer.get(k) for k in keys), return_exceptions=True)
+        found = await _outcomes([coalescer.get(k) for k in keys])
         self.server.count(b"get", len(run))
         return [reply_error(e) if isinstance(e, BaseException) else (None if e is None else e.value) for e in found]
 
     async def _sets(self, run: list[list[bytes]]) -> list[Any]:
         pairs = [(key(args[1]), self.check_value(args[2])) for args in run]
         coalescer = self.server.coalescer
-        done: list[Any]
-        if len(pairs) == 1:  # not pipelined: no gather for one
-            try:
-                done = [await coalescer.put(*pairs[0])]
-            except Exception as exc:
-                done = [exc]
-        else:
-            done = await asyncio.gather(*(coalescer.put(k, v) for k, v in pairs), return_exceptions=True)
+        done = await _outcomes([coalescer.put(k, v) for k, v in pairs])
         self.server.count(b"set", len(run))
         return [reply_error(e) if isinstance(e, BaseException) else OK for e in done]
 
