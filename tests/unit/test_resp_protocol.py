@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snapkv.broker.resp import listener  # noqa: F401  (registers every command)
 from snapkv.broker.resp.keyspace import matcher
@@ -33,7 +35,7 @@ def test_parser_takes_commands_as_they_arrive_in_any_pieces():
         (b"*1\r\n:5\r\n", "expected '$', got ':'"),
         (b"*x\r\n", "invalid multibulk length"),
         (b"*1\r\n$-5\r\n", "invalid bulk length"),
-        (b"*1\r\n$101\r\n", "invalid bulk length"),
+        (b"*1\r\n$101\r\n" + b"x" * 101 + b"\r\n", "invalid bulk length"),
         (b"*1\r\n$2\r\nabc\r\n", "bulk string not followed by CRLF"),
         (b"*1\r\n$1\r\na\r\n*1" + b"1" * 70_000, "too big mbulk count string"),
     ],
@@ -42,6 +44,49 @@ def test_a_bad_frame_is_an_error_after_the_commands_before_it(wire, error):
     parser = Parser(max_bulk=100)
     got = parser.feed(b"*1\r\n$4\r\nPING\r\n" + wire)
     assert got[0] == [b"PING"] and error in parser.error
+
+
+_ARG = st.binary(max_size=12) | st.sampled_from([b"\r\n", b"*1\r\n$4\r\nPING\r\n", b"$", b"*", b"x" * 150])
+_COMMAND = st.lists(_ARG, min_size=1, max_size=4).map(
+    lambda args: b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+)
+_INLINE = st.sampled_from([b"PING\r\n", b"GET k\n", b"  \r\n", b"SET a  b\r\n"])
+_BAD = st.sampled_from(
+    [
+        b"",
+        b"*1\r\n:5\r\n",
+        b"*x\r\n",
+        b"*1\r\n$-5\r\n",
+        b"*1\r\n$2\r\nabc\r\n",
+        b"*2\r\n*1\r\n$1\r\na\r\n$1\r\nb\r\n",
+        b"*1\r\n%0\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(_COMMAND | _INLINE, max_size=12),
+    bad=_BAD,
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+)
+def test_the_fast_reader_gives_what_the_python_parser_gives_however_the_bytes_are_cut(parts, bad, cuts):
+    """hiredis reads what it can and hands the rest over: the commands and the error come out the
+    same as from the Python parser alone, for any pieces the bytes arrive in."""
+    wire = b"".join(parts) + bad
+    pieces, start = [], 0
+    for cut in sorted({min(c, len(wire)) for c in cuts} | {len(wire)}):
+        pieces.append(wire[start:cut])
+        start = cut
+    results = []
+    for fast in (True, False):
+        parser, got = Parser(max_bulk=100, fast=fast), []
+        for piece in pieces:
+            if parser.error:
+                break
+            got.extend(parser.feed(piece))
+        results.append((got, parser.error))
+    assert results[0] == results[1]
 
 
 def test_encoding_for_resp2_and_resp3():
