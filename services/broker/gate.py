@@ -33,6 +33,10 @@ class SlotGate:
     def held(self, slot: int) -> bool:
         return slot in self._held
 
+    def quiet(self) -> bool:
+        """No slot is held or diverted: every request goes where the map says (almost always)."""
+        return not self._held and not self._diverted
+
     async def wait(self, slot: int, timeout: float) -> None:
         """Until the slot is released, at most `timeout` seconds."""
         released = self._held.get(slot)
@@ -55,6 +59,25 @@ class SlotGate:
         idle = self._idle.pop(slot, None)
         if idle is not None:
             idle.set()
+
+    def enter_all(self, slots: list[int]) -> None:
+        """`enter` each (a batch's slots, a slot as often as it has requests)."""
+        inflight = self._inflight
+        for slot in slots:
+            inflight[slot] = inflight.get(slot, 0) + 1
+
+    def leave_all(self, slots: list[int]) -> None:
+        inflight, idle = self._inflight, self._idle
+        for slot in slots:
+            left = inflight[slot] - 1
+            if left:
+                inflight[slot] = left
+                continue
+            del inflight[slot]
+            if idle:
+                waiting = idle.pop(slot, None)
+                if waiting is not None:
+                    waiting.set()
 
     def hold(self, slot: int) -> None:
         """New requests of the slot wait from now on (the ones in flight go on); a divert ends."""

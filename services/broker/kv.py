@@ -90,28 +90,49 @@ class Coalescer:
     for all of them, so each store gets one internal call per turn instead of one per request.
     A request waits at most for the end of the turn it came in. Each caller still gets only its
     own answer (a slot that failed fails only its keys). Order between callers is the order they
-    came in; a caller that waits for its answer before its next request keeps its own order."""
+    came in; a caller that waits for its answer before its next request keeps its own order.
+    A caller with several (a RESP pipeline's run) hands them over together and gets one future."""
 
-    MAX_BATCH = 2000
+    MAX_BATCH = 2000  # keys queued before they are sent without waiting for the end of the turn
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
-        self._gets: list[tuple[bytes, asyncio.Future[Entry | None]]] = []
-        self._puts: list[tuple[bytes, bytes, asyncio.Future[Written]]] = []
+        # (keys, future, whether the future takes the one key's answer rather than a list)
+        self._gets: list[tuple[list[bytes], asyncio.Future[Any], bool]] = []
+        self._puts: list[tuple[list[tuple[bytes, bytes]], asyncio.Future[Any], bool]] = []
+        self._queued_gets = self._queued_puts = 0
         self._scheduled = False
 
     def get(self, key: bytes) -> asyncio.Future[Entry | None]:
         future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
-        self._gets.append((key, future))
-        self._schedule(len(self._gets))
+        self._gets.append(([key], future, True))
+        self._queued_gets += 1
+        self._schedule(self._queued_gets)
+        return future
+
+    def get_many(self, keys: list[bytes]) -> asyncio.Future[list[Entry | None]]:
+        """The keys' entries in order; the error of the call if it failed."""
+        future: asyncio.Future[list[Entry | None]] = asyncio.get_running_loop().create_future()
+        self._gets.append((keys, future, False))
+        self._queued_gets += len(keys)
+        self._schedule(self._queued_gets)
         return future
 
     def put(self, key: bytes, value: bytes) -> asyncio.Future[Written]:
         """What the write did (its version, whether it created the key); the slot's error if it
         was not written."""
         future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
-        self._puts.append((key, value, future))
-        self._schedule(len(self._puts))
+        self._puts.append(([(key, value)], future, True))
+        self._queued_puts += 1
+        self._schedule(self._queued_puts)
+        return future
+
+    def put_many(self, pairs: list[tuple[bytes, bytes]]) -> asyncio.Future[list[Written | errors.SnapkvError]]:
+        """What each write did, in order, or the error its slot failed with (never raised)."""
+        future: asyncio.Future[list[Written | errors.SnapkvError]] = asyncio.get_running_loop().create_future()
+        self._puts.append((pairs, future, False))
+        self._queued_puts += len(pairs)
+        self._schedule(self._queued_puts)
         return future
 
     def _schedule(self, queued: int) -> None:
@@ -125,41 +146,47 @@ class Coalescer:
         self._scheduled = False
         loop = asyncio.get_running_loop()
         if self._gets:
-            gets, self._gets = self._gets, []
+            gets, self._gets, self._queued_gets = self._gets, [], 0
             loop.create_task(self._send_gets(gets))
         if self._puts:
-            puts, self._puts = self._puts, []
+            puts, self._puts, self._queued_puts = self._puts, [], 0
             loop.create_task(self._send_puts(puts))
 
-    async def _send_gets(self, gets: list[tuple[bytes, asyncio.Future[Entry | None]]]) -> None:
+    async def _send_gets(self, gets: list[tuple[list[bytes], asyncio.Future[Any], bool]]) -> None:
         try:
-            if len(gets) == 1:  # alone in its turn: the plain read, cheaper than a batch of one
-                found = {gets[0][0]: await self.kv.get(gets[0][0])}
+            if len(gets) == 1 and len(gets[0][0]) == 1:  # alone in its turn: the plain read
+                key = gets[0][0][0]
+                found = {key: await self.kv.get(key)}
             else:
-                found = await self.kv.mget(list(dict.fromkeys(k for k, _ in gets)))
+                found = await self.kv.mget(list(dict.fromkeys(k for keys, _, _ in gets for k in keys)))
         except Exception as exc:
-            for _, future in gets:
+            for _, future, _ in gets:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for key, future in gets:
+        for keys, future, one in gets:
             if not future.done():
-                future.set_result(found[key])
+                future.set_result(found[keys[0]] if one else [found[k] for k in keys])
 
-    async def _send_puts(self, puts: list[tuple[bytes, bytes, asyncio.Future[Written]]]) -> None:
+    async def _send_puts(self, puts: list[tuple[list[tuple[bytes, bytes]], asyncio.Future[Any], bool]]) -> None:
+        items = puts[0][0] if len(puts) == 1 else [pair for pairs, _, _ in puts for pair in pairs]
         outcomes: list[Written | errors.SnapkvError]
         try:
-            if len(puts) == 1:  # alone in its turn: the plain write
-                outcomes = [await self.kv.put(puts[0][0], puts[0][1])]
+            if len(items) == 1:  # alone in its turn: the plain write
+                outcomes = [await self.kv.put(items[0][0], items[0][1])]
             else:  # each caller gets its own write's outcome, a key written twice too
-                outcomes = await self.kv.put_many([(k, v) for k, v, _ in puts])
+                outcomes = await self.kv.put_many(items)
         except Exception as exc:
             failed = exc if isinstance(exc, errors.SnapkvError) else errors.SnapkvError(repr(exc))
-            outcomes = [failed] * len(puts)
-        for (_, _, future), outcome in zip(puts, outcomes):
+            outcomes = [failed] * len(items)
+        at = 0
+        for pairs, future, one in puts:
             if future.done():
-                continue
-            if isinstance(outcome, Written):
+                pass
+            elif not one:
+                future.set_result(outcomes[at : at + len(pairs)])
+            elif isinstance(outcome := outcomes[at], Written):
                 future.set_result(outcome)
             else:
                 future.set_exception(outcome)
+            at += len(pairs)

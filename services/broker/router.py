@@ -152,7 +152,7 @@ class Router:
             if isinstance(outcome, BaseException):
                 raise outcome
         by_key = dict(zip(unique, found))
-        return {k: by_key[k] for k in keys}
+        return by_key if len(unique) == len(keys) else {k: by_key[k] for k in keys}
 
     async def write_many(self, writes: list[tuple[int, list[WriteOp], list[int | None]]]) -> list[Any]:
         """Atomic writes of distinct slots, sent to each store in one call (`batched`): each one's
@@ -187,13 +187,30 @@ class Router:
         cluster, gate = self.cluster, self.gate
         by_store: dict[str, list[tuple[int, int]]] = {}
         singles: list[int] = []
-        for i, slot in enumerate(slots):
-            e = cluster.slotmap.entry(slot)
-            primary, epoch = gate.diverted(slot) or (e.primary, e.epoch)
-            if primary is None or gate.held(slot) or not cluster.registry.is_up(primary):
-                singles.append(i)
-            else:
-                by_store.setdefault(primary, []).append((i, epoch))
+        entries, is_up = cluster.slotmap.entries, cluster.registry.is_up
+        if gate.quiet():  # no switch under way: the map alone says where each goes
+            up: dict[str, bool] = {}
+            for i, slot in enumerate(slots):
+                e = entries[slot]
+                primary = e.primary
+                if primary is None:
+                    singles.append(i)
+                    continue
+                ok = up.get(primary)
+                if ok is None:
+                    ok = up[primary] = is_up(primary)
+                if ok:
+                    by_store.setdefault(primary, []).append((i, e.epoch))
+                else:
+                    singles.append(i)
+        else:
+            for i, slot in enumerate(slots):
+                e = entries[slot]
+                primary, epoch = gate.diverted(slot) or (e.primary, e.epoch)
+                if primary is None or gate.held(slot) or not is_up(primary):
+                    singles.append(i)
+                else:
+                    by_store.setdefault(primary, []).append((i, epoch))
         out: list[Any] = [None] * len(slots)
 
         async def one_store(name: str, items: list[tuple[int, int]]) -> None:
@@ -213,13 +230,11 @@ class Router:
 
         # in flight from the turn that found them not held to the last store's answer: a switch waits for them
         entered = [slots[i] for items in by_store.values() for i, _ in items]
-        for slot in entered:
-            gate.enter(slot)
+        gate.enter_all(entered)
         try:
             await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
         finally:
-            for slot in entered:
-                gate.leave(slot)
+            gate.leave_all(entered)
         outcomes = await asyncio.gather(*(alone(i) for i in singles), return_exceptions=True)
         for i, outcome in zip(singles, outcomes):
             if isinstance(outcome, BaseException) and not isinstance(outcome, errors.SnapkvError):

@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from ...common import errors, wire
+from ..kv import Written
 from . import keyspace, strings  # noqa: F401  (they register their commands)
 from . import server as server_commands
 from .protocol import OK, Parser, RespError, encode
@@ -139,16 +140,6 @@ class RespServer:
         }
 
 
-async def _outcomes(futures: list[asyncio.Future[Any]]) -> list[Any]:
-    """Each future's result or exception, in order (a run of one, not pipelined, without a gather)."""
-    if len(futures) == 1:
-        try:
-            return [await futures[0]]
-        except Exception as exc:
-            return [exc]
-    return await asyncio.gather(*futures, return_exceptions=True)
-
-
 class _CommandCounts(Collector):
     def __init__(self, counted: dict[bytes, int]) -> None:
         self.counted = counted
@@ -243,17 +234,18 @@ class Session(asyncio.Protocol):
 
     async def _gets(self, run: list[list[bytes]]) -> list[Any]:
         keys = [key(args[1]) for args in run]  # a bad one raises before any is asked for
-        coalescer = self.server.coalescer
-        found = await _outcomes([coalescer.get(k) for k in keys])
         self.server.count(b"get", len(run))
-        return [reply_error(e) if isinstance(e, BaseException) else (None if e is None else e.value) for e in found]
+        try:
+            found = await self.server.coalescer.get_many(keys)
+        except Exception as exc:
+            return [reply_error(exc)] * len(run)
+        return [None if e is None else e.value for e in found]
 
     async def _sets(self, run: list[list[bytes]]) -> list[Any]:
         pairs = [(key(args[1]), self.check_value(args[2])) for args in run]
-        coalescer = self.server.coalescer
-        done = await _outcomes([coalescer.put(k, v) for k, v in pairs])
         self.server.count(b"set", len(run))
-        return [reply_error(e) if isinstance(e, BaseException) else OK for e in done]
+        done = await self.server.coalescer.put_many(pairs)
+        return [OK if isinstance(e, Written) else reply_error(e) for e in done]
 
     async def _one(self, args: list[bytes]) -> Any:
         name = args[0].lower()
