@@ -1,4 +1,4 @@
-"""services/broker/kube.py (the brokers' Lease and the state ConfigMap) against kmock, an in-memory
+"""services/broker/kube/ (the brokers' Lease and the state ConfigMap) against kmock, an in-memory
 Kubernetes API *emulator*: no real API server runs on these machines.
 
 kmock 0.8 keeps objects but has no optimistic concurrency: it sets no resourceVersion and serves
