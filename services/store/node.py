@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 from ..common import decode, errors, records, wire
 from ..common.records import PRIMARY, REPLICA, Mutation, Op, WriteResult
 from ..common.records import SlotAssignment as Assignment
+from . import assign
 from . import wal as walmod
+from .commits import Commits
 from .engine import SEQ_BITS, Engine, Item
-from .futures import each, forward, ignore_outcome, settled, succeeded, then, when_all
+from .futures import each, forward, ignore_outcome, settled, succeeded, when_all
 from .slotload import SlotLoad
-from .waiters import SeqWaiters
 
 log = logging.getLogger("snapkv.store")
 
@@ -60,8 +61,8 @@ class StoreNode:
         self.confirmed = False  # the broker has told us what we own since we started (rule 3)
         self.term = 0  # the newest leadership term an assign came with: older ones are refused
         self.stale_terms = 0  # assigns refused for an older term (a deposed leader's)
-        self.committed: dict[int, int] = {}  # slot -> last committed seq
-        self._commit_waiters: dict[int, SeqWaiters] = {}  # slot -> reads and retries waiting for a commit
+        self.commits = Commits()
+        self.committed = self.commits.seq  # slot -> last committed seq (read on every get)
         self._promoted: set[int] = set()
         self.replicator: Any = None  # set by the app once replication is wired
         self.observe: Any = None  # (op, seconds) -> None: the latency histogram, set by the app
@@ -121,12 +122,12 @@ class StoreNode:
             # the key may be gone through a delete that is not committed yet: answer after it is
             pending = self.engine.slot(slot).seq
             if pending > self.committed.get(slot, 0):
-                return self._after_commit(slot, pending, lambda: self._read_again(slot, key))
+                return self.commits.after(slot, pending, lambda: self._read_again(slot, key))
             return None
         seq = entry[1] & SEQ_MASK  # (value, version, expiry)
         if seq <= self.committed.get(slot, 0):
             return entry
-        return self._after_commit(slot, seq, lambda: self._read_again(slot, key))
+        return self.commits.after(slot, seq, lambda: self._read_again(slot, key))
 
     def op_mget(self, reqs: list[records.GetRequest]) -> Reply:
         """Gets of many slots in one call (the broker's mget, one call per store): each answers as
@@ -154,7 +155,7 @@ class StoreNode:
 
         # committed data only (rule 8): wait for writes in flight in these slots
         waits = [
-            self._after_commit(s, seq, lambda: None)
+            self.commits.after(s, seq, lambda: None)
             for s in owned
             if (seq := self.engine.slot(s).seq) > self.committed.get(s, 0)
         ]
@@ -176,7 +177,7 @@ class StoreNode:
         self.load.hit(slot)
         result = self.engine.slot(slot).recent.recall(rid) if rid else None
         if result is not None:
-            return self._after_commit(slot, result.version & SEQ_MASK, lambda: result)
+            return self.commits.after(slot, result.version & SEQ_MASK, lambda: result)
         return self.engine.prepare(slot, epoch, rid, ops, conditions, now)
 
     def op_mwrite(self, reqs: list[records.WriteRequest]) -> Reply:
@@ -216,7 +217,7 @@ class StoreNode:
             if flags[-1]:  # logged: each write its replicas acknowledged is committed
                 for (i, slot, seq, outcome), acked in zip(taken, flags):
                     if acked:
-                        self.mark_committed(slot, seq)
+                        self.commits.mark(slot, seq)
                         answers[i] = outcome
                         if self.observe is not None:
                             self.observe("write", elapsed)
@@ -239,7 +240,7 @@ class StoreNode:
         started = time.perf_counter()
 
         def committed() -> WriteResult:
-            self.mark_committed(slot, seq)
+            self.commits.mark(slot, seq)
             if self.observe is not None:
                 self.observe("write", time.perf_counter() - started)
             return outcome
@@ -264,118 +265,23 @@ class StoreNode:
                 done += len(keys)
         return done
 
-    def mark_committed(self, slot: int, seq: int) -> None:
-        if seq <= self.committed.get(slot, 0):
-            return
-        self.committed[slot] = seq
-        waiters = self._commit_waiters.get(slot)
-        if waiters:
-            waiters.reach(seq)
-
-    def _after_commit(self, slot: int, seq: int, then: Any) -> Any:
-        if seq <= self.committed.get(slot, 0):
-            return then()
-        fut = self._commit_waiters.setdefault(slot, SeqWaiters()).wait(seq)
-        out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(f: asyncio.Future[None]) -> None:
-            if out.done():
-                return
-            if f.cancelled() or f.exception() is not None:
-                exc = None if f.cancelled() else f.exception()
-                out.set_exception(
-                    exc if isinstance(exc, errors.SnapkvError) else errors.Unavailable("write did not commit")
-                )
-            else:
-                out.set_result(then())
-
-        fut.add_done_callback(done)
-        return out
-
-    def _committed_if_ok(self, fut: asyncio.Future[None], slot: int, seq: int) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            self.mark_committed(slot, seq)
-
-    def fail_waiters(self, slot: int) -> None:
-        waiters = self._commit_waiters.pop(slot, None)
-        if waiters is not None:
-            waiters.fail(errors.WrongOwner(f"slot {slot} moved", slot=slot))
-
     # -- assignments (rule 3) -------------------------------------------------------------------
     def op_assign(self, req: records.AssignRequest) -> Reply:
-        if req.term < self.term:  # fencing: a leader that was paused and woke up changes nothing
-            self.stale_terms += 1
-            log.warning("event=stale_term_refused term=%d heard=%d", req.term, self.term)
-            raise errors.StaleTerm(f"term {req.term} is over: this store has heard term {self.term}", term=self.term)
-        self.term = req.term
-        stale = []
-        if self.replicator is not None and req.replication:
-            self.replicator.mode = req.replication
-        listed = set()
-        for assignment in req.slots:
-            slot = assignment.slot
-            listed.add(slot)
-            current = self.assignments.get(slot)
-            if current is not None and assignment.epoch < current.epoch:
-                stale.append(slot)  # an older push arriving late: what we hold is newer
-                continue
-            self.apply_assignment(slot, assignment, log_it=True)
-        if self.replicator is not None:
-            self.replicator.ask_same()  # promoted slots: before any write can reach them
-        # per drop, who holds the slot now (unknown for a bare slot from an older broker)
-        holders: dict[int, tuple[int, str | None] | None] = {
-            d.slot: (d.epoch, d.primary) if d.epoch else None for d in req.drop
-        }
-        if req.full:  # the broker's whole view of what we own: anything else is stale
-            holders.update({s: holders.get(s) for s in set(self.assignments) - listed})
-        refused = []
-        for slot, holder in sorted(holders.items()):
-            if self.only_copy(slot, holder):
-                refused.append(slot)
-                continue
-            self.apply_assignment(slot, None, log_it=True)
-        if refused:
-            log.error("event=drop_refused slots=%d first=%d reason=only_in_sync_copy_here", len(refused), refused[0])
-        if req.confirm:
-            self.confirmed = True
-        for assignment in req.slots:
-            if assignment.slot in self.lost and assignment.role == REPLICA and self.name in assignment.isr:
-                log.warning(
-                    "event=in_sync_without_copy slot=%d epoch=%d action=report_behind",
-                    assignment.slot,
-                    assignment.epoch,
-                )
-                if self.on_behind is not None:
-                    self.on_behind(assignment.slot)
-        if stale:
-            log.info("event=stale_assignments_skipped slots=%d", len(stale))
-        if self.wal is None:
-            return {"ok": True}
-        return then(self.wal.durable(), {"ok": True})
-
-    def only_copy(self, slot: int, holder: tuple[int, str | None] | None) -> bool:
-        """Whether dropping `slot` could discard its last in-sync copy: we are its primary with no
-        in-sync replica, and the drop does not name another primary at a newer epoch."""
-        a = self.assignments.get(slot)
-        data = self.engine.slots.get(slot)
-        if a is None or a.role != PRIMARY or a.isr or data is None or not data.seq:
-            return False
-        return holder is None or holder[0] <= a.epoch or holder[1] in (None, self.name)
+        return assign.take(self, req)
 
     def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None:
         previous = self.assignments.get(slot)
         # a repeated push (re-confirmation) changes nothing on disk: no log record, no snapshot due
         changed = previous != assignment
         if previous is not None and previous.role == PRIMARY and (assignment is None or assignment.role != PRIMARY):
-            self.fail_waiters(slot)  # those commits will not happen here: the router retries elsewhere
+            self.commits.fail(slot)  # those commits will not happen here: the router retries elsewhere
             self.load.forget(slot)  # its requests go to another store now
         if assignment is None:
             if previous is not None:
                 self.lost.add(slot)
             self.assignments.pop(slot, None)
             self.engine.drop(slot)
-            self.committed.pop(slot, None)
-            self.fail_waiters(slot)
+            self.commits.forget(slot)
             if log_it and changed and self.wal is not None:
                 self.wal.append(walmod.DROP, slot)
         else:
@@ -395,9 +301,9 @@ class StoreNode:
             seq = self.engine.slot(slot).seq
             acked = self.replicator.wait_acked(slot, seq) if self.replicator is not None else None
             if acked is None:
-                self.mark_committed(slot, seq)
+                self.commits.mark(slot, seq)
             else:
-                acked.add_done_callback(lambda f, s=slot, q=seq: self._committed_if_ok(f, s, q))
+                acked.add_done_callback(lambda f, s=slot, q=seq: self.commits.mark_if_ok(f, s, q))
         if changed:
             self.dirty = True
 
@@ -406,7 +312,7 @@ class StoreNode:
         broker fails a restarted store over before it serves, if a newer copy may exist)."""
         self._promoted.clear()
         for slot in self.assignments:
-            self.mark_committed(slot, self.engine.slot(slot).seq)
+            self.commits.mark(slot, self.engine.slot(slot).seq)
 
     def inventory(self) -> list[records.Position]:
         out = []
