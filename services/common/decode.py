@@ -41,6 +41,9 @@ def _bad(what: str, raw: object) -> errors.BadRequest:
     return errors.BadRequest(f"malformed {what}: {str(raw)[:120]}")
 
 
+_new_entry: Callable[[type[Entry], list[Any]], Entry] = tuple.__new__  # type: ignore[assignment]
+
+
 def _seq(raw: object, what: str) -> Sequence[Any]:
     if not isinstance(raw, list | tuple):
         raise _bad(what, raw)
@@ -114,6 +117,8 @@ def entry(raw: object) -> Entry | None:
     """A get's answer: the entry, or None for a missing key."""
     if raw is None:
         return None
+    if type(raw) is list and len(raw) == 3:  # as msgpack gives it: one tuple made, no unpacking
+        return _new_entry(Entry, raw)
     try:
         value, version, expires_at = _seq(raw, "entry")
     except ValueError:
@@ -210,7 +215,14 @@ def get_request(raw: object) -> GetRequest:
 
 def mget_request(raw: object) -> list[GetRequest]:
     """Gets of one store in one call: [[slot, epoch, key], ...] (primary reads only)."""
-    return [get_request(item)._replace(replica_read=False) for item in _seq(raw, "mget")]
+    make = GetRequest._make
+    out = []
+    for item in _seq(raw, "mget"):
+        fields = _seq(item, "get")
+        if len(fields) < 3:
+            raise _bad("get", item)
+        out.append(make((fields[0], fields[1], fields[2], False)))
+    return out
 
 
 def valid_rid(rid: str) -> bool:

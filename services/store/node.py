@@ -22,7 +22,7 @@ from ..common.records import SlotAssignment as Assignment
 from . import assign
 from . import wal as walmod
 from .commits import Commits
-from .engine import SEQ_BITS, Engine, Item
+from .engine import HEADER, SEQ_BITS, Engine, Item
 from .futures import each, forward, ignore_outcome, settled, succeeded, when_all
 from .slotload import SlotLoad
 
@@ -133,7 +133,28 @@ class StoreNode:
         """Gets of many slots in one call (the broker's mget, one call per store): each answers as
         `get` would; one this store refuses (not its slot at that epoch, not confirmed, the slot
         moved before a commit it waited for) answers REFUSED, for the broker to ask alone."""
-        return each(self.op_get, reqs, records.REFUSED)
+        if not self.confirmed:
+            return each(self.op_get, reqs, records.REFUSED)
+        now = now_ms()
+        assignments, slots, committed, hit = self.assignments, self.engine.slots, self.committed, self.load.hit
+        answers: list[Any] = []
+        for req in reqs:
+            slot, epoch, key, _ = req
+            a = assignments.get(slot)
+            data = slots.get(slot)
+            if a is not None and a.epoch == epoch and a.role == PRIMARY and data is not None:
+                # what op_get does, inline: ours at this epoch, and committed (else op_get waits)
+                raw = data.live(key, now)
+                seq = data.seq if raw is None else int.from_bytes(raw[:HEADER], "big") & SEQ_MASK
+                if seq <= committed.get(slot, 0):
+                    hit(slot)
+                    answers.append(None if raw is None else data.item(key, raw))
+                    continue
+            try:
+                answers.append(self.op_get(req))
+            except errors.SnapkvError:
+                answers.append(records.REFUSED)
+        return settled(answers, records.REFUSED)
 
     def _read_again(self, slot: int, key: bytes) -> Item | None:
         """The entry, read now (again, after a wait for a commit)."""

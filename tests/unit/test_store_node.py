@@ -196,19 +196,31 @@ async def test_a_repeated_push_is_no_change_and_makes_no_snapshot_due():
 async def test_an_mget_answers_each_key_as_a_get_would_and_refuses_only_the_keys_not_its_own():
     acks = HeldAcks()
     node = primary_node(acks)
-    first = node.op_write(decode.write_request([SLOT, 3, "r0", [[b"a", b"va", 0]], [None]]))
+    first = node.op_write(decode.write_request([SLOT, 3, "r0", [[b"a", b"va", 0], [b"gone", b"v", 1]], [None, None]]))
     acks.release()
     await settle(first)
+    await asyncio.sleep(0.01)  # "gone" expires (1 ms)
     pending = node.op_write(decode.write_request([SLOT, 3, "r1", [[b"b", b"vb", 0]], [None]]))
-    ask = [[SLOT, 3, b"a"], [SLOT, 2, b"a"], [SLOT + 1, 3, b"a"], [SLOT, 3, b"none"], [SLOT, 3, b"b"]]
+    ask = [
+        [SLOT, 3, b"a"],
+        [SLOT, 2, b"a"],
+        [SLOT + 1, 3, b"a"],
+        [SLOT, 3, b"none"],
+        [SLOT, 3, b"b"],
+        [SLOT, 3, b"gone"],
+    ]
+    hits = node.load._counts.get(SLOT, 0)
     answer = node.routes.get(wire.OP_MGET)(ask)
     await asyncio.sleep(0)
     assert asyncio.isfuture(answer) and not answer.done()  # b waits for its commit, as a get would
     acks.release()
     await pending
     got = await answer
-    assert got[0][0] == b"va" and got[4][0] == b"vb" and got[3] is None
+    assert got[0][0] == b"va" and got[4][0] == b"vb" and got[3] is None and got[5] is None
     assert got[1] is records.REFUSED and got[2] is records.REFUSED  # an old epoch, a slot it does not hold
+    assert node.load._counts.get(SLOT, 0) - hits == 4  # each key it answered counts as a request of its slot
+    node.confirmed = False  # restarted, not yet confirmed by the broker: it refuses all
+    assert node.op_mget(decode.mget_request([[SLOT, 3, b"a"]])) == [records.REFUSED]
 
 
 async def test_an_mget_item_whose_commit_fails_is_refused_and_the_others_answer():
