@@ -17,7 +17,9 @@ import asyncio
 class SlotGate:
     def __init__(self) -> None:
         self._held: dict[int, asyncio.Event] = {}  # slot -> set when released
-        self._inflight: dict[int, int] = {}
+        self._inflight: dict[int, int] = {}  # slot -> single calls in flight
+        self._flights: dict[int, list[int]] = {}  # batch number -> the slots of a batch in flight
+        self._flight_no = 0
         self._idle: dict[int, asyncio.Event] = {}  # slot -> set when its last call in flight returns
         self._diverted: dict[int, tuple[str, int]] = {}  # slot -> (old primary, its epoch) until held
 
@@ -56,28 +58,25 @@ class SlotGate:
             self._inflight[slot] = left
             return
         del self._inflight[slot]
-        idle = self._idle.pop(slot, None)
-        if idle is not None:
-            idle.set()
+        if slot in self._idle and not self._in_flight(slot):
+            self._idle.pop(slot).set()
 
-    def enter_all(self, slots: list[int]) -> None:
-        """`enter` each (a batch's slots, a slot as often as it has requests)."""
-        inflight = self._inflight
-        for slot in slots:
-            inflight[slot] = inflight.get(slot, 0) + 1
+    def enter_all(self, slots: list[int]) -> int:
+        """A batch's slots are in flight until `leave_all` with the number this returns. Kept as
+        the batch's list (not a count per slot: a batch has up to thousands, a switch is rare):
+        `drained` looks through the batches in flight."""
+        self._flight_no += 1
+        self._flights[self._flight_no] = slots
+        return self._flight_no
 
-    def leave_all(self, slots: list[int]) -> None:
-        inflight, idle = self._inflight, self._idle
-        for slot in slots:
-            left = inflight[slot] - 1
-            if left:
-                inflight[slot] = left
-                continue
-            del inflight[slot]
-            if idle:
-                waiting = idle.pop(slot, None)
-                if waiting is not None:
-                    waiting.set()
+    def leave_all(self, flight: int) -> None:
+        self._flights.pop(flight, None)
+        if self._idle:
+            for slot in [s for s in self._idle if not self._in_flight(s)]:
+                self._idle.pop(slot).set()
+
+    def _in_flight(self, slot: int) -> bool:
+        return slot in self._inflight or any(slot in slots for slots in self._flights.values())
 
     def hold(self, slot: int) -> None:
         """New requests of the slot wait from now on (the ones in flight go on); a divert ends."""
@@ -86,7 +85,7 @@ class SlotGate:
 
     async def drained(self, slot: int, timeout: float) -> bool:
         """Until no request of the slot is in flight; False when `timeout` passed first."""
-        if not self._inflight.get(slot):
+        if not self._in_flight(slot):
             return True
         idle = self._idle.setdefault(slot, asyncio.Event())
         try:

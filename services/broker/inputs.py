@@ -40,9 +40,12 @@ def key_from_json(value: Any, field: str = "key") -> bytes:
     if not isinstance(value, str):
         raise errors.BadRequest(f"{field!r} must be a string, not {type(value).__name__}")
     try:
-        return key_bytes(value.encode("utf-8"))
+        raw = value.encode("utf-8")
     except UnicodeEncodeError:
         raise errors.BadRequest(f"{field!r} must be valid Unicode text") from None
+    if not raw or len(raw) > MAX_KEY_BYTES:
+        return key_bytes(raw)  # its error
+    return raw  # UTF-8 already: what key_bytes checks on raw bytes
 
 
 def value_from_json(value: Any, limit: int) -> bytes:

@@ -233,11 +233,11 @@ class Router:
 
         # in flight from the turn that found them not held to the last store's answer: a switch waits for them
         entered = [slots[i] for items in by_store.values() for i, _ in items]
-        gate.enter_all(entered)
+        flight = gate.enter_all(entered)
         try:
             await asyncio.gather(*(one_store(name, items) for name, items in by_store.items()))
         finally:
-            gate.leave_all(entered)
+            gate.leave_all(flight)
         outcomes = await asyncio.gather(*(alone(i) for i in singles), return_exceptions=True)
         for i, outcome in zip(singles, outcomes):
             if isinstance(outcome, BaseException) and not isinstance(outcome, errors.SnapkvError):

@@ -19,4 +19,9 @@ def hash_tag(key: bytes) -> bytes:
 
 
 def key_slot(key: bytes) -> int:
-    return zlib.crc32(hash_tag(key)) % SLOTS
+    start = key.find(b"{")  # hash_tag, inline: every request asks
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return zlib.crc32(key[start + 1 : end]) % SLOTS
+    return zlib.crc32(key) % SLOTS
