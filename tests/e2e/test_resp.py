@@ -224,6 +224,29 @@ def test_a_malformed_frame_closes_only_that_connection(resp_cluster, r):
     assert r.ping() is True  # every other connection is served
 
 
+def test_commands_sent_while_a_lone_get_or_set_is_answered_keep_their_order(resp_cluster, r):
+    """A lone GET or SET on an idle connection is served apart from the queue (no task): whatever
+    comes behind it, before its answer, waits for it; a bad one alone gets its own error."""
+    _, port = resp_cluster
+    r.set("lone:k", "v1")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"*2\r\n$3\r\nGET\r\n$6\r\nlone:k\r\n")  # alone: served by a callback
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nlone:k\r\n$2\r\nv2\r\n*2\r\n$3\r\nGET\r\n$6\r\nlone:k\r\n")
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nlone:k\r\n$2\r\nv3\r\n")
+        s.sendall(b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n")  # an empty key: its error, nothing else
+        s.sendall(b"*2\r\n$3\r\nGET\r\n$6\r\nlone:k\r\n")
+        want = b"$2\r\nv1\r\n+OK\r\n$2\r\nv2\r\n+PONG\r\n+OK\r\n"
+        want += b"-ERR empty keys are not supported by snapkv\r\n$2\r\nv3\r\n"
+        got = b""
+        s.settimeout(10)
+        while len(got) < len(want):
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got == want
+
+
 def test_inline_commands_and_hello(resp_cluster):
     _, port = resp_cluster
     with socket.create_connection(("127.0.0.1", port)) as s:
