@@ -5,16 +5,35 @@ copy is here, and a push from an older leadership term changes nothing."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..common import errors, records
 from ..common.records import PRIMARY, REPLICA
+from ..common.records import SlotAssignment as Assignment
+from . import wal as walmod
+from .engine import Engine
 from .futures import then
 
-if TYPE_CHECKING:
-    from .node import StoreNode
-
 log = logging.getLogger("snapkv.store")
+
+
+class StoreNode(Protocol):
+    """What a push reads and changes of the store (node.py's StoreNode), so this module does not
+    import the node that calls it."""
+
+    name: str
+    term: int
+    stale_terms: int
+    confirmed: bool
+    assignments: dict[int, Assignment]
+    lost: set[int]
+    engine: Engine
+    wal: walmod.Wal | None
+    replicator: Any
+    on_behind: Callable[[int], None] | None
+
+    def apply_assignment(self, slot: int, assignment: Assignment | None, *, log_it: bool) -> None: ...
 
 
 def take(node: StoreNode, req: records.AssignRequest) -> Any:
