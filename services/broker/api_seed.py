@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..common import errors
 from ..common.httpjson import read_json_object, require_cluster_access
-from . import inputs
+from . import inputs, views
 from .service import SERVICE, BrokerService
 
 
@@ -74,7 +74,7 @@ async def manual_snapshot(request: web.Request) -> web.Response:
 
 
 async def list_stores(request: web.Request) -> web.Response:
-    return web.json_response(_svc(request).stores())
+    return web.json_response(views.stores(_svc(request)))
 
 
 async def register(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..common import errors
 from ..common.httpjson import error_response, json_response, read_json_object
-from . import inputs
+from . import inputs, views
 from .service import SERVICE, BrokerService
 
 KV_PREFIX = "/v1/kv/"
@@ -103,11 +103,11 @@ async def keys(request: web.Request) -> web.Response:
 
 
 async def cluster(request: web.Request) -> web.Response:
-    return json_response(_svc(request).cluster_view())
+    return json_response(views.cluster(_svc(request)))
 
 
 async def stores(request: web.Request) -> web.Response:
-    return json_response({"stores": _svc(request).stores()})
+    return json_response({"stores": views.stores(_svc(request))})
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -117,7 +117,7 @@ async def drain(request: web.Request) -> web.Response:
 
 
 async def rebalance_plan(request: web.Request) -> web.Response:
-    return json_response(_svc(request).rebalance_plan())
+    return json_response(views.rebalance_plan(_svc(request)))
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from .. import __version__
 from ..common import errors
 from ..common.httpjson import json_response
-from . import inputs
+from . import inputs, views
 from .service import SERVICE, BrokerService
 from .slotmap import STATE_LETTERS
 
@@ -44,7 +44,7 @@ def view(svc: BrokerService) -> dict[str, Any]:
             **svc.pulse.figures(),
         },
         "summary": summary,
-        "stores": svc.stores(),
+        "stores": views.stores(svc),
         "slots": {"owners": owners, "primary": primary, "state": states},
         "moves": control.migrator.view() if control else [],
         "balanced": control.rebalancer.balanced if control else None,

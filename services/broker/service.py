@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import statistics
 import time
 from typing import Any
 
@@ -39,7 +38,6 @@ from .pulse import Pulse
 from .pusher import Pusher
 from .rebalancer import Rebalancer
 from .router import Router
-from .slotmap import tally
 from .watch import Watch
 
 SERVICE: web.AppKey[BrokerService] = web.AppKey("service")
@@ -297,28 +295,6 @@ class BrokerService:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise errors.NoLeader(f"the leader {leader.name} did not answer ({exc!r}); retry") from None
 
-    def stores(self) -> list[dict[str, Any]]:
-        counts = self.cluster.slotmap.counts()
-        out = []
-        for node in sorted(self.cluster.registry.nodes.values(), key=lambda n: n.name):
-            keys = node.stats.get("keys", {}) if node.stats else {}
-            out.append(
-                {
-                    "name": node.name,
-                    "address": node.address,
-                    "site": node.site,
-                    "status": node.status.value,
-                    "slots": counts.get(node.name, {"primary": 0, "replica": 0}),
-                    "keys": {"primary": keys.get("primary", 0), "replica": keys.get("replica", 0)},
-                    "load": round(node.load, 3),  # 1.0 = the mean of the stores (loadmon.py)
-                    "requests_per_second": round(node.requests, 1),
-                    "cpu": round(node.cpu, 3),  # CPU seconds per second
-                    "memory_bytes": int(node.memory),
-                    "hot_slots": [{"slot": s, "requests_per_second": r} for s, r in node.stats.get("hot", [])[:5]],
-                }
-            )
-        return out
-
     async def snapshot_all(self) -> list[dict[str, Any]]:
         nodes = sorted(self.cluster.registry.nodes)
         if not nodes:
@@ -337,71 +313,6 @@ class BrokerService:
                 return failed(name, exc.message)
 
         return list(await asyncio.gather(*(one(n) for n in nodes)))
-
-    def cluster_view(self) -> dict[str, Any]:
-        c = self.cluster
-        ranges = c.slotmap.ranges(c.registry.is_up, c.copies_wanted)
-        view = {
-            "cluster_id": c.cluster_id,
-            "epoch": c.slotmap.epoch,
-            "slots": len(c.slotmap),
-            "replication_factor": self.settings.replication_factor,
-            "broker": self.leader_view(),  # who leads, at which term
-            "summary": tally(ranges),  # the same as SlotMap.summary, without a second walk
-            "ranges": ranges,
-            # keys and bytes the stores have full-synced to replicas (moves, resyncs), as their
-            # last health checks said: what `snapkv rebalance --wait` shows as keys/s
-            "copied": self._copied(),
-        }
-        control = self.control
-        if control is None:  # a follower with no leader to ask: the map it routes with
-            return {**view, "moves": [], "balanced": False, "settled": False}
-        migrator, rebalancer = control.migrator, control.rebalancer
-        return {
-            **view,
-            "moves": migrator.view(),
-            "balanced": rebalancer.balanced,  # every store holds its share
-            "settled": rebalancer.settled,  # nothing moves now, and nothing will by itself
-            "moved": dict(migrator.done),  # finished moves by reason, since the broker started
-            # the longest time one slot's requests were held for a switch, over the last 1,000
-            "longest_switch_ms": round(max(migrator.pauses, default=0.0) * 1000, 1),
-            "median_switch_ms": round(statistics.median(migrator.pauses or [0.0]) * 1000, 1),
-            # the load monitor's source and the rebalancer's last decision on load
-            "load": {
-                "source": control.load.mode,
-                "stale": control.load.stale,
-                "readings": control.load.rounds,
-                **rebalancer.decision,
-            },
-        }
-
-    def _copied(self) -> dict[str, int]:
-        keys = sent = 0
-        for node in self.cluster.registry.nodes.values():
-            synced = node.stats.get("synced", {}) if node.stats else {}
-            keys += int(synced.get("keys", 0))
-            sent += int(synced.get("bytes", 0))
-        return {"keys": keys, "bytes": sent}
-
-    def rebalance_plan(self) -> dict[str, Any]:
-        """What the rebalancer would start now if nothing bounded it (a dry run: nothing moves)."""
-        moves = self.rebalancer.plan(limit=len(self.cluster.slotmap), cooldown=False, bounded=False)
-        return {
-            "balanced": self.rebalancer.balanced,  # every store holds its share
-            "settled": self.rebalancer.settled,  # nothing moves now, and nothing will by itself
-            "running": len(self.migrator.running),
-            "count": len(moves),
-            "moves": [
-                {
-                    "slot": m.slot,
-                    "from": m.source,
-                    "to": m.target,
-                    "role": "primary" if m.primary else "replica",
-                    "reason": m.reason,
-                }
-                for m in moves
-            ],
-        }
 
     async def drain(self, name: str) -> dict[str, Any]:
         """Start (or report on) draining a store: its copies move to the stores that stay."""

@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from ...common import errors, wire
+from .. import views
 from ..kv import Written
 from . import keyspace, strings  # noqa: F401  (they register their commands)
 from . import server as server_commands
@@ -111,7 +112,7 @@ class RespServer:
     async def info_sections(self) -> dict[str, dict[str, Any]]:
         svc = self.service
         c = svc.cluster
-        stores = svc.stores()
+        stores = views.stores(svc)
         summary = c.slotmap.summary(c.registry.is_up, c.copies_wanted)
         pulse = svc.pulse.figures()
         return {
