@@ -23,15 +23,19 @@ MAX_VERSION = 2**63 - 1  # versions are signed 64-bit on the wire; a larger one 
 
 
 def key_bytes(raw: bytes) -> bytes:
-    if not raw:
-        raise errors.BadRequest("key must not be empty")
-    if len(raw) > MAX_KEY_BYTES:
-        raise errors.KeyTooLarge(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    _key_size(raw)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.BadRequest("key must be valid UTF-8") from None
     return raw
+
+
+def _key_size(raw: bytes) -> None:
+    if not raw:
+        raise errors.BadRequest("key must not be empty")
+    if len(raw) > MAX_KEY_BYTES:
+        raise errors.KeyTooLarge(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
 
 
 def key_from_json(value: Any, field: str = "key") -> bytes:
@@ -43,9 +47,8 @@ def key_from_json(value: Any, field: str = "key") -> bytes:
         raw = value.encode("utf-8")
     except UnicodeEncodeError:
         raise errors.BadRequest(f"{field!r} must be valid Unicode text") from None
-    if not raw or len(raw) > MAX_KEY_BYTES:
-        return key_bytes(raw)  # its error
-    return raw  # UTF-8 already: what key_bytes checks on raw bytes
+    _key_size(raw)  # UTF-8 by construction: key_bytes's decode is not needed
+    return raw
 
 
 def value_from_json(value: Any, limit: int) -> bytes:
@@ -184,10 +187,8 @@ def json_values(pairs: Iterable[tuple[str, bytes | None]]) -> dict[str, Any]:
         if value is None:
             items[name] = None
             continue
-        try:  # text_of, inline: an mget answers up to MAX_BATCH of them
-            items[name] = value.decode("utf-8")
-        except UnicodeDecodeError:
-            items[name] = base64.b64encode(value).decode()
+        items[name], is_binary = text_of(value)
+        if is_binary:
             binary.append(name)
     out: dict[str, Any] = {"items": items}
     if binary:

@@ -19,9 +19,4 @@ def hash_tag(key: bytes) -> bytes:
 
 
 def key_slot(key: bytes) -> int:
-    start = key.find(b"{")  # hash_tag, inline: every request asks
-    if start >= 0:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            return zlib.crc32(key[start + 1 : end]) % SLOTS
-    return zlib.crc32(key) % SLOTS
+    return zlib.crc32(hash_tag(key)) % SLOTS

@@ -23,7 +23,7 @@ import hiredis
 MAX_ARGS = 1024 * 1024  # arguments of one command (Redis: the same)
 MAX_INLINE = 64 * 1024  # an inline command's line, and a header line
 CRLF = b"\r\n"
-HEADS = 4096
+HEADS = 4096  # counts and lengths whose header size is looked up rather than formatted
 _HEADS = [len(b"*%d\r\n" % n) for n in range(HEADS)]  # a header's wire size ('*' and '$' alike)
 
 
@@ -57,11 +57,10 @@ class Parser:
     hiredis reads while what it holds is small and every command it returns is a list of bytes.
     Anything else -- a type byte that is not '*', an argument that is not a bulk string, more than
     `max_bulk` bytes held (one of them may be a bulk string over the limit) -- hands what hiredis
-    held over to the Python parser,
-    which parses it again from the start of the first command not yet returned (so its errors are
-    the only ones) and keeps the connection until its own buffer is empty. (hiredis also takes a
-    simple string, +text, as an argument, where the Python parser wants '$': that is all it allows
-    more.)"""
+    held over to the Python parser, which parses it again from the start of the first command not
+    yet returned (so its errors are the only ones) and keeps the connection until its own buffer
+    is empty. (hiredis also takes a simple string, +text, as an argument, where the Python parser
+    wants '$': that is all it allows more.)"""
 
     def __init__(self, max_bulk: int, fast: bool = True) -> None:
         self.buf = bytearray()  # the Python parser's incomplete tail
