@@ -47,7 +47,11 @@ def browser() -> Iterator[object]:
 
 
 def _colour(page, name: str) -> str:
-    return page.eval_on_selector(f'[data-store="{name}"]', "e => getComputedStyle(e).borderLeftColor")
+    # found and read in one evaluation: eval_on_selector finds the card, then reads it in a second
+    # round trip, and a redraw in between (the page redraws on every event) detaches it: '' then
+    return page.evaluate(
+        'name => getComputedStyle(document.querySelector(`[data-store="${name}"]`)).borderLeftColor', name
+    )
 
 
 def test_dashboard_draws_the_cluster_and_a_killed_store_turns_red_without_a_reload(local_cluster, browser):
@@ -69,8 +73,9 @@ def test_dashboard_draws_the_cluster_and_a_killed_store_turns_red_without_a_relo
         view = http("GET", f"{local_cluster.url}/v1/dashboard")[1]
         owner = view["slots"]["owners"][view["slots"]["primary"][0]]
         pixel = page.evaluate("Array.from(document.getElementById('grid').getContext('2d').getImageData(0,0,1,1).data)")
-        swatch = page.eval_on_selector(
-            f'[data-store="{owner}"] .swatch', "e => getComputedStyle(e).backgroundColor.match(/\\d+/g).map(Number)"
+        swatch = page.evaluate(  # one evaluation, as in _colour
+            "sel => getComputedStyle(document.querySelector(sel)).backgroundColor.match(/\\d+/g).map(Number)",
+            f'[data-store="{owner}"] .swatch',
         )
         assert pixel[:3] == swatch, (pixel, swatch, owner)
         page.wait_for_selector('#events [data-event="map_changed"]', timeout=5000)
