@@ -49,31 +49,33 @@ def when_all(
     return out
 
 
-def succeeded(futs: list[asyncio.Future[Any] | None]) -> asyncio.Future[list[bool]]:
-    """A future done once every one of `futs` is done: whether each succeeded (None: at once, yes).
-    One callback per future and no future per item: a batch's many commits wait together."""
-    out: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-    flags = [True] * len(futs)
-    left = [0]
+class Tally:
+    """Items of a batch done one by one through plain calls (`one(i, failure)`), no future each;
+    `done(flags)` runs in a later loop callback once all are, with whether each succeeded: as
+    `succeeded`, for items that wait on SeqWaiters callbacks."""
 
-    def one_done(i: int, f: asyncio.Future[Any]) -> None:
-        if f.cancelled() or f.exception() is not None:
-            flags[i] = False
-        left[0] -= 1
-        if left[0] == 0 and not out.done():
-            out.set_result(flags)
+    __slots__ = ("flags", "_left", "_done")
 
-    for i, f in enumerate(futs):
-        if f is None:
-            continue
-        if f.done():
-            flags[i] = not f.cancelled() and f.exception() is None
-            continue
-        left[0] += 1
-        f.add_done_callback(functools.partial(one_done, i))
-    if left[0] == 0:
-        out.set_result(flags)
-    return out
+    def __init__(self, items: int, done: Callable[[list[bool]], None]) -> None:
+        self.flags = [True] * items
+        self._left = items
+        self._done = done
+        if not items:
+            asyncio.get_running_loop().call_soon(done, self.flags)
+
+    def one(self, i: int, failure: BaseException | None = None) -> None:
+        if failure is not None:
+            self.flags[i] = False
+        self._left -= 1
+        if self._left == 0:
+            asyncio.get_running_loop().call_soon(self._done, self.flags)
+
+    def after(self, i: int, fut: asyncio.Future[Any]) -> None:
+        """Item `i` is done when `fut` is."""
+        fut.add_done_callback(lambda f: self.one(i, None if not f.cancelled() and f.exception() is None else _FAILED))
+
+
+_FAILED = errors.Unavailable("failed")
 
 
 def forward(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from . import assign
 from . import wal as walmod
 from .commits import Commits
 from .engine import HEADER, SEQ_BITS, Engine, Item
-from .futures import each, forward, ignore_outcome, settled, succeeded, when_all
+from .futures import Tally, each, forward, ignore_outcome, settled, when_all
 from .slotload import SlotLoad
 
 log = logging.getLogger("snapkv.store")
@@ -209,7 +210,6 @@ class StoreNode:
         same request id (a retry it took answers from its memory, rule 7)."""
         answers: list[Any] = [records.REFUSED] * len(reqs)
         taken: list[tuple[int, int, int, WriteResult]] = []  # index, slot, seq, outcome
-        acks: list[asyncio.Future[None] | None] = []
         replicator, engine, wal = self.replicator, self.engine, self.wal
         now = now_ms()
         with replicator.batch() if replicator is not None else contextlib.nullcontext():
@@ -224,16 +224,15 @@ class StoreNode:
                 taken.append((i, mutation.slot, mutation.seq, engine.apply(mutation)))
                 if wal is not None:
                     wal.append(walmod.MUTATION, mutation)
-                acks.append(replicator.replicate(mutation) if replicator is not None else None)
+                if replicator is not None:
+                    replicator.stream(mutation)
         if not taken:
             return settled(answers, records.REFUSED)
         self.dirty = True
-        acks.append(wal.durable() if wal is not None else None)  # the log write of them all, last
         started = time.perf_counter()
         out: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
 
-        def committed(f: asyncio.Future[list[bool]]) -> None:
-            flags = f.result()
+        def committed(flags: list[bool]) -> None:
             elapsed = time.perf_counter() - started
             if flags[-1]:  # logged: each write its replicas acknowledged is committed
                 for (i, slot, seq, outcome), acked in zip(taken, flags):
@@ -248,7 +247,16 @@ class StoreNode:
             else:
                 forward(final, out)
 
-        succeeded(acks).add_done_callback(committed)
+        # one item per write (its replicas' acks, awaited once the batch's frames are sent) and
+        # the log write of them all, last
+        tally = Tally(len(taken) + 1, committed)
+        for j, (_, slot, seq, _) in enumerate(taken):
+            if replicator is None or not replicator.on_acked(slot, seq, functools.partial(tally.one, j)):
+                tally.one(j)
+        if wal is not None:
+            tally.after(len(taken), wal.durable())
+        else:
+            tally.one(len(taken))
         return out
 
     def commit_mutation(self, mutation: Mutation) -> asyncio.Future[WriteResult]:

@@ -29,7 +29,7 @@ from .brokers import Brokers
 from .fullsync import SYNC_TIMEOUT, FullSync, failure, unknown_op
 from .receiver import Receiver
 from .tracker import SlotTracker
-from .waiters import SeqWaiters
+from .waiters import SeqWaiters, Wake
 
 if TYPE_CHECKING:
     from .node import StoreNode
@@ -95,7 +95,26 @@ class Replicator:
 
     # -- primary: streaming and commit ----------------------------------------------------------
     def replicate(self, mutation: Mutation) -> asyncio.Future[None] | None:
-        slot, seq = mutation.slot, mutation.seq
+        """Stream the mutation to the slot's replicas; a future done once the ISR (and joining)
+        replicas acknowledged it, None if none must (async mode, or nobody to wait for)."""
+        self.stream(mutation)
+        # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
+        if self.mode == "async":
+            return None
+        return self.wait_acked(mutation.slot, mutation.seq)
+
+    def on_acked(self, slot: int, seq: int, wake: Wake) -> bool:
+        """`wait_acked` for a batch, without a future: `wake` is called as SeqWaiters call it (None
+        once acknowledged, the failure otherwise). False when no ack is needed: it is never called."""
+        if self.mode == "async" or not self._needs_acks(slot):
+            return False
+        self._waiters.setdefault(slot, SeqWaiters()).call(seq, wake)
+        self.check(slot)
+        return True
+
+    def stream(self, mutation: Mutation) -> None:
+        """Send the mutation to the slot's replicas (gathered into one frame each inside `batch`)."""
+        slot = mutation.slot
         a = self.node.assignments[slot]
         tracker = self.slots.get(slot)
         if tracker is not None:
@@ -109,16 +128,17 @@ class Replicator:
                     self._batch.setdefault(name, (address, []))[1].append((slot, mutation, stream))
                 else:
                     self.send(slot, name, address, mutation, stream)
-        # joining replicas count too: right after a failover (RF=2) the ISR is empty while one joins
-        if self.mode == "async":
-            return None
-        return self.wait_acked(slot, seq)
+
+    def _needs_acks(self, slot: int) -> bool:
+        a = self.node.assignments.get(slot)
+        if a is None:
+            return False
+        tracker = self.slots.get(slot)
+        return bool(a.isr) or (tracker is not None and tracker.needs_acks(a.isr))
 
     def wait_acked(self, slot: int, seq: int) -> asyncio.Future[None] | None:
         """A future done once every ISR (and joining) replica acknowledged `seq`; None if none needed."""
-        a = self.node.assignments.get(slot)
-        tracker = self.slots.get(slot)
-        if a is None or not (a.isr or (tracker is not None and tracker.needs_acks(a.isr))):
+        if not self._needs_acks(slot):
             return None
         fut = self._waiters.setdefault(slot, SeqWaiters()).wait(seq)
         self.check(slot)

@@ -28,6 +28,15 @@ class HeldAcks:
     def wait_acked(self, slot, seq):
         return None
 
+    def stream(self, mutation):
+        pass
+
+    def on_acked(self, slot, seq, wake):
+        fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: wake(f.exception()))
+        self.pending.append(fut)
+        return True
+
     def assignment_changed(self, slot, previous, current):
         pass
 

@@ -28,3 +28,16 @@ async def test_fail_fails_every_waiter_and_spares_cancelled_ones():
         await a
     assert b.cancelled() and len(w) == 0
     await asyncio.sleep(0)
+
+
+async def test_callback_waiters_are_called_in_the_reach_or_fail_that_settles_them():
+    w = SeqWaiters()
+    calls = []
+    w.call(4, lambda exc: calls.append(("four", exc)))
+    fut = w.wait(2)
+    w.call(2, lambda exc: calls.append(("two", exc)))
+    w.reach(3)
+    assert fut.done() and calls == [("two", None)]  # synchronously, in arrival order among ties
+    moved = RuntimeError("moved")
+    w.fail(moved)
+    assert calls == [("two", None), ("four", moved)] and len(w) == 0
