@@ -218,7 +218,13 @@ def readable_after(
     if damage.how == "remove" and damage.at in starts + ends[-1:] and damage.stop in ends:
         kept = [r for r, start, end in zip(records, starts, ends) if end <= damage.at or start >= damage.stop]
         return kept, len(damage.data)
-    count = sum(1 for end in ends if end <= damage.at)
+    # the damage counts from the first byte it changed: bytes inserted or removed next to equal
+    # ones (b"a" into b"xa", or one record's length cut out of a run of equal records) change later
+    original = log_bytes(records)[0]
+    at = next(
+        (i for i, (a, b) in enumerate(zip(original, damage.data)) if a != b), min(len(original), len(damage.data))
+    )
+    count = sum(1 for end in ends if end <= at)
     return records[:count], ends[count - 1] if count else 0
 
 
