@@ -25,7 +25,7 @@ from ..common.pool import Pool
 from ..common.records import PRIMARY, Member, Mutation, SyncChunk, SyncItem
 from ..common.records import SlotAssignment as Assignment
 from .engine import SlotData
-from .futures import when_all
+from .futures import failure, when_all
 from .receiver import NEWER
 from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotCopy
 from .tracker import SlotTracker
@@ -228,7 +228,7 @@ class FullSync:
     def _whole_answered(
         self, name: str, taken: list[tuple[int, int, int]], round_: _Round, fut: asyncio.Future[Any]
     ) -> None:
-        exc = failure(fut)
+        exc = failure(fut, "full sync cancelled")
         results: list[Any] = [exc] * len(taken) if exc is not None else list(fut.result())
         for (slot, stream, seq), ok in zip(taken, results):
             self._slot_answered(name, slot, stream, seq, ok, round_)
@@ -237,7 +237,7 @@ class FullSync:
         name, slot = copy.name, copy.slot
         if self.copying.get((slot, name)) is copy and not copy.draining:
             del self.copying[(slot, name)]
-        exc = failure(fut)
+        exc = failure(fut, "full sync cancelled")
         if exc is not None and unknown_op(exc):
             # a replica older than chunked syncs: it takes whole slots (OP_SYNC) as it always did
             if name not in self.old_peers:
@@ -400,12 +400,6 @@ def _estimate(data: SlotData) -> int:
 
 def _mutation_bytes(mutation: Mutation) -> int:
     return sum(len(op.key) + len(op.value or b"") + ENTRY_OVERHEAD for op in mutation.ops)
-
-
-def failure(fut: asyncio.Future[Any]) -> BaseException | None:
-    if fut.cancelled():
-        return errors.Unavailable("full sync cancelled")
-    return fut.exception()
 
 
 def unknown_op(exc: BaseException) -> bool:

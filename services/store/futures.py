@@ -51,8 +51,8 @@ def when_all(
 
 class Tally:
     """Items of a batch done one by one through plain calls (`one(i, failure)`), no future each;
-    `done(flags)` runs in a later loop callback once all are, with whether each succeeded: as
-    `succeeded`, for items that wait on SeqWaiters callbacks."""
+    `done(flags)` runs in a later loop callback once all are, with whether each succeeded: a batch
+    whose items wait on SeqWaiters callbacks, or on a future (`after`)."""
 
     __slots__ = ("flags", "_left", "_done")
 
@@ -72,10 +72,14 @@ class Tally:
 
     def after(self, i: int, fut: asyncio.Future[Any]) -> None:
         """Item `i` is done when `fut` is."""
-        fut.add_done_callback(lambda f: self.one(i, None if not f.cancelled() and f.exception() is None else _FAILED))
+        fut.add_done_callback(lambda f: self.one(i, failure(f)))
 
 
-_FAILED = errors.Unavailable("failed")
+def failure(fut: asyncio.Future[Any], cancelled: str = "cancelled") -> BaseException | None:
+    """A done future's error (Unavailable(`cancelled`) if it was cancelled), None if it succeeded."""
+    if fut.cancelled():
+        return errors.Unavailable(cancelled)
+    return fut.exception()
 
 
 def forward(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

@@ -26,7 +26,8 @@ from ..common.pool import Pool
 from ..common.records import PRIMARY, Member, Mutation, SameCopy
 from ..common.records import SlotAssignment as Assignment
 from .brokers import Brokers
-from .fullsync import SYNC_TIMEOUT, FullSync, failure, unknown_op
+from .fullsync import SYNC_TIMEOUT, FullSync, unknown_op
+from .futures import failure
 from .receiver import Receiver
 from .tracker import SlotTracker
 from .waiters import SeqWaiters, Wake
@@ -303,7 +304,7 @@ class Replicator:
             call.add_done_callback(functools.partial(self._same_answered, name, questions))
 
     def _same_answered(self, name: str, questions: list[tuple[SameCopy, int]], fut: asyncio.Future[Any]) -> None:
-        exc = failure(fut)
+        exc = failure(fut, "full sync cancelled")
         if exc is not None and unknown_op(exc) and name not in self._no_same:
             self._no_same.add(name)
             log.warning("event=sync_fallback replica=%s reason=no_same_copy_check action=full_sync", name)
