@@ -3,8 +3,8 @@
 A replica that is new, returns, or misses mutations gets a full sync: a copy of the slot taken in
 one loop turn, under the store's sync byte-rate cap. Slots that fit in one chunk go whole, several
 to an OP_SYNC message, ahead of every later mutation on the same ordered connection; a larger slot
-goes in bounded chunks (slotcopy.py), one per loop turn, its mutations from that point on held
-back (`hold`) and sent right behind the last chunk. The replica assembles the chunks aside, logs
+goes in bounded chunks (bigcopy.py), one per loop turn, its mutations from that point on held
+back and sent right behind the last chunk. The replica assembles the chunks aside, logs
 each as it comes, and replaces its copy only with the last one (receiver.py); once it has
 acknowledged a slot's copy, commits wait for it and it asks to join the ISR (through the
 Replicator, which owns the slots' trackers and the streams).
@@ -15,49 +15,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..common import errors, wire
-from ..common.pool import Pool
-from ..common.records import PRIMARY, Member, Mutation, SyncChunk, SyncItem
-from ..common.records import SlotAssignment as Assignment
+from ..common.records import PRIMARY, SyncItem
+from .bigcopy import SYNC_TIMEOUT, BigCopies, Copy, Streams
 from .engine import SlotData
-from .futures import failure, when_all
+from .futures import failure
 from .receiver import NEWER
-from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit, SlotCopy
+from .slotcopy import CHUNK_BYTES, CHUNK_ENTRIES, ENTRY_OVERHEAD, RateLimit
 from .tracker import SlotTracker
-
-if TYPE_CHECKING:
-    from .node import StoreNode
 
 log = logging.getLogger("snapkv.replication")
 
-SYNC_TIMEOUT = 60.0
 SYNC_BATCH = 256  # slots copied before their answers are awaited together
-SYNC_WINDOW = 1 << 20  # bytes of full-sync chunks sent and not yet answered, per replica
 SYNC_MESSAGE_BYTES = CHUNK_BYTES  # whole slots per OP_SYNC message: about this many bytes (one slot at least)
-HELD_MAX_BYTES = 64 << 20  # mutations held behind one copy in chunks: past this the copy goes uncapped
-HELD_PIECE_BYTES = 16 << 20  # a held backlog goes in pieces of about this, each answered before the next
-
-
-@dataclass
-class _Copy:
-    """Primary side: one slot's full sync to one replica, on its way."""
-
-    slot: int
-    name: str
-    address: str
-    epoch: int
-    stream: int  # the tracker's stream this copy starts
-    sync: int
-    source: SlotCopy
-    held: list[Mutation] = field(default_factory=list)  # the slot's mutations since the copy was taken
-    held_bytes: int = 0
-    uncapped: bool = False  # the held mutations passed HELD_MAX_BYTES: the rest goes without the rate cap
-    draining: bool = False  # its last chunk is sent; the held mutations are going out behind it
 
 
 @dataclass
@@ -69,16 +43,11 @@ class _Round:
     refused: bool = False
 
 
-class Streams(Protocol):
-    """What full syncs need of the streaming side (replication.Replicator)."""
+class SyncStreams(Streams, Protocol):
+    """What full syncs need of the streaming side (replication.Replicator), beyond what copies in
+    chunks need."""
 
-    node: StoreNode
-    slots: dict[int, SlotTracker]  # slots we are primary of
-    peers: Pool
-    closed: bool
     on_behind: Callable[[int], None] | None
-
-    def send(self, slot: int, name: str, address: str, mutation: Mutation, stream: int) -> asyncio.Future[Any]: ...
 
     def check(self, slot: int) -> None: ...
 
@@ -88,33 +57,31 @@ class Streams(Protocol):
 class FullSync:
     """The full syncs of one store's primary slots, one worker task per replica."""
 
-    def __init__(self, repl: Streams, sync_rate: float = 0.0) -> None:
+    def __init__(self, repl: SyncStreams, sync_rate: float = 0.0) -> None:
         self.repl = repl
         self.node = repl.node
         self.to_sync: dict[str, set[int]] = {}  # replica -> slots waiting for a full sync
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.copying: dict[tuple[int, str], _Copy] = {}  # (slot, replica) -> its full sync on its way
         self.rate = RateLimit(sync_rate)  # bytes/s of full-sync chunks this store sends; 0 = no cap
-        self.bytes_sent = 0  # full-sync bytes sent
-        self.keys_sent = 0  # keys of the slots full-synced to replicas (copies started)
+        self.chunks = BigCopies(repl, self.rate)  # the large slots' copies, in chunks
+        self.hold = self.chunks.hold  # a mutation behind a copy in chunks goes right after its last chunk
+        self.whole_bytes = 0  # bytes of the slots sent whole
+        self.whole_keys = 0
         self.old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
 
     def close(self) -> None:
         for task in self.tasks.values():
             task.cancel()
 
-    def hold(self, slot: int, name: str, stream: int, mutation: Mutation) -> bool:
-        """Whether `mutation` waits behind a copy of its slot to `name` on its way in chunks (it
-        then goes right behind the copy's last chunk, rule 5)."""
-        copy = self.copying.get((slot, name)) if self.copying else None
-        if copy is None or copy.stream != stream:
-            return False
-        copy.held.append(mutation)
-        copy.held_bytes += _mutation_bytes(mutation)
-        if copy.held_bytes > HELD_MAX_BYTES and not copy.uncapped:
-            copy.uncapped = True  # end this copy soon rather than hold more
-            log.info("event=sync_uncapped slot=%d replica=%s held_bytes=%d", slot, name, copy.held_bytes)
-        return True
+    @property
+    def bytes_sent(self) -> int:
+        """Full-sync bytes sent."""
+        return self.whole_bytes + self.chunks.bytes_sent
+
+    @property
+    def keys_sent(self) -> int:
+        """Keys of the slots full-synced to replicas (copies started)."""
+        return self.whole_keys + self.chunks.keys_sent
 
     def schedule(self, name: str, slot: int) -> None:
         if self.repl.closed:
@@ -139,9 +106,9 @@ class FullSync:
             await self._send_whole(name, whole, round_, answers)
             window: dict[asyncio.Future[Any], int] = {}  # chunks not answered yet -> bytes
             for slot in chunked:
-                copy = self._take_copy(name, slot)
+                copy = self.chunks.take(name, slot)
                 if copy is not None:
-                    answer = await self._send_copy(copy, window)
+                    answer = await self.chunks.send(copy, window)
                     answer.add_done_callback(functools.partial(self._copy_answered, copy, round_))
                     answers.append(answer)
             if not answers:
@@ -204,15 +171,15 @@ class FullSync:
                 a = self.node.assignments.get(slot)
                 if a is None or a.role != PRIMARY:
                     continue
-                member = next((m for m in _replicas(a) if m[0] == name), None)
+                member = next((m for m in a.members[1:] if m[0] == name), None)
                 if member is None:
                     continue
                 address = member[1]
                 export = engine.export_slot(slot)
-                self.keys_sent += len(export.flat) // 4
+                self.whole_keys += len(export.flat) // 4
                 tracker = self.repl.slots.setdefault(slot, SlotTracker())
                 tracker.exported(name)
-                self.copying.pop((slot, name), None)  # a copy in chunks still on its way stops
+                self.chunks.stop(slot, name)  # a copy in chunks still on its way stops
                 items.append(SyncItem(slot, a.epoch, export))
                 taken.append((slot, tracker.stream_of[name], export.seq))
             if not items:
@@ -222,7 +189,7 @@ class FullSync:
             )
             call.add_done_callback(functools.partial(self._whole_answered, name, taken, round_))
             answers.append(call)
-            self.bytes_sent += size
+            self.whole_bytes += size
             await asyncio.sleep(0)
 
     def _whole_answered(
@@ -233,10 +200,9 @@ class FullSync:
         for (slot, stream, seq), ok in zip(taken, results):
             self._slot_answered(name, slot, stream, seq, ok, round_)
 
-    def _copy_answered(self, copy: _Copy, round_: _Round, fut: asyncio.Future[Any]) -> None:
+    def _copy_answered(self, copy: Copy, round_: _Round, fut: asyncio.Future[Any]) -> None:
         name, slot = copy.name, copy.slot
-        if self.copying.get((slot, name)) is copy and not copy.draining:
-            del self.copying[(slot, name)]
+        self.chunks.answered(copy)
         exc = failure(fut, "full sync cancelled")
         if exc is not None and unknown_op(exc):
             # a replica older than chunked syncs: it takes whole slots (OP_SYNC) as it always did
@@ -275,119 +241,6 @@ class FullSync:
         if self.repl.on_behind is not None:
             self.repl.on_behind(slot)  # the broker hands the slot to that replica
 
-    def _take_copy(self, name: str, slot: int) -> _Copy | None:
-        """A point-in-time copy of the slot for `name` (one loop turn, rule 5); from here on the
-        slot's mutations for `name` are held until the copy's last chunk is on its way."""
-        a = self.node.assignments.get(slot)
-        if a is None or a.role != PRIMARY:
-            return None
-        member = next((m for m in _replicas(a) if m[0] == name), None)
-        if member is None:
-            return None
-        tracker = self.repl.slots.setdefault(slot, SlotTracker())
-        tracker.exported(name)
-        data = self.node.engine.slots.get(slot) or SlotData()
-        source = SlotCopy(data)
-        self.keys_sent += len(data.entries)
-        copy = _Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], random.getrandbits(62), source)
-        self.copying[(slot, name)] = copy
-        return copy
-
-    def _still_wanted(self, copy: _Copy) -> bool:
-        a = self.node.assignments.get(copy.slot)
-        tracker = self.repl.slots.get(copy.slot)
-        return (
-            not self.repl.closed
-            and a is not None
-            and a.role == PRIMARY
-            and tracker is not None
-            and tracker.stream_of.get(copy.name) == copy.stream
-            and self.copying.get((copy.slot, copy.name)) is copy
-        )
-
-    async def _send_copy(self, copy: _Copy, window: dict[asyncio.Future[Any], int]) -> asyncio.Future[Any]:
-        """Send the copy's chunks, one per loop turn, under the rate cap and with at most
-        SYNC_WINDOW bytes unanswered; the held mutations follow the last chunk at once. Returns a
-        future of the replica's answer to the whole copy (True, False or NEWER)."""
-        loop = asyncio.get_running_loop()
-        client = self.repl.peers.get(copy.name, copy.address)
-        source = copy.source
-        chunks: list[asyncio.Future[Any]] = []
-        refused = [False]  # a chunk was refused or failed: the rest of the copy is not sent
-
-        def answered(f: asyncio.Future[Any]) -> None:
-            window.pop(f, None)
-            if _refused(f):
-                refused[0] = True
-
-        while True:
-            flat, size = source.chunk()
-            last = source.done
-            chunk = SyncChunk(
-                copy.slot,
-                copy.epoch,
-                copy.sync,
-                source.index - 1,
-                source.data_epoch,
-                source.seq,
-                flat,
-                source.recent if last else None,
-            )
-            delay = 0.0 if copy.uncapped else self.rate.delay(size, loop.time())
-            if delay > 0:
-                await asyncio.sleep(delay)
-            while window and sum(window.values()) >= SYNC_WINDOW:
-                await asyncio.wait(list(window), return_when=asyncio.FIRST_COMPLETED)
-            if not self._still_wanted(copy) or refused[0]:
-                # the mutations stay held until the answer voids the stream: a replica that kept
-                # its own copy must not take them as a gap against its ISR membership
-                return _answer(chunks, stopped=True)
-            fut = asyncio.ensure_future(client.call(wire.OP_SYNC_CHUNK, chunk, timeout=SYNC_TIMEOUT))
-            window[fut] = size
-            fut.add_done_callback(answered)
-            chunks.append(fut)
-            self.bytes_sent += size
-            if last:
-                # right behind the last chunk on the same connection: the replica applies them to
-                # the copy it has just taken
-                await self._send_held(copy)
-                return _answer(chunks, stopped=False)
-            await asyncio.sleep(0)  # one chunk per loop turn
-
-    async def _send_held(self, copy: _Copy) -> None:
-        """The mutations held behind a copy, in order, in pieces of about HELD_PIECE_BYTES (each
-        well under the message limit), each piece answered before the next goes; the slot's new
-        mutations queue behind them until the last piece is sent."""
-        copy.draining = True
-        key = (copy.slot, copy.name)
-        while True:
-            held, copy.held, copy.held_bytes = copy.held, [], 0
-            sent = 0
-            tail: asyncio.Future[Any] | None = None
-            for i, mutation in enumerate(held):
-                tail = self.repl.send(copy.slot, copy.name, copy.address, mutation, copy.stream)
-                sent += _mutation_bytes(mutation)
-                if sent >= HELD_PIECE_BYTES and i + 1 < len(held):
-                    copy.held = held[i + 1 :]
-                    copy.held_bytes = sum(_mutation_bytes(m) for m in copy.held)
-                    break
-            if not copy.held:
-                if self.copying.get(key) is copy:
-                    del self.copying[key]
-                copy.draining = False
-                return
-            assert tail is not None
-            await asyncio.wait([tail])
-            if not self._still_wanted(copy):  # the stream was voided meanwhile: the rest goes with it
-                copy.draining = False
-                if self.copying.get(key) is copy:
-                    del self.copying[key]
-                return
-
-
-def _replicas(a: Assignment) -> list[Member]:
-    return a.members[1:]
-
 
 def _fits_one_chunk(data: SlotData) -> bool:
     return len(data.entries) < CHUNK_ENTRIES and _estimate(data) <= CHUNK_BYTES
@@ -398,22 +251,6 @@ def _estimate(data: SlotData) -> int:
     return data.size + len(data.entries) * ENTRY_OVERHEAD
 
 
-def _mutation_bytes(mutation: Mutation) -> int:
-    return sum(len(op.key) + len(op.value or b"") + ENTRY_OVERHEAD for op in mutation.ops)
-
-
 def unknown_op(exc: BaseException) -> bool:
     """The answer of a store older than chunked full syncs to OP_SYNC_CHUNK."""
     return isinstance(exc, errors.BadRequest) and "unknown internal op" in exc.message
-
-
-def _refused(fut: asyncio.Future[Any]) -> bool:
-    return fut.done() and (fut.cancelled() or fut.exception() is not None or fut.result() is not True)
-
-
-def _answer(chunks: list[asyncio.Future[Any]], *, stopped: bool) -> asyncio.Future[Any]:
-    """The replica's answer to a whole copy: its last chunk's, once every chunk is answered; the
-    first error or refusal decides. A copy stopped before its end answers False."""
-    if not chunks:
-        return when_all([], lambda: False)
-    return when_all(chunks, lambda: not stopped, decided=lambda ok: ok is not True, cancelled="full sync cancelled")

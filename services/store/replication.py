@@ -25,8 +25,9 @@ from ..common import errors, records, wire
 from ..common.pool import Pool
 from ..common.records import PRIMARY, Member, Mutation, SameCopy
 from ..common.records import SlotAssignment as Assignment
+from .bigcopy import SYNC_TIMEOUT
 from .brokers import Brokers
-from .fullsync import SYNC_TIMEOUT, FullSync, unknown_op
+from .fullsync import FullSync, unknown_op
 from .futures import failure
 from .receiver import Receiver
 from .tracker import SlotTracker

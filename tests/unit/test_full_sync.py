@@ -450,7 +450,7 @@ async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(t
         join(p, r, broker, [*small, SLOT])
         await all_joined(broker, small, timeout=10)
         assert broker.assignments[SLOT].isr == []  # the large copy is still on its way
-        assert (SLOT, "r") in p.replicator.full_sync.copying
+        assert (SLOT, "r") in p.replicator.full_sync.chunks.copying
         slot, tag = next(iter(small.items()))
         await asyncio.wait_for(p.mini.write([[tag + b"new", b"v", 0]], slot=slot), 1)
         assert r.node.engine.get(slot, tag + b"new", 0)[0] == b"v"
@@ -461,16 +461,16 @@ async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(t
 
 
 async def test_a_refused_chunk_is_noticed_without_walking_every_chunk_sent(tmp_path, monkeypatch) -> None:
-    from snapkv.store import fullsync
+    from snapkv.store import bigcopy
 
     calls = [0]
-    real = fullsync._refused
+    real = bigcopy._refused
 
     def counted(fut: Any) -> bool:
         calls[0] += 1
         return real(fut)
 
-    monkeypatch.setattr(fullsync, "_refused", counted)
+    monkeypatch.setattr(bigcopy, "_refused", counted)
     broker, p, r, close = await start_pair(tmp_path)
     seen = counting_routes(r)
     try:
@@ -487,10 +487,10 @@ async def test_a_refused_chunk_is_noticed_without_walking_every_chunk_sent(tmp_p
 
 
 async def test_a_copy_holding_too_many_mutations_ends_uncapped_and_sends_them_in_pieces(tmp_path, monkeypatch) -> None:
-    from snapkv.store import fullsync
+    from snapkv.store import bigcopy
 
-    monkeypatch.setattr(fullsync, "HELD_MAX_BYTES", 1 * MB)
-    monkeypatch.setattr(fullsync, "HELD_PIECE_BYTES", 200_000)
+    monkeypatch.setattr(bigcopy, "HELD_MAX_BYTES", 1 * MB)
+    monkeypatch.setattr(bigcopy, "HELD_PIECE_BYTES", 200_000)
     broker, p, r, close = await start_pair(tmp_path, sync_rate=1_000_000)
     try:
         await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
