@@ -9,9 +9,8 @@ membership.py, pusher.py) do the I/O and act on what these methods answer.
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,94 +84,6 @@ class ClusterState:
         self.cluster_id = cluster_id or uuid.uuid4().hex
         self.loaded = False  # restored from saved state: every store counts as down until it answers
         self.failovers = 0  # primaries promoted away from a failed or behind copy
-
-    # -- saved state ----------------------------------------------------------------------------
-    def snapshot_state(self) -> dict[str, Any]:
-        """What cluster.json holds (state.py writes it)."""
-        return {"cluster_id": self.cluster_id, "map": self.slotmap.to_json(), "nodes": self._saved_nodes()}
-
-    def snapshot_text(self) -> str:
-        """`snapshot_state` as the compact JSON text state.save writes (the map's from its cache)."""
-        cluster_id, nodes = json.dumps(self.cluster_id), json.dumps(self._saved_nodes(), separators=(",", ":"))
-        return f'{{"cluster_id":{cluster_id},"map":{self.slotmap.to_json_text()},"nodes":{nodes}}}'
-
-    def _saved_nodes(self) -> dict[str, dict[str, Any]]:
-        nodes: dict[str, dict[str, Any]] = {
-            n.name: {"address": n.address, "site": n.site, "boot": n.trusted_boot} for n in self.registry.nodes.values()
-        }
-        for n in self.registry.nodes.values():
-            if n.draining:  # only then: older brokers read the file as before
-                nodes[n.name]["draining"] = True
-        return nodes
-
-    def restore(self, saved: Mapping[str, Any], now: float, *, known: Registry | None = None) -> None:
-        """Take saved state back (at start): every store is down until it registers or answers.
-
-        `known`: the stores as a broker that followed the leader saw them last (it takes over):
-        their statuses and incarnations hold, so nothing waits for a grace period."""
-        self.cluster_id = saved["cluster_id"]
-        self.slotmap = SlotMap.from_json(saved["map"])
-        self.registry = Registry()
-        for name, info in saved.get("nodes", {}).items():
-            node, _ = self.registry.register(name, info["address"], info.get("site", ""), now)
-            node.status = NodeStatus.DOWN
-            node.trusted_boot = info.get("boot", "")
-            node.draining = bool(info.get("draining", False))
-        for seen in known.nodes.values() if known is not None else ():
-            node, _ = self.registry.register(seen.name, seen.address, seen.site, now)
-            node.status, node.boot, node.confirmed, node.draining = (
-                seen.status,
-                seen.boot,
-                seen.confirmed,
-                seen.draining,
-            )
-            node.trusted_boot = node.trusted_boot or seen.trusted_boot
-        self.loaded = known is None
-
-    # -- following a leader -----------------------------------------------------------------------
-    def follower_view(self, since: int, full: bool) -> dict[str, Any]:
-        """What a broker that follows needs to route: the slots changed after epoch `since` (all
-        of them when `full`) and every store's status."""
-        m = self.slotmap
-        slots = [[i, e.to_json()] for i, e in enumerate(m.entries) if full or e.epoch > since]
-        return {
-            "cluster_id": self.cluster_id,
-            "epoch": m.epoch,
-            "full": full,
-            "slots": slots,
-            "nodes": self.node_view(),
-        }
-
-    def node_view(self) -> dict[str, dict[str, Any]]:
-        return {
-            n.name: {
-                "address": n.address,
-                "site": n.site,
-                "status": n.status.value,
-                "draining": n.draining,
-                "boot": n.boot,
-                "trusted_boot": n.trusted_boot,
-                "confirmed": n.confirmed,
-            }
-            for n in self.registry.nodes.values()
-        }
-
-    def follow(self, view: Mapping[str, Any], now: float) -> None:
-        """Take a leader's `follower_view` in (follow.py): the map and the stores as it sees them."""
-        self.cluster_id = view["cluster_id"]
-        if view["full"]:
-            self.slotmap = SlotMap(len(self.slotmap))
-        self.slotmap.patch(view["epoch"], ((slot, entry) for slot, entry in view["slots"]))
-        nodes = view["nodes"]
-        for name in set(self.registry.nodes) - set(nodes):
-            del self.registry.nodes[name]
-        for name, info in nodes.items():
-            node = self.registry.nodes.get(name)
-            if node is None:
-                node = self.registry.nodes[name] = Node(name, info["address"], info["site"], last_ok=now)
-            node.address, node.site = info["address"], info["site"]
-            node.status, node.draining = NodeStatus(info["status"]), bool(info["draining"])
-            node.boot, node.trusted_boot, node.confirmed = info["boot"], info["trusted_boot"], bool(info["confirmed"])
 
     # -- reading --------------------------------------------------------------------------------
     @property

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from . import clusterjson
 from .clock import RunningClock
 from .clusterstate import ClusterState
 from .leadership import Leadership
@@ -110,7 +111,7 @@ class Follower:
         query = {
             "since": str(since),
             "term": str(term),
-            "nodes": str(nodes_fingerprint(self.cluster.node_view())),
+            "nodes": str(nodes_fingerprint(clusterjson.node_view(self.cluster))),
             "wait": str(wait),
         }
         get = self._session.get(
@@ -131,7 +132,7 @@ class Follower:
         view = fetch.result()
         if view["term"] != term:
             return  # another leadership answered: the next poll asks the one the lease names
-        self.cluster.follow(view, self.clock.now())
+        clusterjson.follow(self.cluster, view, self.clock.now())
         self.term = term
         self.watch.changed()
 

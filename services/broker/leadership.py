@@ -74,7 +74,7 @@ class StateStore(Protocol):
         """The last saved state, None when there is none (or it cannot be read)."""
 
     def save(self, text: str, term: int) -> None:
-        """Save `text` (ClusterState.snapshot_text) as the leader of `term`; Fenced when a newer
+        """Save `text` (clusterjson.saved_text) as the leader of `term`; Fenced when a newer
         term holds the lease (nothing is written)."""
 
 

@@ -22,7 +22,7 @@ from ..common import errors, wire
 from ..common.config import Settings
 from ..common.pool import Pool
 from ..common.records import PRIMARY, REPLICA, Drop, Member, SlotAssignment
-from . import state
+from . import clusterjson, state
 from .clusterstate import Applied, ClusterState
 from .leadership import Fenced
 from .slotmap import Change
@@ -147,7 +147,7 @@ class Pusher:
             if self._saved >= mine:
                 return  # a write that started after our call covered us
             covers = self._asked
-            text = self.cluster.snapshot_text()  # a join: only the changed slots are encoded again
+            text = clusterjson.saved_text(self.cluster)  # a join: only the changed slots are encoded again
             try:
                 await asyncio.to_thread(self._save, text)
             except Fenced:

@@ -20,6 +20,7 @@ from aiohttp import web
 from ..common import errors, wire
 from ..common.config import Settings
 from ..common.pool import Pool
+from . import clusterjson
 from .clock import RunningClock
 from .clusterstate import ClusterState
 from .control import ControlPlane
@@ -219,7 +220,7 @@ class BrokerService:
         saved = await asyncio.to_thread(self.state_store.load)
         warm = self.follower.term > 0  # it followed a leader: its view of the stores holds
         if saved is not None:
-            self.cluster.restore(saved, self.clock.now(), known=self.cluster.registry if warm else None)
+            clusterjson.restore(self.cluster, saved, self.clock.now(), known=self.cluster.registry if warm else None)
             log.info(
                 "event=state_loaded epoch=%d nodes=%d term=%d",
                 self.cluster.slotmap.epoch,
@@ -263,10 +264,10 @@ class BrokerService:
         """The follower's update, or None when it is up to date (unless `force`)."""
         control = self._leading()
         full = term != control.term or since > self.cluster.slotmap.epoch
-        same = since == self.cluster.slotmap.epoch and nodes == nodes_fingerprint(self.cluster.node_view())
+        same = since == self.cluster.slotmap.epoch and nodes == nodes_fingerprint(clusterjson.node_view(self.cluster))
         if not full and same and not force:
             return None
-        return {"term": control.term, "leader": self.name, **self.cluster.follower_view(since, full)}
+        return {"term": control.term, "leader": self.name, **clusterjson.follower_view(self.cluster, since, full)}
 
     async def forward(self, request: web.Request) -> web.Response:
         """Send a leader's route to the leader and answer with what it answered."""

@@ -28,7 +28,7 @@ def load(data_dir: str) -> dict[str, Any] | None:
 
 
 def save(data_dir: str, text: str) -> None:
-    """Write `text` (ClusterState.snapshot_text, encoded in the caller's thread: here only system
+    """Write `text` (clusterjson.saved_text, encoded in the caller's thread: here only system
     calls, which let the event loop run). As few of them as a safe replace takes: in a thread,
     each one waits for the GIL afterwards (common/runtime.py)."""
     path = os.path.join(data_dir, FILE)

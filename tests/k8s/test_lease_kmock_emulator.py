@@ -33,7 +33,7 @@ import attrs
 from k8s_tools import SERVICE_ACCOUNT_TOKEN
 from kubernetes import client
 
-from snapkv.broker import kube, placement
+from snapkv.broker import clusterjson, kube, placement
 from snapkv.broker.clusterstate import ClusterState
 from snapkv.broker.leadership import Fenced, Holder
 from snapkv.common.config import Settings
@@ -359,13 +359,13 @@ async def test_an_unreachable_api_server_is_a_lost_renew_and_one_log_line(unused
 
 # -- the state ------------------------------------------------------------------------------------
 def _state_text(stores: int = 8, name: str = "snapkv-store-", factor: int = 2) -> str:
-    """What the leader saves: ClusterState.snapshot_text of 4,096 slots over `stores` stores."""
+    """What the leader saves: clusterjson.saved_text of 4,096 slots over `stores` stores."""
     cluster = ClusterState(factor)
     nodes = {f"{name}{i}": "ab"[i % 2] for i in range(stores)}
     for node, site in nodes.items():
         cluster.registry.register(node, f"{node}.snapkv-store-headless.snapkv.svc.cluster.local:8081", site, 0.0)
     cluster.slotmap.apply(placement.initial(nodes, 4096, factor))
-    return cluster.snapshot_text()
+    return clusterjson.saved_text(cluster)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from snapkv.broker import clusterjson
 from snapkv.broker.clusterstate import ClusterState, NodeStatus, Registration
 from snapkv.broker.slotmap import Change
 from snapkv.common import errors
@@ -71,13 +72,14 @@ def test_apply_goes_above_the_epoch_floor():
 def test_saved_state_comes_back_with_every_store_down_until_it_answers():
     state = state_with("a", "b")
     state.registry.nodes["a"].trusted_boot = "boot-a"
-    saved = state.snapshot_state()
+    saved = clusterjson.saved(state)
     assert saved["nodes"]["a"] == {"address": "127.0.0.1:7000", "site": "", "boot": "boot-a"}
     back = ClusterState(2, slots=8)
-    back.restore(saved, now=5.0)
+    clusterjson.restore(back, saved, now=5.0)
     assert back.loaded and back.cluster_id == state.cluster_id
-    assert back.snapshot_state() == saved
-    assert json.loads(back.snapshot_text()) == json.loads(state.snapshot_text()) == saved  # what state.save writes
+    assert clusterjson.saved(back) == saved
+    text = clusterjson.saved_text(back)  # what state.save writes
+    assert json.loads(text) == json.loads(clusterjson.saved_text(state)) == saved
     assert {n.status for n in back.registry.nodes.values()} == {NodeStatus.DOWN}
     assert back.registry.nodes["a"].trusted_boot == "boot-a" and back.any_down()
 
@@ -180,9 +182,9 @@ def test_a_new_store_with_a_map_gets_its_whole_assignment_and_its_address_saved(
 
 
 def test_a_returning_down_store_is_up_and_gets_its_whole_assignment():
-    saved = state_with("a", "b").snapshot_state()
+    saved = clusterjson.saved(state_with("a", "b"))
     state = ClusterState(2, slots=8)
-    state.restore(saved, now=0.0)
+    clusterjson.restore(state, saved, now=0.0)
     decision = register(state, "a", confirmed=True)  # it still holds the assignment of before
     node = state.registry.nodes["a"]
     assert node.status == NodeStatus.UP and node.last_ok == 1.0 and not node.confirmed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from snapkv.broker import clusterjson
 from snapkv.broker.clusterstate import ClusterState
 from snapkv.broker.leadership import DirectoryLease, DirectoryState, Fenced
 from snapkv.broker.registry import NodeStatus
@@ -129,12 +130,12 @@ def test_a_follower_copy_matches_the_leaders_map_and_statuses():
         [Change(s, "s1" if s % 2 else "s2", ["s2" if s % 2 else "s1"], []) for s in range(len(leader.slotmap))]
     )
     follower = ClusterState(2)
-    follower.follow(leader.follower_view(0, True), 0.0)
+    clusterjson.follow(follower, clusterjson.follower_view(leader, 0, True), 0.0)
     epoch = follower.slotmap.epoch
     leader.apply([Change(5, "s2", ["s1"], ["s1"])])
     leader.registry.nodes["s1"].status = NodeStatus.DOWN
-    update = leader.follower_view(epoch, False)
+    update = clusterjson.follower_view(leader, epoch, False)
     assert [slot for slot, _ in update["slots"]] == [5]  # only what changed
-    follower.follow(update, 0.0)
+    clusterjson.follow(follower, update, 0.0)
     assert follower.slotmap.to_json() == leader.slotmap.to_json()
-    assert follower.node_view() == leader.node_view() and not follower.registry.is_up("s1")
+    assert clusterjson.node_view(follower) == clusterjson.node_view(leader) and not follower.registry.is_up("s1")
