@@ -1,8 +1,10 @@
 """The idiomatic /v1 API against real processes: raw bytes, ETags, CAS, TTL, batches, scans."""
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
+from http.client import HTTPConnection
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -183,24 +185,33 @@ def internal_ops(cluster, *ops: str) -> dict[str, float]:
 
 
 def test_concurrent_gets_of_many_clients_reach_the_stores_as_fewer_calls(cluster3):
-    """The broker's coalescer: plain GETs (both APIs) of one loop turn go to each store as one mget."""
+    """The broker's coalescer: plain GETs (both APIs) of one loop turn go to each store as one mget.
+
+    30 clients on their own connections send at once, 20 times over (each request written on
+    every connection before any answer is read): they arrive together however busy the machine."""
     url = cluster3.url
     assert http("POST", f"{url}/v1/mset", {"items": {f"co:{i}": f"v{i}" for i in range(64)}})[0] == 200
     before = internal_ops(cluster3, "get", "mget")
-
-    def client(i: int) -> None:
-        key = f"co:{i % 64}"
-        if i % 2:
-            assert http("GET", f"{url}/v1/kv/{key}")[1] == f"v{i % 64}".encode()
-        else:
-            assert http("GET", f"{url}/get?key={key}")[1]["value"] == f"v{i % 64}"
-
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(client, range(600)))
+    address = urlsplit(url)
+    conns = [HTTPConnection(address.hostname, address.port, timeout=30) for _ in range(30)]
+    try:
+        for round_ in range(20):
+            keys = [f"co:{(round_ * 30 + c) % 64}" for c in range(30)]
+            for c, (conn, key) in enumerate(zip(conns, keys)):
+                conn.request("GET", f"/v1/kv/{key}" if c % 2 else f"/get?key={key}")
+            for c, (conn, key) in enumerate(zip(conns, keys)):
+                answer = conn.getresponse()
+                body = answer.read()
+                assert answer.status == 200, body
+                value = int(key.split(":")[1])
+                assert (body if c % 2 else json.loads(body)["value"].encode()) == f"v{value}".encode()
+    finally:
+        for conn in conns:
+            conn.close()
     after = internal_ops(cluster3, "get", "mget")
     calls = (after["get"] - before["get"]) + (after["mget"] - before["mget"])
     assert after["mget"] > before["mget"], (before, after)
-    assert calls < 600, (before, after)
+    assert calls < 300, (before, after)  # about 130 here with both cores busy elsewhere
 
 
 def test_concurrent_plain_puts_are_written_together_and_each_says_whether_it_created_its_key(cluster3):
