@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from ..common.plainmetrics import Counts, Timings
 from .clusterstate import ClusterState, NodeStatus
 from .slotmap import DEGRADED, MIGRATING, OK, UNASSIGNED, UNAVAILABLE
 
@@ -29,20 +29,18 @@ class BrokerMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)  # collections per generation: common/runtime.py's thresholds at work
-        self.requests = Counter(
-            "snapkv_broker_requests",
-            "HTTP requests by route and status code",
-            ["route", "code"],
-            registry=self.registry,
+        # every request adds to these two: plain lists, not prometheus_client's locked metrics
+        self.requests = Counts(
+            "snapkv_broker_requests", "HTTP requests by route and status code", ["route", "code"], self.registry
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = Timings(
             "snapkv_broker_request_seconds",
             "HTTP request latency",
             ["route"],
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            self.registry,
         )
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # (route, code) -> labelled metrics
+        self._series: dict[tuple[str, int], tuple[list[int], list[float]]] = {}  # (route, code) -> its two series
         self.in_flight = 0  # client requests being served now (app._front)
         self.switch_seconds = Histogram(
             "snapkv_broker_slot_switch_seconds",
@@ -58,14 +56,14 @@ class BrokerMetrics:
         """One HTTP request answered: counted by route and code, timed by route."""
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        children = self._children.get((route, status))
-        if children is None:  # labels() costs a few microseconds: once per route and code
-            children = self._children[(route, status)] = (
-                self.requests.labels(route, str(status)),
-                self.request_seconds.labels(route),
+        series = self._series.get((route, status))
+        if series is None:
+            series = self._series[(route, status)] = (
+                self.requests.series(route, str(status)),
+                self.request_seconds.series(route),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        series[0][0] += 1
+        self.request_seconds.observe(series[1], seconds)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from collections import deque
 from collections.abc import Collection
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client.registry import Collector
 
 WINDOW = 5.0  # seconds the figures cover
 INTERVAL = 1.0
 
 
-def _totals(histogram: Histogram, skip: Collection[str]) -> tuple[float, dict[float, float]]:
+def _totals(histogram: Collector, skip: Collection[str]) -> tuple[float, dict[float, float]]:
     """Requests counted so far over every route not in `skip`, and the cumulative count per bucket."""
     count = 0.0
     buckets: dict[float, float] = {}
@@ -56,7 +56,7 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 class Pulse:
     """Samples a request histogram every INTERVAL; `figures()` covers the last WINDOW seconds."""
 
-    def __init__(self, histogram: Histogram, skip: Collection[str]) -> None:
+    def __init__(self, histogram: Collector, skip: Collection[str]) -> None:
         self.histogram = histogram
         self.skip = frozenset(skip)  # routes that are not client traffic (probes, metrics, the dashboard)
         self.samples: deque[tuple[float, float, dict[float, float]]] = deque(maxlen=int(WINDOW / INTERVAL) + 1)
