@@ -27,9 +27,6 @@ from .gate import SlotGate
 # (epoch, replica read) -> the request record; only reads may be answered by a replica
 ArgsFor = Callable[[int, bool], Any]
 
-# GetRequest(...) without its Python-level __new__: an mget makes one per key
-_new_get: Callable[[type[GetRequest], tuple[int, int, bytes, bool]], GetRequest] = tuple.__new__  # type: ignore[assignment]
-
 
 class Control(Protocol):
     """What the data plane asks of the control plane (in this process now; a leader's later)."""
@@ -147,7 +144,9 @@ class Router:
         found = await self.batched(
             wire.OP_MGET,
             slots,
-            lambda i, epoch: _new_get(GetRequest, (slots[i], epoch, unique[i], False)),
+            # an mget's item on the wire: [slot, epoch, key] (a primary read; decode.mget_request),
+            # a plain list: no record made per key, and a byte less each
+            lambda i, epoch: [slots[i], epoch, unique[i]],
             decode.entry,
             lambda i: self.get(unique[i]),
         )
