@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..common import wire
 from ..common.pool import Pool
-from ..common.records import PRIMARY, Mutation, SyncChunk
+from ..common.records import PRIMARY, Member, Mutation, SyncChunk
+from ..common.records import SlotAssignment as Assignment
 from .engine import SlotData
 from .futures import when_all
 from .slotcopy import ENTRY_OVERHEAD, RateLimit, SlotCopy
@@ -95,9 +96,9 @@ class BigCopies:
         """The slot goes to `name` another way (whole): its copy in chunks, if any, stops."""
         self.copying.pop((slot, name), None)
 
-    def answered(self, copy: Copy) -> None:
-        """The replica answered the whole copy: it is no longer on its way (unless its held
-        mutations still are)."""
+    def forget(self, copy: Copy) -> None:
+        """The copy is no longer on its way (answered, stopped, or its held mutations all sent),
+        unless its held mutations are still going out."""
         key = (copy.slot, copy.name)
         if self.copying.get(key) is copy and not copy.draining:
             del self.copying[key]
@@ -105,12 +106,10 @@ class BigCopies:
     def take(self, name: str, slot: int) -> Copy | None:
         """A point-in-time copy of the slot for `name` (one loop turn, rule 5); from here on the
         slot's mutations for `name` are held until the copy's last chunk is on its way."""
-        a = self.node.assignments.get(slot)
-        if a is None or a.role != PRIMARY:
+        found = replica_of(self.node, slot, name)
+        if found is None:
             return None
-        member = next((m for m in a.members[1:] if m[0] == name), None)
-        if member is None:
-            return None
+        a, member = found
         tracker = self.repl.slots.setdefault(slot, SlotTracker())
         tracker.exported(name)
         data = self.node.engine.slots.get(slot) or SlotData()
@@ -187,7 +186,6 @@ class BigCopies:
         well under the message limit), each piece answered before the next goes; the slot's new
         mutations queue behind them until the last piece is sent."""
         copy.draining = True
-        key = (copy.slot, copy.name)
         while True:
             held, copy.held, copy.held_bytes = copy.held, [], 0
             sent = 0
@@ -200,17 +198,23 @@ class BigCopies:
                     copy.held_bytes = sum(_mutation_bytes(m) for m in copy.held)
                     break
             if not copy.held:
-                if self.copying.get(key) is copy:
-                    del self.copying[key]
-                copy.draining = False
-                return
+                break
             assert tail is not None
             await asyncio.wait([tail])
             if not self._wanted(copy):  # the stream was voided meanwhile: the rest goes with it
-                copy.draining = False
-                if self.copying.get(key) is copy:
-                    del self.copying[key]
-                return
+                break
+        copy.draining = False
+        self.forget(copy)
+
+
+def replica_of(node: StoreNode, slot: int, name: str) -> tuple[Assignment, Member] | None:
+    """The slot's assignment and `name`'s place in it, when we are its primary and `name` one of
+    its replicas: whom a full sync of the slot goes to."""
+    a = node.assignments.get(slot)
+    if a is None or a.role != PRIMARY:
+        return None
+    member = next((m for m in a.members[1:] if m[0] == name), None)
+    return None if member is None else (a, member)
 
 
 def _mutation_bytes(mutation: Mutation) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ..common import errors, wire
 from ..common.records import PRIMARY, SyncItem
-from .bigcopy import SYNC_TIMEOUT, BigCopies, Copy, Streams
+from .bigcopy import SYNC_TIMEOUT, BigCopies, Copy, Streams, replica_of
 from .engine import SlotData
 from .futures import failure
 from .receiver import NEWER
@@ -168,13 +168,10 @@ class FullSync:
             taken: list[tuple[int, int, int]] = []  # slot, stream, seq of its copy
             address = ""
             for slot in group:
-                a = self.node.assignments.get(slot)
-                if a is None or a.role != PRIMARY:
+                found = replica_of(self.node, slot, name)
+                if found is None:
                     continue
-                member = next((m for m in a.members[1:] if m[0] == name), None)
-                if member is None:
-                    continue
-                address = member[1]
+                a, (_, address) = found
                 export = engine.export_slot(slot)
                 self.whole_keys += len(export.flat) // 4
                 tracker = self.repl.slots.setdefault(slot, SlotTracker())
@@ -202,7 +199,7 @@ class FullSync:
 
     def _copy_answered(self, copy: Copy, round_: _Round, fut: asyncio.Future[Any]) -> None:
         name, slot = copy.name, copy.slot
-        self.chunks.answered(copy)
+        self.chunks.forget(copy)
         exc = failure(fut, "full sync cancelled")
         if exc is not None and unknown_op(exc):
             # a replica older than chunked syncs: it takes whole slots (OP_SYNC) as it always did
