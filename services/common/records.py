@@ -51,6 +51,13 @@ class WriteResult(NamedTuple):
 # a remembered request id and its write's result: a WriteResult, or the plain tuple it travels as
 Recent = tuple[str, tuple[int, Sequence[bool]]]
 
+# A slot's request ids travel and are logged in one of two forms: (rid, result) pairs, or since
+# packed full syncs the memory's own lines, ID_PARTS bytes objects (store/recent.py), which cost no
+# Python object per id to send, check and take. Snapshots keep the pairs.
+ID_PARTS = 16
+PackedIds = list[bytes]
+Ids = Sequence[Recent] | PackedIds
+
 
 class SlotExport(NamedTuple):
     """Point-in-time copy of one slot: a snapshot's slot record, a full sync, a RESET log record."""
@@ -59,7 +66,7 @@ class SlotExport(NamedTuple):
     data_epoch: int
     seq: int
     flat: list[Any]  # key, value, version, expires_at, key, value, ... (compact on disk)
-    recent: Sequence[Recent]  # remembered request ids, oldest first
+    recent: Ids  # remembered request ids: pairs oldest first, or packed
 
 
 # -- assignments ---------------------------------------------------------------------------------
@@ -185,7 +192,7 @@ class SyncChunk(NamedTuple):
     data_epoch: int  # of the copy (on every chunk: the first decides whether it would go back)
     seq: int
     flat: list[Any]  # key, value, version, expires_at, ...; a key repeating the one before it continues its value
-    recent: Sequence[Recent] | None  # request ids, on the last chunk only: it ends the copy
+    recent: Ids | None  # request ids, on the last chunk only: it ends the copy
 
 
 class CopyPart(NamedTuple):

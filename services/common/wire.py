@@ -29,6 +29,10 @@ OP_REPLICATE_MANY = "repl_many"  # mutations of many slots in one frame (an mwri
 OP_SYNC = "sync"  # whole slots per message (an older primary)
 OP_SYNC_CHUNK = "sync_chunk"  # a full sync in bounded chunks
 OP_SYNC_SAME = "sync_same"  # a new primary asks whether a replica holds its copy already
+# OP_SYNC and OP_SYNC_CHUNK with the request ids packed (records.Ids): a store older than them
+# answers these unknown, and its primaries send it the pairs on the older ops from then on
+OP_SYNC_PACKED = "sync_packed"
+OP_SYNC_CHUNK_PACKED = "sync_chunk_packed"
 
 # a store's stats list at most this many of its hottest slots (with their requests/s)
 HOT_SLOTS = 16

@@ -64,6 +64,7 @@ class Copy:
     source: SlotCopy
     held: list[Mutation] = field(default_factory=list)  # the slot's mutations since the copy was taken
     held_bytes: int = 0
+    packed_ids: bool = False  # its ids go packed, on OP_SYNC_CHUNK_PACKED
     uncapped: bool = False  # the held mutations passed HELD_MAX_BYTES: the rest goes without the rate cap
     draining: bool = False  # its last chunk is sent; the held mutations are going out behind it
 
@@ -103,7 +104,7 @@ class BigCopies:
         if self.copying.get(key) is copy and not copy.draining:
             del self.copying[key]
 
-    def take(self, name: str, slot: int) -> Copy | None:
+    def take(self, name: str, slot: int, packed_ids: bool = False) -> Copy | None:
         """A point-in-time copy of the slot for `name` (one loop turn, rule 5); from here on the
         slot's mutations for `name` are held until the copy's last chunk is on its way."""
         found = replica_of(self.node, slot, name)
@@ -113,9 +114,10 @@ class BigCopies:
         tracker = self.repl.slots.setdefault(slot, SlotTracker())
         tracker.exported(name)
         data = self.node.engine.slots.get(slot) or SlotData()
-        source = SlotCopy(data)
+        source = SlotCopy(data, packed_ids=packed_ids)
         self.keys_sent += len(data.entries)
-        copy = Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], random.getrandbits(62), source)
+        sync = random.getrandbits(62)
+        copy = Copy(slot, name, member[1], a.epoch, tracker.stream_of[name], sync, source, packed_ids=packed_ids)
         self.copying[(slot, name)] = copy
         return copy
 
@@ -138,6 +140,7 @@ class BigCopies:
         whole copy (True, False or NEWER)."""
         loop = asyncio.get_running_loop()
         client = self.repl.peers.get(copy.name, copy.address)
+        op = wire.OP_SYNC_CHUNK_PACKED if copy.packed_ids else wire.OP_SYNC_CHUNK
         source = copy.source
         chunks: list[asyncio.Future[Any]] = []
         refused = [False]  # a chunk was refused or failed: the rest of the copy is not sent
@@ -169,7 +172,7 @@ class BigCopies:
                 # the mutations stay held until the answer voids the stream: a replica that kept
                 # its own copy must not take them as a gap against its ISR membership
                 return _answer(chunks, stopped=True)
-            fut = asyncio.ensure_future(client.call(wire.OP_SYNC_CHUNK, chunk, timeout=SYNC_TIMEOUT))
+            fut = asyncio.ensure_future(client.call(op, chunk, timeout=SYNC_TIMEOUT))
             window[fut] = size
             fut.add_done_callback(answered)
             chunks.append(fut)

@@ -201,14 +201,16 @@ class Engine:
         if data is not None:
             self.bytes -= data.size
 
-    def export_slot(self, slot: int) -> SlotExport:
-        """Point-in-time copy of one slot (snapshots, full sync, RESET log records)."""
+    def export_slot(self, slot: int, packed_ids: bool = False) -> SlotExport:
+        """Point-in-time copy of one slot (snapshots, full sync, RESET log records); its request ids
+        as pairs, or packed (records.Ids) for a full sync to a store that takes them."""
         data = self.slots.get(slot) or SlotData()
         flat: list[Any] = []
         expiring = data.expiring
         for key, raw in data.entries.items():
             flat += (key, raw[HEADER:], int.from_bytes(raw[:HEADER], "big"), expiring.get(key, 0) if expiring else 0)
-        return SlotExport(slot, data.data_epoch, data.seq, flat, data.recent_results())
+        recent = data.recent.lines() if packed_ids else data.recent_results()
+        return SlotExport(slot, data.data_epoch, data.seq, flat, recent)
 
     def import_slot(self, record: SlotExport) -> None:
         slot, data_epoch, seq, flat, recent = record

@@ -68,6 +68,7 @@ class FullSync:
         self.whole_bytes = 0  # bytes of the slots sent whole
         self.whole_keys = 0
         self.old_peers: set[str] = set()  # replicas that answered sync_chunk as an unknown op: whole slots only
+        self.unpacked_peers: set[str] = set()  # replicas older than packed request ids: the pairs, on the older ops
 
     def close(self) -> None:
         for task in self.tasks.values():
@@ -106,7 +107,7 @@ class FullSync:
             await self._send_whole(name, whole, round_, answers)
             window: dict[asyncio.Future[Any], int] = {}  # chunks not answered yet -> bytes
             for slot in chunked:
-                copy = self.chunks.take(name, slot)
+                copy = self.chunks.take(name, slot, packed_ids=name not in self.unpacked_peers)
                 if copy is not None:
                     answer = await self.chunks.send(copy, window)
                     answer.add_done_callback(functools.partial(self._copy_answered, copy, round_))
@@ -148,6 +149,7 @@ class FullSync:
         mutations follow them on the same connection (rule 5)."""
         loop = asyncio.get_running_loop()
         engine = self.node.engine
+        packed = name not in self.unpacked_peers
         i = 0
         while i < len(slots):
             group: list[int] = []
@@ -172,7 +174,7 @@ class FullSync:
                 if found is None:
                     continue
                 a, (_, address) = found
-                export = engine.export_slot(slot)
+                export = engine.export_slot(slot, packed_ids=packed)
                 self.whole_keys += len(export.flat) // 4
                 tracker = self.repl.slots.setdefault(slot, SlotTracker())
                 tracker.exported(name)
@@ -181,18 +183,20 @@ class FullSync:
                 taken.append((slot, tracker.stream_of[name], export.seq))
             if not items:
                 continue
-            call = asyncio.ensure_future(
-                self.repl.peers.get(name, address).call(wire.OP_SYNC, items, timeout=SYNC_TIMEOUT)
-            )
-            call.add_done_callback(functools.partial(self._whole_answered, name, taken, round_))
+            op = wire.OP_SYNC_PACKED if packed else wire.OP_SYNC
+            call = asyncio.ensure_future(self.repl.peers.get(name, address).call(op, items, timeout=SYNC_TIMEOUT))
+            call.add_done_callback(functools.partial(self._whole_answered, name, taken, round_, packed))
             answers.append(call)
             self.whole_bytes += size
             await asyncio.sleep(0)
 
     def _whole_answered(
-        self, name: str, taken: list[tuple[int, int, int]], round_: _Round, fut: asyncio.Future[Any]
+        self, name: str, taken: list[tuple[int, int, int]], round_: _Round, packed: bool, fut: asyncio.Future[Any]
     ) -> None:
         exc = failure(fut, "full sync cancelled")
+        if exc is not None and packed and unknown_op(exc):
+            self._unpacked(name, [(slot, stream) for slot, stream, _ in taken], round_)
+            return
         results: list[Any] = [exc] * len(taken) if exc is not None else list(fut.result())
         for (slot, stream, seq), ok in zip(taken, results):
             self._slot_answered(name, slot, stream, seq, ok, round_)
@@ -201,6 +205,9 @@ class FullSync:
         name, slot = copy.name, copy.slot
         self.chunks.forget(copy)
         exc = failure(fut, "full sync cancelled")
+        if exc is not None and copy.packed_ids and unknown_op(exc):
+            self._unpacked(name, [(slot, copy.stream)], round_)
+            return
         if exc is not None and unknown_op(exc):
             # a replica older than chunked syncs: it takes whole slots (OP_SYNC) as it always did
             if name not in self.old_peers:
@@ -212,6 +219,18 @@ class FullSync:
                 round_.pending.add(slot)
             return
         self._slot_answered(name, slot, copy.stream, copy.source.seq, fut.result() if exc is None else exc, round_)
+
+    def _unpacked(self, name: str, taken: list[tuple[int, int]], round_: _Round) -> None:
+        """A replica older than packed request ids answered their op as unknown: it gets the pairs,
+        on the older ops, and these slots again."""
+        if name not in self.unpacked_peers:
+            self.unpacked_peers.add(name)
+            log.warning("event=sync_fallback replica=%s reason=no_packed_ids action=id_pairs", name)
+        for slot, stream in taken:
+            tracker = self.repl.slots.get(slot)
+            if tracker is not None and tracker.stream_of.get(name) == stream:
+                tracker.sync_failed(name)
+                round_.pending.add(slot)
 
     def _slot_answered(self, name: str, slot: int, stream: int, seq: int, ok: Any, round_: _Round) -> None:
         """The replica's answer to one slot's copy: True (taken), False, NEWER, or an error."""
@@ -249,5 +268,5 @@ def _estimate(data: SlotData) -> int:
 
 
 def unknown_op(exc: BaseException) -> bool:
-    """The answer of a store older than chunked full syncs to OP_SYNC_CHUNK."""
+    """The answer of a store older than an op (OP_SYNC_CHUNK, the packed ones) to it."""
     return isinstance(exc, errors.BadRequest) and "unknown internal op" in exc.message

@@ -69,6 +69,8 @@ class Receiver:
         routes.add(wire.OP_REPLICATE_MANY, decode.replicate_many_request, self.op_replicate_many)
         routes.add(wire.OP_SYNC, decode.sync_items, self.op_sync)
         routes.add(wire.OP_SYNC_CHUNK, decode.sync_chunk, self.op_sync_chunk)
+        routes.add(wire.OP_SYNC_PACKED, decode.sync_items, self.op_sync)  # the decoders take either form of ids
+        routes.add(wire.OP_SYNC_CHUNK_PACKED, decode.sync_chunk, self.op_sync_chunk)
         routes.add(wire.OP_SYNC_SAME, decode.same_copies, self.op_sync_same)
 
     def assignment_changed(self, slot: int, current: Assignment | None) -> None:

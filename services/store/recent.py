@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import cast
 from zlib import crc32
 
 from ..common.decode import valid_rid
-from ..common.records import Recent, WriteResult
+from ..common.records import ID_PARTS, Ids, PackedIds, Recent, WriteResult
 
 RECENT_IDS = 512  # ids remembered per slot, about (PER_PART in each part)
-PARTS = 16
+PARTS = ID_PARTS
 PER_PART = RECENT_IDS // PARTS
 RECENT_MS = 120_000  # and for this long: well past any broker's retries of one request (its deadline)
 
@@ -126,9 +127,38 @@ class RecentIds:
                 for line in lines.split(b"\n")[1:]:
                     yield _result(line)
 
-    def load(self, recent: Sequence[Recent]) -> None:
-        """Take a copy's ids (an import, a full sync, a snapshot): they count from now here. What
-        `remember` of each in turn would keep, built a part at a time."""
+    def lines(self) -> PackedIds:
+        """The packed form of the ids (records.Ids): each part's lines as held. Their times are
+        this process's clock, which means nothing elsewhere: `load` stamps them anew."""
+        return [bytes(part) for part in self._parts]
+
+    def load(self, recent: Ids) -> None:
+        """Take a copy's ids (an import, a full sync, a snapshot, a log record), pairs or packed:
+        they count from now here. What `remember` of each in turn would keep, built a part at a time."""
+        if recent and type(recent[0]) is bytes:
+            self._load_lines(cast(PackedIds, recent))
+        else:
+            self._load_pairs(cast(Sequence[Recent], recent))
+
+    def _load_lines(self, parts: PackedIds) -> None:
+        """Packed ids (checked by decode.ID_LINES): every id lands in the part it came from (its
+        CRC-32's, the same in every process), each line's time replaced by our now, in C."""
+        at = now_ms()
+        stamp = b"%x" % at
+        self._parts = [bytearray(_restamped(part, stamp)) for part in parts]
+        self._counts = [part.count(b"\n") for part in parts]
+        for part, count in enumerate(self._counts):
+            if count > PER_PART:  # a sender that kept more per part than we do: our newest PER_PART
+                lines = self._parts[part]
+                cut = 0
+                for _ in range(count - PER_PART):
+                    cut = lines.index(b"\n", cut + 1)
+                del lines[:cut]
+                self._counts[part] = PER_PART
+        self._oldest = [at if count else 0 for count in self._counts]
+        self.count = sum(self._counts)
+
+    def _load_pairs(self, recent: Sequence[Recent]) -> None:
         at = now_ms()
         stamp = b" %x " % at
         lines: list[list[bytes]] = [[] for _ in range(PARTS)]
@@ -142,6 +172,17 @@ class RecentIds:
         self._counts = [len(part) for part in lines]
         self._oldest = [at if part else 0 for part in lines]
         self.count = sum(self._counts)
+
+
+def _restamped(part: bytes, stamp: bytes) -> bytes:
+    """The lines with each time replaced by `stamp`: split at the spaces, a line's fields are
+    b"\\n" rid (or the line before's existed, then it), time, version, so the times are every
+    third from the second (existed bytes are 0 or 1, never a space)."""
+    if not part:
+        return part
+    fields = part.split(b" ")
+    fields[1::3] = [stamp] * (len(fields) // 3)
+    return b" ".join(fields)
 
 
 def _stamp(lines: bytearray, at: int) -> int:

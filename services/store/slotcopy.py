@@ -11,10 +11,10 @@ repeats the key of the entry just before it continues that value (keys are uniqu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from ..common.records import Recent, WriteResult
+from ..common.records import Ids
 from .engine import HEADER, SlotData
 
 CHUNK_BYTES = 256 * 1024
@@ -26,9 +26,15 @@ ENTRY_OVERHEAD = 24  # msgpack framing, version and expiry of one entry, roughly
 class SlotCopy:
     """The primary's copy of one slot at one point in time, handed out chunk by chunk."""
 
-    def __init__(self, data: SlotData, chunk_bytes: int = CHUNK_BYTES, chunk_entries: int = CHUNK_ENTRIES) -> None:
+    def __init__(
+        self,
+        data: SlotData,
+        chunk_bytes: int = CHUNK_BYTES,
+        chunk_entries: int = CHUNK_ENTRIES,
+        packed_ids: bool = False,
+    ) -> None:
         self.data_epoch, self.seq = data.data_epoch, data.seq
-        self.recent: list[tuple[str, WriteResult]] = data.recent_results()
+        self.recent: Ids = data.recent.lines() if packed_ids else data.recent_results()
         self.chunk_bytes, self.chunk_entries = chunk_bytes, chunk_entries
         self._items: Iterator[tuple[bytes, bytes]] = iter(data.entries.copy().items())
         self._expiring = data.expiring.copy()
@@ -104,7 +110,7 @@ class SlotBuilder:
         self.bytes += len(key) + len(raw) - HEADER
         self._key, self._pieces = None, []
 
-    def finish(self, data_epoch: int, seq: int, recent: Sequence[Recent]) -> SlotData:
+    def finish(self, data_epoch: int, seq: int, recent: Ids) -> SlotData:
         self._close()
         data = SlotData()
         data.entries, data.expiring = self.entries, self.expiring

@@ -69,10 +69,13 @@ class MiniStore:
             )
         self.node.confirmed = True
 
-    def write(self, ops: list[list[Any]], slot: int | None = None, epoch: int = 1) -> asyncio.Future[Any]:
-        """ops = [[key, value or None, ttl_ms]] in one slot; returns the commit future."""
+    def write(
+        self, ops: list[list[Any]], slot: int | None = None, epoch: int = 1, rid: str = ""
+    ) -> asyncio.Future[Any]:
+        """ops = [[key, value or None, ttl_ms]] in one slot, under request id `rid` ("" = none);
+        returns the commit future."""
         slot = key_slot(ops[0][0]) if slot is None else slot
-        mutation = self.engine.prepare(slot, epoch, "", ops, [None] * len(ops), NOW_MS)
+        mutation = self.engine.prepare(slot, epoch, rid, ops, [None] * len(ops), NOW_MS)
         return self.node.commit_mutation(mutation)
 
     def set(self, key: bytes, value: bytes) -> asyncio.Future[Any]:

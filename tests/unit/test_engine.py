@@ -1,11 +1,12 @@
 import gc
+import zlib
 
 import pytest
 
 from snapkv.common import decode, errors, wire
 from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
 from snapkv.store.engine import SEQ_BITS, Engine, make_version
-from snapkv.store.recent import RECENT_IDS, RECENT_MS, RecentIds
+from snapkv.store.recent import RECENT_IDS, RECENT_MS, RecentIds, now_ms
 
 NOW = 1_000_000
 
@@ -136,6 +137,65 @@ def test_a_copy_takes_another_process_s_request_ids_in_the_same_order_and_keeps_
         one_by_one.remember(rid, tuple(result), 5)  # type: ignore[arg-type]
     assert list(here.items()) == list(one_by_one.items()) and len(here) == len(one_by_one)
     assert here.recall("r-2999") == (2999, [True]) and "r-0" not in here
+
+
+def test_packed_request_ids_go_over_the_wire_and_come_back_as_the_same_memory_stamped_anew():
+    ids = RecentIds()
+    for i in range(3000):
+        ids.remember(f"p-{i}", (i, [i % 2 == 1, True]), 1_000)
+    packed = ids.lines()
+    assert len(packed) == 16 and all(type(part) is bytes for part in packed)
+    got = decode.slot_export(wire.unpack(wire.pack([3, 1, 2, [], packed]))).recent
+    copy = RecentIds()
+    copy.load(got)
+    assert list(copy.items()) == list(ids.items()) and len(copy) == len(ids)
+    assert copy.recall("p-2999") == (2999, [True, True]) and "p-0" not in copy
+    # the sender's times (1 s after its start) mean nothing here: each id counts from the load
+    copy.forget(now_ms() + RECENT_MS - 1000)
+    assert len(copy) == len(ids)
+    copy.forget(now_ms() + RECENT_MS + 1000)
+    assert len(copy) == 0
+    empty = RecentIds()
+    empty.load(RecentIds().lines())
+    assert len(empty) == 0 and not empty
+
+
+def test_packed_ids_beyond_a_part_s_share_keep_its_newest():
+    by_part: list[list[bytes]] = [[] for _ in range(16)]  # 50 ids in each part: a sender that kept more
+    i = 0
+    while min(map(len, by_part)) < 50:
+        rid = b"q-%d" % i
+        part = by_part[zlib.crc32(rid) % 16]
+        if len(part) < 50:
+            part.append(b"\n%s %x %x \x01" % (rid, NOW, i))
+        i += 1
+    ids = RecentIds()
+    ids.load([b"".join(part) for part in by_part])
+    assert len(ids) == 16 * 32
+    kept = {rid for rid, _ in ids.items()}
+    for part in by_part:
+        rids = [line.split(b" ")[0][1:].decode() for line in part]
+        assert rids[:18] == [r for r in rids[:18] if r not in kept] and set(rids[18:]) <= kept
+    newest = by_part[0][-1].split(b" ")[0][1:].decode()
+    assert ids.recall(newest) is not None
+
+
+@pytest.mark.parametrize(
+    "recent",
+    [
+        [b""] * 15,  # a part missing
+        [b"\nrid 1 2 \x01"] + [b""] * 15 + [b""],  # one too many
+        [b"\nr id 1 2 \x01"] + [b""] * 15,  # a space in an id
+        [b"\nrid 1 2 \x02"] + [b""] * 15,  # an op's existed is a byte 0 or 1
+        [b"\nrid 1 g \x01"] + [b""] * 15,  # a version not in hex
+        [b"rid 1 2 \x01"] + [b""] * 15,  # a line not starting with a newline
+        [b"\n" + b"r" * 201 + b" 1 2 \x01"] + [b""] * 15,  # an id longer than valid_rid allows
+        [b"\nrid 1 2 \x01", "text"] + [b""] * 14,  # a part not bytes
+    ],
+)
+def test_malformed_packed_ids_are_refused_at_the_boundary(recent):
+    with pytest.raises(errors.BadRequest):
+        decode.slot_export([3, 1, 2, [], recent])
 
 
 def test_request_ids_cost_tens_of_bytes_each_and_no_object():

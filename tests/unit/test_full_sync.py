@@ -270,14 +270,14 @@ def dump(node: StoreNode) -> tuple[Any, ...]:
 async def test_a_large_slot_syncs_in_chunks_while_writes_go_on_and_the_replica_ends_identical(tmp_path) -> None:
     broker, p, r, close = await start_pair(tmp_path)
     sizes: list[int] = []
-    route = r.node.routes.get("sync_chunk")
+    route = r.node.routes.get("sync_chunk_packed")
 
     def counting(raw: Any) -> Any:
         chunk = decode.sync_chunk(raw)
         sizes.append(sum(len(x) for x in chunk.flat[0::4]) + sum(len(x) for x in chunk.flat[1::4]))
         return route(raw)
 
-    r.node.routes._table["sync_chunk"] = counting
+    r.node.routes._table["sync_chunk_packed"] = counting
     try:
         broker.push(SLOT, [Member("p", p.address)], [], 1, 1)
         rng = random.Random(11)
@@ -361,17 +361,21 @@ def small_slots(count: int) -> dict[int, bytes]:
 
 
 def counting_routes(store: Any) -> dict[str, list[Any]]:
-    """What the store is sent as full syncs: op -> the slots of each message."""
-    seen: dict[str, list[Any]] = {"sync": [], "sync_chunk": []}
+    """What the store is sent as full syncs: "sync" / "sync_chunk" -> the slots of each message (on
+    either op of each, packed ids or pairs), "ops" -> the op of each message."""
+    seen: dict[str, list[Any]] = {"sync": [], "sync_chunk": [], "ops": []}
     table = store.node.routes._table
-    for op, decoder in (("sync", decode.sync_items), ("sync_chunk", decode.sync_chunk)):
+    families = {"sync": "sync", "sync_packed": "sync", "sync_chunk": "sync_chunk", "sync_chunk_packed": "sync_chunk"}
+    for op, family in families.items():
         route = table.get(op)
         if route is None:
             continue
+        decoder = decode.sync_items if family == "sync" else decode.sync_chunk
 
-        def counted(raw: Any, op: str = op, decoder: Any = decoder, route: Any = route) -> Any:
+        def counted(raw: Any, op: str = op, family: str = family, decoder: Any = decoder, route: Any = route) -> Any:
             got = decoder(raw)
-            seen[op].append([item.slot for item in got] if op == "sync" else got.slot)
+            seen[family].append([item.slot for item in got] if family == "sync" else got.slot)
+            seen["ops"].append(op)
             return route(raw)
 
         table[op] = counted
@@ -423,7 +427,8 @@ async def test_slots_that_fit_in_a_chunk_go_whole_several_per_message_and_only_a
 
 async def test_a_replica_older_than_chunks_gets_a_large_slot_whole_and_its_writes_commit(tmp_path, caplog) -> None:
     broker, p, r, close = await start_pair(tmp_path)
-    del r.node.routes._table["sync_chunk"]  # a store of the release before chunked syncs
+    for op in ("sync_chunk", "sync_packed", "sync_chunk_packed"):
+        del r.node.routes._table[op]  # a store of the release before chunked syncs
     seen = counting_routes(r)
     try:
         await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
@@ -431,12 +436,68 @@ async def test_a_replica_older_than_chunks_gets_a_large_slot_whole_and_its_write
             await p.mini.write([[key(i), random.Random(i).randbytes(150_000), 0]], slot=SLOT)
         join(p, r, broker, [SLOT])
         await all_joined(broker, [SLOT], timeout=10)
-        assert seen["sync"] == [[SLOT]]
+        assert seen["sync"] == [[SLOT]] and seen["ops"] == ["sync"]
         await asyncio.wait_for(p.mini.write([[key(99), b"after", 0]], slot=SLOT), 5)
         assert dump(p.node) == dump(r.node)
-        assert sum("event=sync_fallback" in m for m in caplog.messages) == 1
+        # first no packed ids, then no chunks: each fallback once
+        assert sum("event=sync_fallback" in m for m in caplog.messages) == 2
     finally:
         await close()
+
+
+async def with_ids(p: Any, slots: dict[int, bytes]) -> None:
+    """Writes under request ids in each slot: what its copies must remember."""
+    for slot, tag in slots.items():
+        for i in range(40):
+            await p.mini.write([[tag + b"id%d" % i, b"v", 0]], slot=slot, rid=f"rid-{slot}-{i}")
+
+
+async def test_a_replica_older_than_packed_ids_gets_the_pairs_and_remembers_every_id(tmp_path, caplog) -> None:
+    broker, p, r, close = await start_pair(tmp_path)
+    for op in ("sync_packed", "sync_chunk_packed"):
+        del r.node.routes._table[op]  # a store of the release before packed request ids
+    seen = counting_routes(r)
+    try:
+        small = small_slots(3)
+        await fill(p, broker, small, 30, b"x" * 100)
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(6):
+            await p.mini.write([[key(i), random.Random(i).randbytes(150_000), 0]], slot=SLOT, rid=f"big-{i}")
+        await with_ids(p, small)
+        join(p, r, broker, [*small, SLOT])
+        await all_joined(broker, [*small, SLOT])
+        assert set(seen["ops"]) == {"sync", "sync_chunk"}
+        assert sorted(s for m in seen["sync"] for s in m) == sorted(small)
+        for slot in [*small, SLOT]:
+            assert r.node.engine.slots[slot].recent == p.node.engine.slots[slot].recent
+            assert len(p.node.engine.slots[slot].recent) > 0
+        assert dump(p.node) == dump(r.node)
+        assert sum("reason=no_packed_ids" in m for m in caplog.messages) == 1
+    finally:
+        await close()
+
+
+async def test_full_syncs_go_with_packed_ids_that_the_replica_remembers_and_recovers(tmp_path) -> None:
+    broker, p, r, close = await start_pair(tmp_path)
+    seen = counting_routes(r)
+    try:
+        small = small_slots(3)
+        await fill(p, broker, small, 30, b"x" * 100)
+        await fill(p, broker, {SLOT: b"{big}"}, 0, b"")
+        for i in range(6):
+            await p.mini.write([[key(i), random.Random(i).randbytes(150_000), 0]], slot=SLOT, rid=f"big-{i}")
+        await with_ids(p, small)
+        join(p, r, broker, [*small, SLOT])
+        await all_joined(broker, [*small, SLOT])
+        assert set(seen["ops"]) == {"sync_packed", "sync_chunk_packed"}
+        for slot in [*small, SLOT]:
+            theirs = p.node.engine.slots[slot].recent
+            assert len(theirs) > 0 and r.node.engine.slots[slot].recent == theirs
+    finally:
+        await close()
+    node, _ = await recovered(tmp_path / "r")  # from the RESET and RESET_END records' packed ids
+    for slot in [*small, SLOT]:
+        assert node.engine.slots[slot].recent == p.node.engine.slots[slot].recent
 
 
 async def test_a_slot_commits_with_its_replica_as_soon_as_its_copy_is_answered(tmp_path) -> None:

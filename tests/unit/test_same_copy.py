@@ -34,7 +34,7 @@ def dump(node: StoreNode) -> tuple[Any, ...]:
 
 def full_syncs(store: Any) -> list[str]:
     """The ops of the full syncs `store` is sent from now on."""
-    return counted(store, "sync", "sync_chunk")
+    return counted(store, "sync", "sync_chunk", "sync_packed", "sync_chunk_packed")
 
 
 async def until(check: Any, timeout: float = 10.0) -> None:
@@ -124,7 +124,7 @@ async def test_a_replica_that_differs_gets_a_full_sync_and_ends_identical(tmp_pa
         seen = full_syncs(p)
         epoch = switch(broker, p, r)
         await asyncio.wait_for(r.mini.write([[key(999), b"after", 0]], slot=SLOT, epoch=epoch), 5)
-        assert seen == ["sync"]
+        assert seen == ["sync_packed"]
         assert key(500) not in p.node.engine.slots[SLOT].entries  # never acknowledged: the new primary's copy wins
         assert dump(p.node) == dump(r.node)
     finally:
@@ -163,7 +163,7 @@ async def test_a_replica_older_than_the_check_gets_a_full_sync_as_before(tmp_pat
         seen = full_syncs(p)
         epoch = switch(broker, p, r)
         await asyncio.wait_for(r.mini.write([[key(999), b"after", 0]], slot=SLOT, epoch=epoch), 5)
-        assert seen == ["sync"] and dump(p.node) == dump(r.node)
+        assert seen == ["sync_packed"] and dump(p.node) == dump(r.node)
         assert sum("reason=no_same_copy_check" in m for m in caplog.messages) == 1
     finally:
         await close()
