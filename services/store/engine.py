@@ -146,10 +146,13 @@ class Engine:
         data.recent.remember(rid, result)  # stamped with this process's clock, not the mutation's
         return result
 
-    def forget_ids(self) -> None:
-        """Drop the request ids past their time in every slot (one no write reaches keeps them otherwise)."""
-        for data in self.slots.values():
-            if data.recent:
+    def forget_ids(self, slots: Iterable[int] | None = None) -> None:
+        """Drop the request ids past their time in `slots` (default: every slot held); a slot no
+        write reaches keeps them otherwise."""
+        held = self.slots
+        for slot in held if slots is None else slots:
+            data = held.get(slot)
+            if data is not None and data.recent:
                 data.recent.forget()
 
     def expired(self, slot: int, now_ms: int, limit: int) -> list[bytes]:

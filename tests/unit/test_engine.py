@@ -4,7 +4,9 @@ import zlib
 import pytest
 
 from snapkv.common import decode, errors, wire
+from snapkv.common.slots import SLOTS
 from snapkv.common.wire import MUST_EXIST, MUST_NOT_EXIST
+from snapkv.store.app import FORGET_STEPS, forget_step
 from snapkv.store.engine import SEQ_BITS, Engine, make_version
 from snapkv.store.recent import RECENT_IDS, RECENT_MS, RecentIds, now_ms
 
@@ -83,6 +85,21 @@ def test_request_ids_remember_results():
     two = write(e, 3, [[b"k", b"w", 0], [b"n", b"v", 0]], rid="r2")
     assert e.slot(3).recent.recall("r2") == two and two.existed == [True, False]
     assert e.slot(3).recent.recall("r") is None and e.slot(3).recent.recall("r22") is None  # whole ids only
+
+
+def test_forget_ids_drops_old_ids_in_the_slots_named_and_a_sweep_names_each_slot_once():
+    e = Engine()
+    for slot in (3, 700):
+        write(e, slot, [[b"k", b"v", 0]], rid=f"new-{slot}")
+        e.slot(slot).recent.remember(f"old-{slot}", (1, [True]), now_ms() - RECENT_MS - 1000)
+    e.forget_ids([3, 9])  # 9 is not held: nothing to do there
+    assert "old-3" not in e.slot(3).recent and "new-3" in e.slot(3).recent
+    assert "old-700" in e.slot(700).recent  # not in this step's slots
+    e.forget_ids()
+    assert "old-700" not in e.slot(700).recent and "new-700" in e.slot(700).recent
+    steps = [list(forget_step(step)) for step in range(FORGET_STEPS)]
+    assert sorted(s for step in steps for s in step) == list(range(SLOTS))
+    assert max(map(len, steps)) <= -(-SLOTS // FORGET_STEPS)  # the sweep's work spread evenly
 
 
 def test_request_ids_are_kept_up_to_a_count_and_for_a_time_whichever_ends_first():
