@@ -146,12 +146,11 @@ class Engine:
         data.recent.remember(rid, result)  # stamped with this process's clock, not the mutation's
         return result
 
-    def forget_ids(self, slots: Iterable[int] | None = None) -> None:
-        """Drop the request ids past their time in `slots` (default: every slot held); a slot no
+    def forget_ids(self, slots: Iterable[int]) -> None:
+        """Drop the request ids past their time in `slots` (those not held are skipped); a slot no
         write reaches keeps them otherwise."""
-        held = self.slots
-        for slot in held if slots is None else slots:
-            data = held.get(slot)
+        for slot in slots:
+            data = self.slots.get(slot)
             if data is not None and data.recent:
                 data.recent.forget()
 

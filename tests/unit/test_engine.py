@@ -95,7 +95,7 @@ def test_forget_ids_drops_old_ids_in_the_slots_named_and_a_sweep_names_each_slot
     e.forget_ids([3, 9])  # 9 is not held: nothing to do there
     assert "old-3" not in e.slot(3).recent and "new-3" in e.slot(3).recent
     assert "old-700" in e.slot(700).recent  # not in this step's slots
-    e.forget_ids()
+    e.forget_ids(range(SLOTS))
     assert "old-700" not in e.slot(700).recent and "new-700" in e.slot(700).recent
     steps = [list(forget_step(step)) for step in range(FORGET_STEPS)]
     assert sorted(s for step in steps for s in step) == list(range(SLOTS))
